@@ -1,0 +1,29 @@
+"""Configuration: the `GemsSettings` model, YAML presets and env overrides."""
+
+from gems.configs.settings import (
+    ENV_OVERRIDES,
+    ConfigError,
+    GemsSettings,
+    GeneratorSettings,
+    LoopSettings,
+    MemorySettings,
+    MLLMSettings,
+    SkillSettings,
+    StorageSettings,
+    load_settings,
+    resolve_config_path,
+)
+
+__all__ = [
+    "ENV_OVERRIDES",
+    "ConfigError",
+    "GemsSettings",
+    "GeneratorSettings",
+    "LoopSettings",
+    "MLLMSettings",
+    "MemorySettings",
+    "SkillSettings",
+    "StorageSettings",
+    "load_settings",
+    "resolve_config_path",
+]

@@ -1,0 +1,246 @@
+"""Settings for a gems run: one validated pydantic model, loaded from YAML with `GEMS_*` env overrides.
+
+The same model is the graph's `context_schema`, so the CLI, LangGraph Studio assistants and library users all
+pass run options the same way. Every field has a default; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message is one line naming what to fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MLLMSettings(_Strict):
+    """The OpenAI-compatible chat endpoint that plays every LLM/MLLM role."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL, ending in /v1")
+    model: str = Field("Qwen/Qwen3-VL-30B-A3B-Instruct", description="model name the server expects")
+    api_key: SecretStr | None = Field(None, description="falls back to GEMS_MLLM_API_KEY, then OPENAI_API_KEY")
+    temperature: float | None = Field(None, ge=0, le=2, description="unset: the server's default (paper)")
+    max_tokens: int | None = Field(8192, ge=1, description="completion budget per call (reasoning included)")
+    timeout_s: float = Field(300.0, gt=0, description="per-request timeout")
+    max_retries: int = Field(3, ge=0, le=10, description="retries with backoff on 408/409/429/5xx/connection")
+    image_max_side: int = Field(1024, ge=64, description="images are downscaled to this before sending")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="extra JSON for every request, e.g. chat_template_kwargs"
+    )
+
+    def resolved_api_key(self) -> str:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        return os.environ.get("GEMS_MLLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+
+
+GeneratorBackend = Literal["diffusers", "http", "openai"]
+
+
+class GeneratorSettings(_Strict):
+    """Which text-to-image backend renders, and with what parameters."""
+
+    backend: GeneratorBackend = "diffusers"
+    preset: str | None = Field(
+        "z-image-turbo", description="diffusers defaults: z-image-turbo, qwen-image-2512, sd-turbo (CPU)"
+    )
+    model: str | None = Field(None, description="diffusers: hub id or local folder; openai: model name")
+    url: str | None = Field(None, description="http: generator URL; openai: base URL ending in /v1")
+    api_key: SecretStr | None = Field(None, description="openai backend; falls back to OPENAI_API_KEY")
+    width: int | None = Field(None, ge=16, le=4096)
+    height: int | None = Field(None, ge=16, le=4096)
+    steps: int | None = Field(None, ge=1, le=500, description="num_inference_steps")
+    guidance_scale: float | None = Field(None, ge=0)
+    negative_prompt: str | None = None
+    call_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra pipeline/request arguments")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = Field("auto", description="auto (CUDA when present, else MPS, else CPU), cpu, cuda, cuda:1")
+    cpu_offload: bool = Field(False, description="diffusers enable_model_cpu_offload for small GPUs")
+    timeout_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10, description="retries on 5xx/timeouts for remote backends")
+
+
+class LoopSettings(_Strict):
+    """The GEMS loop; defaults reproduce the reference method."""
+
+    max_rounds: int = Field(5, ge=1, le=50, description="generator rounds before returning the best image")
+    images_per_round: int = Field(1, ge=1, le=16, description="candidates per round; the best one is kept")
+    experience_max_words: int = Field(100, ge=10, le=1000)
+    verifier_concurrency: int = Field(10, ge=1, le=256, description="parallel verifier calls")
+    max_criteria: int | None = Field(None, ge=1, description="cap on decomposed criteria; unset = no cap")
+    seed: int | None = Field(None, description="base seed; round r candidate c uses seed+(r-1)*n+c")
+
+
+class SkillSettings(_Strict):
+    """The SKILL.md library the planner routes to."""
+
+    enabled: bool = True
+    paths: list[Path] = Field(default_factory=list, description="extra folders holding <name>/SKILL.md")
+
+
+MemoryMode = Literal["last", "feedback", "images", "thought", "experience"]
+
+
+class MemorySettings(_Strict):
+    """What the refiner remembers of earlier rounds (the paper's memory ablation rows)."""
+
+    mode: MemoryMode = Field(
+        "experience",
+        description="last: only the latest attempt; feedback: prompts + failed criteria; images: + images; "
+        "thought: + raw reasoning; experience: + images + compressed experiences (paper default)",
+    )
+    image_window: int | None = Field(
+        None, ge=0, description="send images of at most this many latest rounds; unset = all (paper)"
+    )
+
+
+class StorageSettings(_Strict):
+    """Where thread checkpoints live."""
+
+    checkpointer: Literal["sqlite", "memory", "postgres"] = "sqlite"
+    sqlite_path: Path | None = Field(None, description="default: <data_dir>/checkpoints.sqlite")
+    postgres_dsn: SecretStr | None = None
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "gems"
+
+
+class GemsSettings(_Strict):
+    """Everything a run needs; the graph's context schema."""
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="checkpoints, artifacts, stores")
+    mllm: MLLMSettings = Field(default_factory=MLLMSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    loop: LoopSettings = Field(default_factory=LoopSettings)
+    skills: SkillSettings = Field(default_factory=SkillSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.storage.sqlite_path or self.data_dir / "checkpoints.sqlite"
+
+
+# env var -> dotted settings key; these are the knobs people change most.
+ENV_OVERRIDES = {
+    "GEMS_DATA_DIR": "data_dir",
+    "GEMS_MLLM_BASE_URL": "mllm.base_url",
+    "GEMS_MLLM_MODEL": "mllm.model",
+    "GEMS_MLLM_API_KEY": "mllm.api_key",
+    "GEMS_GENERATOR_BACKEND": "generator.backend",
+    "GEMS_GENERATOR_URL": "generator.url",
+    "GEMS_GENERATOR_MODEL": "generator.model",
+}
+
+PRESET_CONFIGS = ("default", "openai", "cpu")
+
+
+def resolve_config_path(name: str | os.PathLike[str]) -> Path:
+    """Return the YAML file for a path, or for a bundled preset name such as `cpu`."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    stem = str(name).removesuffix(".yaml")
+    if stem in PRESET_CONFIGS or stem.startswith("ablations/"):
+        bundled = resources.files("gems.configs").joinpath(f"{stem}.yaml")
+        if bundled.is_file():
+            return Path(str(bundled))
+    raise ConfigError(
+        f"config file not found: {name} (give a path to a YAML file or one of: {', '.join(PRESET_CONFIGS)})"
+    )
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[leaf] = value
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        else:
+            parts.append(f"{loc}: {item['msg']}")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read one YAML config file into a dict, with a one-line error for unreadable or malformed files."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"broken YAML in config {path}{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {path}: the top level must be a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> GemsSettings:
+    """Load settings: defaults < YAML file (`path` or `GEMS_CONFIG`) < `GEMS_*` env vars < `overrides`.
+
+    Args:
+        path: a YAML file or bundled preset name; `None` uses `GEMS_CONFIG` when set.
+        overrides: dotted keys to values, e.g. `{"loop.max_rounds": 3}` (CLI flags).
+        env: the environment to read (default `os.environ`).
+
+    Raises:
+        ConfigError: with a one-line message naming the file and the bad key.
+    """
+    env = os.environ if env is None else env
+    source = "(defaults)"
+    data: dict[str, Any] = {}
+    chosen = path if path is not None else env.get("GEMS_CONFIG") or None
+    if chosen is not None:
+        file = resolve_config_path(chosen)
+        source = str(file)
+        data = read_config_file(file)
+    for var, dotted in ENV_OVERRIDES.items():
+        if env.get(var):
+            _set_dotted(data, dotted, env[var])
+            source = f"{source} + ${var}" if source != "(defaults)" else f"${var}"
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    try:
+        settings = GemsSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+    return settings.model_copy(update={"data_dir": settings.data_dir.expanduser()})

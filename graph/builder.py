@@ -1,0 +1,72 @@
+"""The GEMS loop as a LangGraph `StateGraph`: wiring on one screen, plus the `graph` that langgraph.json serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gems.configs import GemsSettings
+from gems.graph.routing import recursion_limit_for, route_after_critique, route_after_generate
+from gems.graph.state import GemsInput, GemsOutput, GemsState
+from gems.nodes.compress import compress
+from gems.nodes.critique import critique, verify
+from gems.nodes.decompose import decompose
+from gems.nodes.finalize import finalize
+from gems.nodes.generate import generate
+from gems.nodes.plan import plan
+from gems.nodes.refine import refine
+from langgraph.graph import END, START, StateGraph
+
+
+def build_builder() -> StateGraph:
+    """Return the uncompiled graph (tests and hosts compile it with their own checkpointer/store)."""
+    builder = StateGraph(GemsState, context_schema=GemsSettings, input_schema=GemsInput, output_schema=GemsOutput)
+    builder.add_node("plan", plan)  # route to a skill, enhance the first prompt
+    builder.add_node("decompose", decompose)  # criteria of the original prompt, in parallel with plan
+    builder.add_node("generate", generate)
+    builder.add_node("verify", verify)  # one Send per (candidate, criterion)
+    builder.add_node("critique", critique)  # the round's factual record
+    builder.add_node("compress", compress)  # the round's experience
+    builder.add_node("refine", refine)
+    builder.add_node("finalize", finalize)
+
+    builder.add_edge(START, "plan")
+    builder.add_edge(START, "decompose")
+    builder.add_edge(["plan", "decompose"], "generate")
+    builder.add_conditional_edges("generate", route_after_generate, ["verify", "finalize"])
+    builder.add_edge("verify", "critique")
+    builder.add_conditional_edges("critique", route_after_critique, ["compress", "finalize"])
+    builder.add_edge("compress", "refine")
+    builder.add_edge("refine", "generate")
+    builder.add_edge("finalize", END)
+    return builder
+
+
+def build_graph(checkpointer: Any = None, store: Any = None, *, name: str = "gems"):
+    """Compile the GEMS graph.
+
+    Args:
+        checkpointer: a LangGraph checkpointer (SQLite, Postgres, in-memory) or None.
+        store: an optional LangGraph `BaseStore`.
+        name: the graph's name in traces and Studio.
+
+    Returns:
+        A compiled graph: a LangChain `Runnable` (invoke, ainvoke, stream, batch). Pass run options as
+        `context=GemsSettings(...)` and a thread id in `config["configurable"]["thread_id"]`.
+    """
+    return build_builder().compile(checkpointer=checkpointer, store=store, name=name)
+
+
+def run_config(settings: GemsSettings, thread_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The RunnableConfig for one run: thread id, a recursion limit derived from max_rounds, verifier parallelism."""
+    config: dict[str, Any] = {
+        "recursion_limit": recursion_limit_for(settings.loop.max_rounds),
+        "max_concurrency": settings.loop.verifier_concurrency,
+        **extra,
+    }
+    if thread_id is not None:
+        config["configurable"] = {"thread_id": thread_id}
+    return config
+
+
+# The server (langgraph dev / Agent Server) injects its own checkpointer, so this one has none.
+graph = build_graph()

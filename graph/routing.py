@@ -1,0 +1,38 @@
+"""Pure routing functions for the conditional edges of the GEMS loop."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from gems.graph.state import GemsState, VerifyTask
+from langgraph.types import Send
+
+
+def route_after_generate(state: GemsState) -> list[Send] | Literal["finalize"]:
+    """Fan out one verifier call per (candidate, criterion); with no criteria there is nothing to check."""
+    criteria = state.get("criteria") or []
+    if not criteria:
+        return "finalize"
+    return [
+        Send(
+            "verify",
+            VerifyTask(round=state["round"], candidate=c, index=i, criterion=q, image=image),
+        )
+        for c, image in enumerate(state.get("candidates") or [])
+        for i, q in enumerate(criteria)
+    ]
+
+
+def route_after_critique(state: GemsState) -> Literal["finalize", "compress"]:
+    """Stop when every criterion passed or the round budget is spent; otherwise learn and refine."""
+    rounds = state.get("rounds") or []
+    if rounds and not rounds[-1].get("failed"):
+        return "finalize"
+    if state.get("round", 0) >= state.get("max_rounds", 5):
+        return "finalize"
+    return "compress"
+
+
+def recursion_limit_for(max_rounds: int) -> int:
+    """Supersteps a run may take: planning, five per round (generate, verify, critique, compress, refine), finish."""
+    return 5 * max_rounds + 12

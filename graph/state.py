@@ -1,0 +1,114 @@
+"""Graph state: plain JSON types only. Images are `ImageRef` dicts pointing into the artifact store."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, NotRequired
+
+from typing_extensions import TypedDict
+
+
+class ImageRef(TypedDict, total=False):
+    """A stored image: where it is and what produced it."""
+
+    sha256: str
+    path: str
+    width: int
+    height: int
+    seed: int | None
+    backend: str
+    model: str | None
+    steps: int | None
+    guidance_scale: float | None
+    candidate: int
+
+
+class Verdict(TypedDict):
+    """One verifier answer for one criterion on one candidate image."""
+
+    round: int
+    candidate: int
+    index: int
+    criterion: str
+    passed: bool
+    answer: str
+    error: str | None
+
+
+class RoundRecord(TypedDict, total=False):
+    """The factual memory of one round plus its compressed experience."""
+
+    round: int
+    prompt: str
+    thought: str | None
+    image: ImageRef
+    candidates: list[ImageRef]
+    passed: list[str]
+    failed: list[str]
+    verdicts: list[Verdict]
+    experience: str | None
+
+
+class VerifyTask(TypedDict):
+    """What one parallel verifier call receives (sent with `Send`)."""
+
+    round: int
+    candidate: int
+    index: int
+    criterion: str
+    image: ImageRef
+
+
+def merge_rounds(left: list[RoundRecord] | None, right: list[RoundRecord] | None) -> list[RoundRecord]:
+    """Upsert round records by round number, so a later node can add the experience to an existing round."""
+    by_round = {r["round"]: dict(r) for r in (left or [])}
+    for record in right or []:
+        by_round.setdefault(record["round"], {}).update(record)
+    return [by_round[k] for k in sorted(by_round)]  # type: ignore[misc]
+
+
+def add_numbers(left: dict[str, float] | None, right: dict[str, float] | None) -> dict[str, float]:
+    """Sum dicts of counters or seconds key by key."""
+    out = dict(left or {})
+    for key, value in (right or {}).items():
+        out[key] = round(out.get(key, 0) + value, 6)
+    return out
+
+
+class GemsInput(TypedDict):
+    """What a caller provides; run options go in the context (`GemsSettings`)."""
+
+    prompt: str
+
+
+class GemsOutput(TypedDict, total=False):
+    """What a run returns."""
+
+    prompt: str
+    skill: str | None
+    criteria: list[str]
+    rounds: list[RoundRecord]
+    final: dict[str, Any]
+    success: bool
+
+
+class GemsState(TypedDict):
+    """The whole state of one run (one thread)."""
+
+    prompt: str
+    skill: NotRequired[str | None]
+    skill_trace: NotRequired[dict[str, Any]]
+    criteria: NotRequired[list[str]]
+    current_prompt: NotRequired[str]
+    thought: NotRequired[str | None]
+    max_rounds: NotRequired[int]
+    round: NotRequired[int]
+    candidates: NotRequired[list[ImageRef]]
+    verdicts: NotRequired[Annotated[list[Verdict], operator.add]]
+    rounds: NotRequired[Annotated[list[RoundRecord], merge_rounds]]
+    final: NotRequired[dict[str, Any]]
+    success: NotRequired[bool]
+    mllm_calls: NotRequired[Annotated[int, operator.add]]
+    generator_calls: NotRequired[Annotated[int, operator.add]]
+    timings: NotRequired[Annotated[dict[str, float], add_numbers]]
+    usage: NotRequired[Annotated[dict[str, float], add_numbers]]

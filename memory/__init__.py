@@ -1,0 +1,1 @@
+"""Persistence and memory: artifacts, checkpointers, trajectory memory."""

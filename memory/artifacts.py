@@ -1,0 +1,98 @@
+"""Content-addressed image store: PNGs on disk named by their sha256, so graph state holds only references."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+IMAGE_REF_KEYS = ("sha256", "path", "width", "height", "seed", "backend", "model", "steps", "guidance_scale")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing or unreadable."""
+
+
+def _is_sha256(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+class ArtifactStore:
+    """Stores PNG bytes as `<root>/<sha256>.png`; writing the same image twice is a no-op."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def path_for(self, sha256: str) -> Path:
+        """Return the file path for a digest; rejects anything that is not a sha256 (no path traversal)."""
+        if not _is_sha256(sha256):
+            raise ArtifactError(f"not an artifact id: {sha256!r} (expected 64 lowercase hex characters)")
+        return self.root / f"{sha256}.png"
+
+    def put_png(self, data: bytes) -> tuple[str, Path]:
+        """Write PNG bytes atomically and return `(sha256, path)`."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.path_for(digest)
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            # Write then rename so a crash never leaves a truncated file under a valid name.
+            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        return digest, path
+
+    def put_image(self, image: Image.Image, **meta: Any) -> dict[str, Any]:
+        """Encode a PIL image as PNG, store it, and return an image reference (a plain JSON dict)."""
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return self.put_bytes(buf.getvalue(), **meta)
+
+    def put_bytes(self, data: bytes, **meta: Any) -> dict[str, Any]:
+        """Store encoded image bytes (any format PIL reads; re-encoded to PNG if needed) and return a reference."""
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except Exception as exc:
+            raise ArtifactError(f"generator returned bytes that are not an image ({len(data)} bytes)") from exc
+        if image.format != "PNG":
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            data = buf.getvalue()
+        digest, path = self.put_png(data)
+        ref = {"sha256": digest, "path": str(path), "width": image.width, "height": image.height}
+        ref.update(meta)
+        return ref
+
+    def read_bytes(self, ref: dict[str, Any] | str) -> bytes:
+        """Return the PNG bytes for a reference or digest."""
+        digest = ref if isinstance(ref, str) else ref["sha256"]
+        path = self.path_for(digest)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {digest[:12]}… is missing from {self.root}") from None
+
+    def open(self, ref: dict[str, Any] | str) -> Image.Image:
+        image = Image.open(io.BytesIO(self.read_bytes(ref)))
+        image.load()
+        return image
+
+    def data_url(self, ref: dict[str, Any] | str, max_side: int | None = None) -> str:
+        """Return a base64 PNG data URL, downscaled so the longer side is at most `max_side`."""
+        data = self.read_bytes(ref)
+        if max_side:
+            image = Image.open(io.BytesIO(data))
+            if max(image.size) > max_side:
+                image = image.copy()
+                image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+                buf = io.BytesIO()
+                image.save(buf, format="PNG")
+                data = buf.getvalue()
+        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")

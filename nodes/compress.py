@@ -1,0 +1,53 @@
+"""Compressor role: distil the round just failed into a short experience for the refiner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gems.configs import GemsSettings
+from gems.graph.state import GemsState
+from gems.memory.trajectory import MODE_LAYERS, compressor_context
+from gems.nodes.mllm import get_mllm
+from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
+from langgraph.runtime import Runtime
+
+COMPRESS_SYSTEM = """You keep the working notes of an image-generation agent that retries a prompt until every item
+of a checklist passes.
+Distil the latest attempt into a short lesson for the next attempt: which parts of the prompt worked, which
+requirements failed and the likely reason you can see in the image, and what to change next. Build on the earlier
+lessons instead of repeating them.
+Write at most {max_words} words of plain prose, with no heading and no preamble."""
+
+
+def truncate_words(text: str, max_words: int) -> str:
+    """Keep at most `max_words` words (models overshoot word limits now and then)."""
+    words = text.split()
+    return " ".join(words[:max_words])
+
+
+def compress(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+    """Write the experience of the latest round; a no-op in memory modes that do not use experiences.
+
+    Args:
+        state: `rounds` (the latest one gets its `experience`).
+        runtime: the run's settings as context.
+
+    Returns:
+        The latest round's `experience` (merged into `rounds`) and counters, or nothing.
+    """
+    settings = settings_of(runtime)
+    if not MODE_LAYERS[settings.memory.mode]["experience"]:
+        return {}
+    latest = state["rounds"][-1]
+    timings: dict[str, float] = {}
+    with timed(timings, "compress"):
+        parts = compressor_context(state, settings, artifact_store(settings))
+        system = COMPRESS_SYSTEM.format(max_words=settings.loop.experience_max_words)
+        reply = get_mllm(settings.mllm).ask(system, parts)
+    experience = truncate_words(reply.text, settings.loop.experience_max_words)
+    return {
+        "rounds": [{"round": latest["round"], "experience": experience}],
+        "mllm_calls": 1,
+        "timings": timings,
+        "usage": usage_update(reply.usage),
+    }

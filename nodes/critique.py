@@ -1,0 +1,97 @@
+"""Verifier role and the critique step: one yes/no check per criterion in parallel, then the round's verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gems.configs import GemsSettings
+from gems.graph.state import GemsState, RoundRecord, Verdict, VerifyTask
+from gems.nodes.mllm import MLLMError, get_mllm, image_part, text_part
+from gems.nodes.parsing import parse_verdict
+from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
+from langgraph.runtime import Runtime
+
+VERIFY_SYSTEM = """You check one requirement of a generated image.
+Look at the image and answer the question with one word, yes or no. Answer yes only when the image clearly
+satisfies the question."""
+
+VERIFY_USER = "Question: {criterion}"
+
+
+def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+    """Answer one criterion on one image; an error or an unclear answer counts as a fail, never a crash.
+
+    Args:
+        task: the criterion, its index, and the image reference (sent by `route_after_generate`).
+        runtime: the run's settings as context.
+
+    Returns:
+        One `Verdict` appended to `verdicts`, and counters.
+    """
+    settings = settings_of(runtime)
+    timings: dict[str, float] = {}
+    usage: dict[str, int] = {}
+    error: str | None = None
+    answer = ""
+    with timed(timings, "verify"):
+        try:
+            data_url = artifact_store(settings).data_url(task["image"], settings.mllm.image_max_side)
+            reply = get_mllm(settings.mllm).ask(
+                VERIFY_SYSTEM,
+                [text_part(VERIFY_USER.format(criterion=task["criterion"])), image_part(data_url)],
+            )
+            answer, usage = reply.text, reply.usage
+        except (MLLMError, OSError, ValueError) as exc:
+            error = str(exc)
+    verdict = parse_verdict(answer) if error is None else None
+    record = Verdict(
+        round=task["round"],
+        candidate=task["candidate"],
+        index=task["index"],
+        criterion=task["criterion"],
+        passed=verdict is True,
+        answer=answer[:500],
+        error=error if error is not None else (None if verdict is not None else "answer was neither yes nor no"),
+    )
+    return {"verdicts": [record], "mllm_calls": 1, "timings": timings, "usage": usage_update(usage)}
+
+
+def _score(verdicts: list[Verdict], criteria: list[str]) -> tuple[list[str], list[str]]:
+    passed_idx = {v["index"] for v in verdicts if v["passed"]}
+    passed = [q for i, q in enumerate(criteria) if i in passed_idx]
+    failed = [q for i, q in enumerate(criteria) if i not in passed_idx]
+    return passed, failed
+
+
+def critique(state: GemsState) -> dict[str, Any]:
+    """Collect the round's verdicts into its factual record; with several candidates keep the best one.
+
+    Args:
+        state: `round`, `criteria`, `candidates`, `verdicts`, `current_prompt`, `thought`.
+
+    Returns:
+        The new `RoundRecord` (merged into `rounds` by round number).
+    """
+    round_no = state["round"]
+    criteria = state.get("criteria") or []
+    candidates = state.get("candidates") or []
+    this_round = [v for v in state.get("verdicts") or [] if v["round"] == round_no]
+    best_c, best_passed, best_failed = 0, [], list(criteria)
+    for c in range(len(candidates)):
+        mine = sorted((v for v in this_round if v["candidate"] == c), key=lambda v: v["index"])
+        passed, failed = _score(mine, criteria)
+        if c == 0 or len(passed) > len(best_passed):  # strict: the earliest candidate wins a tie
+            best_c, best_passed, best_failed = c, passed, failed
+    record = RoundRecord(
+        round=round_no,
+        prompt=state.get("current_prompt") or state["prompt"],
+        thought=state.get("thought"),
+        image=candidates[best_c] if candidates else {},
+        passed=best_passed,
+        failed=best_failed,
+        verdicts=sorted((v for v in this_round if v["candidate"] == best_c), key=lambda v: v["index"]),
+        experience=None,
+    )
+    if len(candidates) > 1:
+        record["candidates"] = candidates
+    return {"rounds": [record]}

@@ -1,0 +1,68 @@
+"""Decomposer role: turn the original prompt into yes/no visual criteria, checked every round."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gems.configs import GemsSettings
+from gems.graph.state import GemsState
+from gems.nodes.mllm import MLLMError, get_mllm
+from gems.nodes.parsing import CriteriaParseError, parse_criteria
+from gems.nodes.runtime import settings_of, timed, usage_update
+from langgraph.runtime import Runtime
+
+DECOMPOSE_SYSTEM = """You turn an image request into a checklist for judging a generated image.
+Write one yes/no question for each visual requirement the request states: every object that must appear, every
+count, every attribute (colour, material, size, style), every spatial relation or action, and every piece of text
+that must be written. A correct image earns "yes" to every question.
+Ask only about what the request states. Do not invent requirements, and do not ask about quality or beauty unless
+the request does. Each question must stand on its own and be answerable by looking at the image.
+Answer with a JSON array of strings and nothing else, for example:
+["Is there a red apple?", "Is the apple on a white plate?"]"""
+
+DECOMPOSE_USER = "Request: {prompt}"
+
+REPAIR_USER = """Request: {prompt}
+
+Your previous answer could not be read as a JSON array of strings:
+{bad}
+
+Answer again with only the JSON array of yes/no questions."""
+
+CRITERIA_ERROR = "the decomposer did not return a JSON list of questions after one retry ({detail}); check mllm.model"
+
+
+def decompose(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+    """Ask for criteria of the original prompt; one repair retry, then a clear error.
+
+    Args:
+        state: needs `prompt` (the user's, never the skill-enhanced one).
+        runtime: the run's settings as context.
+
+    Returns:
+        `criteria` (possibly empty: one generation from the original prompt then follows) and counters.
+
+    Raises:
+        MLLMError: when the answer is still not a JSON list after the retry.
+    """
+    settings = settings_of(runtime)
+    mllm = get_mllm(settings.mllm)
+    prompt = state["prompt"]
+    timings: dict[str, float] = {}
+    with timed(timings, "decompose"):
+        reply = mllm.ask(DECOMPOSE_SYSTEM, DECOMPOSE_USER.format(prompt=prompt))
+        usages, calls = [reply.usage], 1
+        try:
+            criteria = parse_criteria(reply.text)
+        except CriteriaParseError:
+            # Step 2: one repair round with the unreadable answer shown back.
+            retry = mllm.ask(DECOMPOSE_SYSTEM, REPAIR_USER.format(prompt=prompt, bad=reply.text[:2000]))
+            usages.append(retry.usage)
+            calls += 1
+            try:
+                criteria = parse_criteria(retry.text)
+            except CriteriaParseError as exc:
+                raise MLLMError(CRITERIA_ERROR.format(detail=exc)) from None
+    if settings.loop.max_criteria is not None:
+        criteria = criteria[: settings.loop.max_criteria]
+    return {"criteria": criteria, "mllm_calls": calls, "timings": timings, "usage": usage_update(*usages)}

@@ -1,0 +1,124 @@
+"""Local generation with any diffusers text-to-image pipeline (`DiffusionPipeline.from_pretrained`)."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import threading
+from typing import Any
+
+from gems.configs import GeneratorSettings
+from gems.nodes.generators import GeneratorError, Rendered
+
+_pipelines: dict[tuple[str, str, str, bool], Any] = {}
+_pipelines_lock = threading.Lock()
+
+
+def _pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _pick_dtype(requested: str, device: str):
+    import torch
+
+    if device == "cpu":
+        # Half precision on CPU is slow or unsupported for many ops.
+        return torch.float32
+    if requested == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float16
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[requested]
+
+
+def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_offload: bool = False) -> Any:
+    """Load (once per process) and return a diffusers pipeline for a hub id or a local folder."""
+    device = _pick_device(device)
+    key = (model, dtype, device, cpu_offload)
+    with _pipelines_lock:
+        if key in _pipelines:
+            return _pipelines[key]
+        import torch  # noqa: F401  (import errors should surface here, not mid-call)
+        from diffusers import DiffusionPipeline
+
+        torch_dtype = _pick_dtype(dtype, device)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+        except (OSError, ValueError) as exc:
+            first = " ".join(str(exc).split())[:160]
+            raise GeneratorError(
+                f"cannot load diffusers model {model!r}: {first}; download it first "
+                f"(hf download {model}) or set generator.model to a local folder"
+            ) from exc
+        if cpu_offload and device != "cpu":
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe = pipe.to(device)
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+        pipe._gems_lock = threading.Lock()  # one pipeline runs one call at a time
+        pipe._gems_device = device
+        _pipelines[key] = pipe
+        return pipe
+
+
+class DiffusersGenerator:
+    """Renders with a cached diffusers pipeline; the pipeline is shared by every run in the process."""
+
+    backend = "diffusers"
+
+    def __init__(self, settings: GeneratorSettings):
+        self.settings = settings
+        self.model = settings.model or ""
+        self.pipe = load_pipeline(self.model, settings.dtype, settings.device, settings.cpu_offload)
+        self._accepted = set(inspect.signature(self.pipe.__call__).parameters)
+
+    def _call_kwargs(self, prompt: str, seed: int) -> dict[str, Any]:
+        import torch
+
+        s = self.settings
+        wanted: dict[str, Any] = {
+            "prompt": prompt,
+            "width": s.width,
+            "height": s.height,
+            "num_inference_steps": s.steps,
+            "guidance_scale": s.guidance_scale,
+            "negative_prompt": s.negative_prompt,
+            **s.call_kwargs,
+        }
+        kwargs = {k: v for k, v in wanted.items() if v is not None and k in self._accepted}
+        unknown = sorted(k for k in s.call_kwargs if k not in self._accepted)
+        if unknown:
+            raise GeneratorError(
+                f"{type(self.pipe).__name__} does not accept generator.call_kwargs {unknown}; remove them"
+            )
+        gen_device = "cpu" if self.pipe._gems_device == "mps" else self.pipe._gems_device
+        kwargs["generator"] = torch.Generator(gen_device).manual_seed(seed)
+        return kwargs
+
+    def render(self, prompt: str, seed: int) -> Rendered:
+        kwargs = self._call_kwargs(prompt, seed)
+        try:
+            with self.pipe._gems_lock:
+                image = self.pipe(**kwargs).images[0]
+        except GeneratorError:
+            raise
+        except Exception as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise GeneratorError(f"diffusers pipeline {self.model!r} failed: {type(exc).__name__}: {detail}") from exc
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        meta = {
+            "backend": self.backend,
+            "model": self.model,
+            "seed": seed,
+            "steps": kwargs.get("num_inference_steps"),
+            "guidance_scale": kwargs.get("guidance_scale"),
+        }
+        return Rendered(data=buf.getvalue(), meta=meta)

@@ -1,0 +1,106 @@
+"""Strict parsers for what the MLLM roles answer: verdicts, criteria lists, skill names and prompts."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from gems.nodes.mllm import split_thinking
+
+_FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_WORD_RE = re.compile(r"[A-Za-z]+")
+
+
+class CriteriaParseError(ValueError):
+    """The decomposer's answer is not a JSON array of questions."""
+
+
+def parse_verdict(answer: str) -> bool | None:
+    """Read a yes/no verdict from its first word: True for yes, False for no, None when it is neither.
+
+    "Yes, nothing is missing" is a yes; "not sure", "noted" and "yesterday" are not verdicts.
+    """
+    text, _ = split_thinking(answer)
+    match = _WORD_RE.search(text)
+    if match is None:
+        return None
+    word = match.group(0).lower()
+    if word == "yes":
+        return True
+    if word == "no":
+        return False
+    return None
+
+
+def _json_candidates(text: str) -> list[str]:
+    candidates = [m.strip() for m in _FENCE_RE.findall(text)]
+    start, end = text.find("["), text.rfind("]")
+    if start != -1 and end > start:
+        candidates.append(text[start : end + 1])
+    candidates.append(text.strip())
+    return candidates
+
+
+def parse_criteria(answer: str) -> list[str]:
+    """Parse a JSON array of yes/no questions; strings or objects with a `question` field are accepted.
+
+    Raises:
+        CriteriaParseError: when no JSON array of questions can be read from the answer.
+    """
+    text, _ = split_thinking(answer)
+    for candidate in _json_candidates(text):
+        try:
+            data = json.loads(candidate)
+        except (json.JSONDecodeError, ValueError):
+            continue
+        if isinstance(data, dict):
+            data = data.get("criteria", data.get("questions"))
+        if not isinstance(data, list):
+            continue
+        questions: list[str] = []
+        for item in data:
+            if isinstance(item, dict):
+                item = item.get("question")
+            if not isinstance(item, str):
+                break
+            questions.append(" ".join(item.split()))
+        else:
+            return dedupe([q for q in questions if q])
+    snippet = " ".join(text.split())[:120]
+    raise CriteriaParseError(f"expected a JSON array of yes/no questions, got: {snippet!r}")
+
+
+def dedupe(items: list[str]) -> list[str]:
+    """Drop repeated items (case- and space-insensitive), keeping the first occurrence's order."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        key = " ".join(item.lower().split())
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def parse_skill_choice(answer: str, names: list[str]) -> str | None:
+    """Return the skill named by a router reply, or None for NONE or anything that is not exactly one name."""
+    text, _ = split_thinking(answer)
+    cleaned = text.strip().strip("`*\"'.").strip()
+    if cleaned in names:
+        return cleaned
+    return None
+
+
+_PROMPT_LABEL_RE = re.compile(r"^\s*(?:\*\*)?(?:final\s+|new\s+|refined\s+|improved\s+)?prompt(?:\*\*)?\s*:\s*", re.I)
+
+
+def clean_prompt(answer: str) -> str:
+    """Strip wrappers models add around a prompt: thinking, code fences, a 'Prompt:' label, outer quotes."""
+    text, _ = split_thinking(answer)
+    fenced = _FENCE_RE.findall(text)
+    if fenced:
+        text = fenced[0]
+    text = _PROMPT_LABEL_RE.sub("", text.strip())
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    return text.strip()

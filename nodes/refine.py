@@ -1,0 +1,52 @@
+"""Refiner role: write the next prompt from the original request and the trajectory so far."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gems.configs import GemsSettings
+from gems.graph.state import GemsState
+from gems.memory.trajectory import refiner_context
+from gems.nodes.mllm import MLLMError, get_mllm
+from gems.nodes.parsing import clean_prompt
+from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
+from langgraph.runtime import Runtime
+
+REFINE_SYSTEM = """You write the next prompt for a text-to-image model that has not yet satisfied a user's request.
+You see the original request and the attempts so far: each attempt's prompt, the image it produced, the
+requirements it failed, and any lessons drawn from it.
+Write one new prompt that
+1. makes every failed requirement impossible to miss,
+2. keeps what already worked, so nothing that passed breaks,
+3. applies the lessons,
+4. uses clear, concrete wording without contradictions,
+and stays faithful to the original request. Return only the new prompt text."""
+
+EMPTY_PROMPT_ERROR = "the refiner returned an empty prompt; check mllm.model and mllm.max_tokens"
+
+
+def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+    """Write the next round's prompt; the server's separate reasoning becomes the next round's thought.
+
+    Args:
+        state: `prompt` and `rounds`.
+        runtime: the run's settings as context.
+
+    Returns:
+        `current_prompt`, `thought` and counters.
+    """
+    settings = settings_of(runtime)
+    timings: dict[str, float] = {}
+    with timed(timings, "refine"):
+        parts = refiner_context(state, settings, artifact_store(settings))
+        reply = get_mllm(settings.mllm).ask(REFINE_SYSTEM, parts)
+    new_prompt = clean_prompt(reply.text)
+    if not new_prompt:
+        raise MLLMError(EMPTY_PROMPT_ERROR)
+    return {
+        "current_prompt": new_prompt,
+        "thought": reply.thought,
+        "mllm_calls": 1,
+        "timings": timings,
+        "usage": usage_update(reply.usage),
+    }

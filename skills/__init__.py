@@ -1,0 +1,12 @@
+"""Agent Skills: the SKILL.md registry and the bundled skill library."""
+
+from gems.skills.registry import (
+    Skill,
+    SkillError,
+    SkillRegistry,
+    bundled_library,
+    load_registry,
+    parse_skill_file,
+)
+
+__all__ = ["Skill", "SkillError", "SkillRegistry", "bundled_library", "load_registry", "parse_skill_file"]

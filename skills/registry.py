@@ -1,0 +1,147 @@
+"""The skill registry: loads `<name>/SKILL.md` folders (Agent Skills format), validates and indexes them."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+MAX_NAME = 64
+MAX_DESCRIPTION = 1024
+ALLOWED_KEYS = {"name", "description", "license", "compatibility", "metadata", "allowed-tools"}
+
+
+class SkillError(ValueError):
+    """A SKILL.md file is malformed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Skill:
+    """One skill: routing text (name, description) and the instructions loaded on demand."""
+
+    name: str
+    description: str
+    body: str
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def resources(self) -> list[str]:
+        """Relative paths of the optional files under `references/`."""
+        ref_dir = self.folder / "references"
+        if not ref_dir.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.folder)) for p in ref_dir.rglob("*") if p.is_file())
+
+
+def parse_skill_file(path: Path) -> Skill:
+    """Parse and validate one SKILL.md; raises `SkillError` naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SkillError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not text.startswith("---"):
+        raise SkillError(f"{path}: missing YAML front matter (the file must start with a '---' line)")
+    parts = text.split("\n---", 1)
+    if len(parts) != 2:
+        raise SkillError(f"{path}: front matter is not closed by a '---' line")
+    head, body = parts[0][3:], parts[1].split("\n", 1)[1] if "\n" in parts[1] else ""
+    try:
+        meta = yaml.safe_load(head) or {}
+    except yaml.YAMLError as exc:
+        raise SkillError(f"{path}: front matter is not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if not isinstance(meta, dict):
+        raise SkillError(f"{path}: front matter must be a mapping with name and description")
+    unknown = sorted(set(meta) - ALLOWED_KEYS)
+    if unknown:
+        raise SkillError(f"{path}: unknown front matter keys {unknown}; allowed: {sorted(ALLOWED_KEYS)}")
+    name = meta.get("name")
+    folder = path.parent.name
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > MAX_NAME:
+        raise SkillError(f"{path}: name must be 1-{MAX_NAME} lowercase letters, digits and hyphens, got {name!r}")
+    if name != folder:
+        raise SkillError(f"{path}: name {name!r} must equal its folder name {folder!r}")
+    description = meta.get("description")
+    if not isinstance(description, str) or not description.strip():
+        raise SkillError(f"{path}: description is empty; say what the skill does and when to use it")
+    if len(description) > MAX_DESCRIPTION:
+        raise SkillError(f"{path}: description has {len(description)} characters; the limit is {MAX_DESCRIPTION}")
+    metadata = meta.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise SkillError(f"{path}: metadata must be a mapping")
+    if not body.strip():
+        raise SkillError(f"{path}: the instructions (Markdown body after the front matter) are empty")
+    return Skill(name=name, description=" ".join(description.split()), body=body.strip(), path=path, metadata=metadata)
+
+
+def bundled_library() -> Path:
+    """The folder of skills shipped with gems."""
+    return Path(str(resources.files("gems.skills").joinpath("library")))
+
+
+@dataclass
+class SkillRegistry:
+    """Skills by name, plus the errors of the files that could not be loaded."""
+
+    skills: dict[str, Skill] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add_folder(self, root: Path) -> None:
+        """Load every `<root>/<name>/SKILL.md`; a bad skill is recorded and skipped, never fatal."""
+        if not root.is_dir():
+            self.errors.append(f"{root}: skills folder does not exist")
+            return
+        for skill_md in sorted(root.glob("*/SKILL.md")):
+            try:
+                skill = parse_skill_file(skill_md)
+            except SkillError as exc:
+                self.errors.append(str(exc))
+                continue
+            if skill.name in self.skills:
+                other = self.skills[skill.name].path
+                self.errors.append(f"{skill_md}: duplicate skill name {skill.name!r} (already loaded from {other})")
+                continue
+            self.skills[skill.name] = skill
+
+    def get(self, name: str) -> Skill | None:
+        return self.skills.get(name)
+
+    def names(self) -> list[str]:
+        return list(self.skills)
+
+    def __len__(self) -> int:
+        return len(self.skills)
+
+    def manifest(self, names: list[str] | None = None) -> str:
+        """Routing text: one `- name: description` line per skill."""
+        chosen = [self.skills[n] for n in (names or self.names()) if n in self.skills]
+        return "\n".join(f"- {s.name}: {s.description}" for s in chosen)
+
+
+def load_registry(paths: list[Path] | tuple[Path, ...] = (), include_bundled: bool = True) -> SkillRegistry:
+    """Build a registry from the bundled library plus user folders (earlier folders win name clashes)."""
+    return _load_registry(tuple(Path(p).expanduser().resolve() for p in paths), include_bundled)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_registry(paths: tuple[Path, ...], include_bundled: bool) -> SkillRegistry:
+    registry = SkillRegistry()
+    if include_bundled:
+        registry.add_folder(bundled_library())
+    for root in paths:
+        registry.add_folder(root)
+    for error in registry.errors:
+        log.warning("skipped skill: %s", error)
+    return registry

@@ -1,0 +1,104 @@
+"""Shared fixtures: an isolated environment, local servers on 127.0.0.1, a tiny diffusers model folder."""
+
+from __future__ import annotations
+
+import os
+
+# No hub, no telemetry, no tracing, before anything imports the libraries that read these.
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "LANGSMITH_TRACING": "false",
+        "LANGCHAIN_TRACING_V2": "false",
+        "ANONYMIZED_TELEMETRY": "False",
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "LANGGRAPH_NO_VERSION_CHECK": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gems.configs import GemsSettings
+
+from tests.support.servers import GeneratorStub, OpenAIStub, ScriptedMLLM
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Every test gets its own data dir and no GEMS_* or OpenAI variables from the outer shell."""
+    for var in list(os.environ):
+        if var.startswith("GEMS_") or var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+            monkeypatch.delenv(var, raising=False)
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("GEMS_DATA_DIR", str(data_dir))
+    from gems.nodes.runtime import _settings_from_env
+
+    _settings_from_env.cache_clear()
+    return data_dir
+
+
+@pytest.fixture
+def mllm_server():
+    """Factory: `mllm_server(**script)` starts a scripted OpenAI-compatible server and returns (server, script)."""
+    started: list[OpenAIStub] = []
+
+    def start(**script: Any) -> tuple[OpenAIStub, ScriptedMLLM]:
+        scripted = ScriptedMLLM(**script)
+        server = OpenAIStub(chat=scripted).start()
+        started.append(server)
+        return server, scripted
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def gen_server():
+    """Factory: `gen_server(**options)` starts a reference-protocol generator server."""
+    started: list[GeneratorStub] = []
+
+    def start(**options: Any) -> GeneratorStub:
+        server = GeneratorStub(**options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.release.set()
+        server.stop()
+
+
+def make_settings(mllm: OpenAIStub, gen: GeneratorStub | None, data_dir: Path, **sections: Any) -> GemsSettings:
+    """Settings pointing at the local servers; `sections` override whole sections or fields (`loop={...}`)."""
+    base: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "mllm": {
+            "base_url": mllm.base_url,
+            "model": "stub-vlm",
+            "api_key": "sk-test",
+            "max_retries": 0,
+            "timeout_s": 10,
+        },
+        "generator": {"backend": "http", "preset": None, "url": gen.url if gen else None, "max_retries": 0},
+        "storage": {"checkpointer": "memory"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return GemsSettings.model_validate(base)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Stable Diffusion pipeline saved with `save_pretrained`, like a local model folder."""
+    from tests.support.tiny_pipelines import save_tiny_stable_diffusion
+
+    return save_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd"))

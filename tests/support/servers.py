@@ -1,0 +1,308 @@
+"""Local HTTP servers on 127.0.0.1 that stand in for what sits behind the network boundary.
+
+- `OpenAIStub`: an OpenAI-compatible server (`/v1/chat/completions`, `/v1/images/generations`) answering from
+  per-test handlers; the real `ChatOpenAI` client talks to it.
+- `ScriptedMLLM`: a chat handler that recognises each GEMS role by its system prompt and answers from a script.
+- `GeneratorStub`: the reference GEMS generator protocol (`POST /?prompt=` -> PNG bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from PIL import Image, PngImagePlugin
+
+
+class HTTPFailure(Exception):
+    """Raise inside a handler to answer with an HTTP error status."""
+
+    def __init__(self, status: int, message: str = "scripted failure"):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def png_bytes(color: tuple[int, int, int], size: int = 32, text: str | None = None) -> bytes:
+    image = Image.new("RGB", (size, size), color)
+    info = PngImagePlugin.PngInfo()
+    if text is not None:
+        info.add_text("prompt", text)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def color_for(text: str) -> tuple[int, int, int]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return digest[0], digest[1], digest[2]
+
+
+class _Server:
+    def __init__(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                owner._dispatch(self, raw)
+
+            def do_GET(self) -> None:
+                owner._dispatch(self, b"")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str, headers: dict | None = None):
+        try:
+            handler.send_response(status)
+            handler.send_header("content-type", ctype)
+            handler.send_header("content-length", str(len(body)))
+            for key, value in (headers or {}).items():
+                handler.send_header(key, value)
+            handler.end_headers()
+            handler.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _send_json(self, handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+        self._send(handler, status, json.dumps(payload).encode(), "application/json")
+
+
+ChatHandler = Callable[[dict[str, Any]], Any]
+ImageHandler = Callable[[dict[str, Any]], bytes]
+
+
+class OpenAIStub(_Server):
+    """OpenAI-compatible endpoint; `chat` returns a str, a dict with content/reasoning_content, or raises."""
+
+    def __init__(self, chat: ChatHandler | None = None, images: ImageHandler | None = None):
+        super().__init__()
+        self.chat = chat
+        self.images = images
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        path = urlparse(handler.path).path
+        body = json.loads(raw or b"{}")
+        with self.lock:
+            self.requests.append({"path": path, "body": body, "headers": dict(handler.headers)})
+        try:
+            if path == "/v1/chat/completions" and self.chat is not None:
+                answer = self.chat(body)
+                if isinstance(answer, str):
+                    answer = {"content": answer}
+                message = {"role": "assistant", "content": answer.get("content")}
+                if answer.get("reasoning_content"):
+                    message["reasoning_content"] = answer["reasoning_content"]
+                payload = {
+                    "id": "chatcmpl-test",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "stub"),
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
+                }
+                self._send_json(handler, 200, payload)
+            elif path == "/v1/images/generations" and self.images is not None:
+                data = self.images(body)
+                self._send_json(
+                    handler,
+                    200,
+                    {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(data).decode()}]},
+                )
+            else:
+                self._send_json(handler, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
+        except HTTPFailure as exc:
+            self._send_json(handler, exc.status, {"error": {"message": exc.message, "type": "server_error"}})
+
+
+def _system_text(body: dict[str, Any]) -> str:
+    for message in body.get("messages", []):
+        if message.get("role") in ("system", "developer"):
+            content = message.get("content")
+            return content if isinstance(content, str) else json.dumps(content)
+    return ""
+
+
+def user_text(body: dict[str, Any]) -> str:
+    """All text of the user message(s) in a chat request."""
+    out = []
+    for message in body.get("messages", []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                out.append(content)
+            else:
+                out.extend(p.get("text", "") for p in content if p.get("type") == "text")
+    return "\n".join(out)
+
+
+def image_urls(body: dict[str, Any]) -> list[str]:
+    urls = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, list):
+            urls.extend(p["image_url"]["url"] for p in content if p.get("type") == "image_url")
+    return urls
+
+
+def role_of(body: dict[str, Any]) -> str:
+    """Which GEMS role sent this request, told by the first line of its system prompt."""
+    from gems.nodes.compress import COMPRESS_SYSTEM
+    from gems.nodes.critique import VERIFY_SYSTEM
+    from gems.nodes.decompose import DECOMPOSE_SYSTEM
+    from gems.nodes.plan import ENHANCE_SYSTEM, ROUTER_SYSTEM
+    from gems.nodes.refine import REFINE_SYSTEM
+
+    system = _system_text(body)
+    for role, prompt in (
+        ("route", ROUTER_SYSTEM),
+        ("enhance", ENHANCE_SYSTEM),
+        ("decompose", DECOMPOSE_SYSTEM),
+        ("verify", VERIFY_SYSTEM),
+        ("compress", COMPRESS_SYSTEM),
+        ("refine", REFINE_SYSTEM),
+    ):
+        if system.startswith(prompt.splitlines()[0]):
+            return role
+    return "other"
+
+
+class ScriptedMLLM:
+    """Answers each GEMS role from a script; verdicts may depend on the criterion and how often it was asked.
+
+    Args:
+        criteria: the decomposer's answer: a list (sent as JSON) or a raw string.
+        criteria_retry: the answer to the decomposer's repair request, if it comes to that.
+        verdict: `f(criterion, attempt)` -> answer text, `attempt` counting from 1 per criterion.
+        route: the router's answer; enhance: the enhancer's answer.
+        refine: `f(n)` -> the n-th refined prompt; reasoning: sent as `reasoning_content` by the refiner.
+        fail_verify: criteria whose verifier call answers HTTP 500.
+    """
+
+    def __init__(
+        self,
+        criteria: list[str] | str = ("Is there a cat?", "Is the cat red?"),
+        criteria_retry: list[str] | str | None = None,
+        verdict: Callable[[str, int], str] = lambda q, n: "yes",
+        route: str = "NONE",
+        enhance: str = "an enhanced prompt",
+        refine: Callable[[int], str] = lambda n: f"refined prompt {n}",
+        compress: str = "Lesson: make the failed parts explicit.",
+        reasoning: str | None = None,
+        fail_verify: tuple[str, ...] = (),
+    ):
+        self.criteria_answers = [criteria] if criteria_retry is None else [criteria, criteria_retry]
+        self.verdict = verdict
+        self.route = route
+        self.enhance = enhance
+        self.refine = refine
+        self.compress = compress
+        self.reasoning = reasoning
+        self.fail_verify = set(fail_verify)
+        self.calls: Counter[str] = Counter()
+        self.asked: defaultdict[str, int] = defaultdict(int)
+        self.bodies: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.lock = threading.Lock()
+
+    def __call__(self, body: dict[str, Any]) -> Any:
+        role = role_of(body)
+        with self.lock:
+            self.calls[role] += 1
+            self.bodies[role].append(body)
+            count = self.calls[role]
+        if role == "route":
+            return self.route
+        if role == "enhance":
+            return self.enhance
+        if role == "decompose":
+            answer = self.criteria_answers[min(count - 1, len(self.criteria_answers) - 1)]
+            return answer if isinstance(answer, str) else json.dumps(list(answer))
+        if role == "verify":
+            criterion = user_text(body).removeprefix("Question: ").strip()
+            if criterion in self.fail_verify:
+                raise HTTPFailure(500, "verifier exploded")
+            with self.lock:
+                self.asked[criterion] += 1
+                attempt = self.asked[criterion]
+            return self.verdict(criterion, attempt)
+        if role == "compress":
+            return self.compress
+        if role == "refine":
+            return {"content": self.refine(count), "reasoning_content": self.reasoning}
+        return "?"
+
+
+class GeneratorStub(_Server):
+    """The reference GEMS generator protocol: `POST <url>?prompt=...` answered with PNG bytes.
+
+    Each image gets a colour from the prompt and the call number, and carries the prompt in a PNG text chunk.
+    `fail_first` answers that many calls with HTTP 500; `block_on_call` makes that call (1-based) wait until
+    `release` is set, so a test can kill a client mid-generation.
+    """
+
+    def __init__(self, fail_first: int = 0, status: int = 500, block_on_call: int | None = None):
+        super().__init__()
+        self.fail_first = fail_first
+        self.status = status
+        self.block_on_call = block_on_call
+        self.release = threading.Event()
+        self.blocked = threading.Event()
+        self.prompts: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/generate"
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        query = parse_qs(urlparse(handler.path).query)
+        prompt = query.get("prompt", [""])[0]
+        with self.lock:
+            self.prompts.append(prompt)
+            call = len(self.prompts)
+        if call <= self.fail_first:
+            self._send(handler, self.status, b"model exploded", "text/plain")
+            return
+        if self.block_on_call is not None and call == self.block_on_call:
+            self.blocked.set()
+            self.release.wait(timeout=60)
+        data = png_bytes(color_for(f"{prompt}#{call}"), text=prompt)
+        self._send(handler, 200, data, "image/png", {"x-seed": str(1000 + call)})

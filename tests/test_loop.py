@@ -1,0 +1,179 @@
+"""The GEMS loop end to end: real ChatOpenAI against a scripted local server, real HTTP generator calls."""
+
+from __future__ import annotations
+
+import pytest
+from gems.graph import build_graph, run_config
+from gems.nodes.generators import GeneratorError
+from gems.nodes.mllm import MLLMError
+from langgraph.checkpoint.memory import InMemorySaver
+
+from tests.conftest import make_settings
+
+CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]
+
+
+def run(settings, prompt="a red cat on a mat", thread="t1", checkpointer=None):
+    graph = build_graph(checkpointer=checkpointer or InMemorySaver())
+    config = run_config(settings, thread)
+    graph.invoke({"prompt": prompt}, config, context=settings, durability="sync")
+    return graph.get_state(config).values, graph, config
+
+
+def passes_from_round(k: int):
+    """Criterion 'Is the cat red?' fails until attempt k; the others always pass."""
+    return lambda q, n: "yes" if q != "Is the cat red?" or n >= k else "no"
+
+
+def test_loop_succeeds_at_round_k_and_counts_calls(mllm_server, gen_server, isolated_env):
+    mllm, script = mllm_server(criteria=CRITERIA, verdict=passes_from_round(3))
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env))
+
+    assert values["success"] is True
+    assert [r["round"] for r in values["rounds"]] == [1, 2, 3]
+    assert values["final"]["round"] == 3 and values["final"]["passed"] == 3
+    # Round 1 uses the original prompt (router said NONE), later rounds the refiner's prompts.
+    assert gen.prompts == ["a red cat on a mat", "refined prompt 1", "refined prompt 2"]
+    # route + decompose + 3 rounds x 3 verifications + 2 x (compress + refine)
+    assert script.calls == {"route": 1, "decompose": 1, "verify": 9, "compress": 2, "refine": 2}
+    assert values["mllm_calls"] == 15 and values["generator_calls"] == 3
+    assert values["rounds"][0]["failed"] == ["Is the cat red?"]
+    assert values["rounds"][0]["experience"].startswith("Lesson")
+    assert values["rounds"][-1]["experience"] is None  # no compression after the last round
+
+
+def test_no_success_returns_best_round_earliest_on_tie(mllm_server, gen_server, isolated_env):
+    # Passed per round: 1, 2, 1, 2, 0 -> best is round 2 (round 4 ties and loses).
+    table = {1: 1, 2: 2, 3: 1, 4: 2, 5: 0}
+
+    def verdict(q: str, n: int) -> str:
+        return "yes" if CRITERIA.index(q) < table[n] else "no"
+
+    mllm, script = mllm_server(criteria=CRITERIA, verdict=verdict)
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env))
+
+    assert values["success"] is False
+    assert len(values["rounds"]) == 5 and len(gen.prompts) == 5
+    assert values["final"]["round"] == 2 and values["final"]["passed"] == 2 and values["final"]["total"] == 3
+    assert values["final"]["image"] == values["rounds"][1]["image"]
+    assert script.calls["refine"] == 4 and script.calls["compress"] == 4
+
+
+def test_max_rounds_option_bounds_the_loop(mllm_server, gen_server, isolated_env):
+    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "no")
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env, loop={"max_rounds": 2}))
+    assert len(gen.prompts) == 2 and values["final"]["round"] == 1
+
+
+def test_empty_criteria_generates_once_from_original_prompt(mllm_server, gen_server, isolated_env):
+    mllm, script = mllm_server(criteria=[], route="spatial-layout", enhance="a much longer enhanced prompt")
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env))
+    assert gen.prompts == ["a red cat on a mat"]
+    assert values["success"] is True and values["final"]["total"] == 0
+    assert script.calls["verify"] == 0 and values["final"]["image"]["sha256"]
+
+
+def test_malformed_criteria_are_repaired_once(mllm_server, gen_server, isolated_env):
+    mllm, script = mllm_server(criteria="Sure! Here are the questions: 1. Is there a cat?", criteria_retry=CRITERIA)
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env))
+    assert script.calls["decompose"] == 2
+    assert values["criteria"] == CRITERIA
+    assert "could not be read" in script.bodies["decompose"][1]["messages"][1]["content"]
+
+
+def test_malformed_criteria_twice_is_a_clear_error(mllm_server, gen_server, isolated_env):
+    mllm, _ = mllm_server(criteria="no idea", criteria_retry="still no idea")
+    gen = gen_server()
+    with pytest.raises(MLLMError, match="did not return a JSON list of questions after one retry"):
+        run(make_settings(mllm, gen, isolated_env))
+    assert gen.prompts == []
+
+
+def test_verifier_error_fails_that_criterion_and_the_run_goes_on(mllm_server, gen_server, isolated_env):
+    mllm, _ = mllm_server(criteria=CRITERIA, fail_verify=("Is the cat on a mat?",))
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env, loop={"max_rounds": 2}))
+    first = values["rounds"][0]
+    assert first["failed"] == ["Is the cat on a mat?"]
+    bad = [v for v in first["verdicts"] if not v["passed"]]
+    assert bad and "HTTP 500" in bad[0]["error"]
+    assert values["final"]["passed"] == 2 and len(values["rounds"]) == 2
+
+
+def test_unclear_verdict_counts_as_fail(mllm_server, gen_server, isolated_env):
+    answers = {
+        "Is there a cat?": "Yes, nothing is missing.",
+        "Is the cat red?": "Not sure.",
+        "Is the cat on a mat?": "no",
+    }
+    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: answers[q])
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env, loop={"max_rounds": 1}))
+    assert values["rounds"][0]["passed"] == ["Is there a cat?"]
+    unclear = values["rounds"][0]["verdicts"][1]
+    assert unclear["error"] == "answer was neither yes nor no" and unclear["answer"] == "Not sure."
+
+
+def test_skill_enhances_only_the_first_prompt_and_criteria_use_original(mllm_server, gen_server, isolated_env):
+    mllm, script = mllm_server(
+        criteria=CRITERIA,
+        route="spatial-layout",
+        enhance="Prompt: a red cat sits centred on a mat",
+        verdict=passes_from_round(2),
+    )
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env))
+    assert values["skill"] == "spatial-layout"
+    assert values["skill_trace"]["loaded"] == ["spatial-layout"]
+    assert gen.prompts[0] == "a red cat sits centred on a mat"
+    # The enhancer saw the skill body; the decomposer saw the user's prompt, not the enhanced one.
+    assert "# Spatial layout" in script.bodies["enhance"][0]["messages"][0]["content"]
+    assert script.bodies["decompose"][0]["messages"][1]["content"] == "Request: a red cat on a mat"
+    # The refiner never gets the skill text (paper behaviour).
+    assert "# Spatial layout" not in str(script.bodies["refine"][0])
+
+
+def test_router_reply_with_extra_text_means_no_skill(mllm_server, gen_server, isolated_env):
+    mllm, script = mllm_server(criteria=CRITERIA, route="I would pick spatial-layout because ...")
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env))
+    assert values["skill"] is None and script.calls["enhance"] == 0
+    assert gen.prompts[0] == "a red cat on a mat"
+
+
+def test_refiner_sees_original_prompt_and_every_round(mllm_server, gen_server, isolated_env):
+    mllm, script = mllm_server(criteria=CRITERIA, verdict=passes_from_round(4), reasoning="I should say crimson.")
+    gen = gen_server()
+    values, _, _ = run(make_settings(mllm, gen, isolated_env))
+    third = script.bodies["refine"][2]["messages"][1]["content"]
+    texts = "\n".join(p["text"] for p in third if p["type"] == "text")
+    assert "a red cat on a mat" in texts
+    for n in (1, 2, 3):
+        assert f"## Attempt {n}" in texts
+    assert texts.count("Lesson from this attempt") == 3
+    assert sum(p["type"] == "image_url" for p in third) == 3
+    assert all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in third if p["type"] == "image_url")
+    # The refiner's reasoning_content became the next round's thought, and reached the compressor.
+    assert values["rounds"][1]["thought"] == "I should say crimson."
+    assert "I should say crimson." in str(script.bodies["compress"][1])
+
+
+def test_generator_failure_is_clear_and_keeps_state(mllm_server, gen_server, isolated_env):
+    mllm, _ = mllm_server(criteria=CRITERIA)
+    gen = gen_server(fail_first=1)
+    settings = make_settings(mllm, gen, isolated_env)
+    saver = InMemorySaver()
+    with pytest.raises(GeneratorError, match=r"answered HTTP 500: model exploded"):
+        run(settings, checkpointer=saver)
+    graph = build_graph(checkpointer=saver)
+    config = run_config(settings, "t1")
+    state = graph.get_state(config)
+    assert state.values["criteria"] == CRITERIA and state.next == ("generate",)
+    # The server recovers; the same thread continues from the kept state without re-planning.
+    graph.invoke(None, config, context=settings, durability="sync")
+    assert graph.get_state(config).values["success"] is True
