@@ -94,7 +94,7 @@ def _describe_error(exc: Exception, settings: MLLMSettings) -> str:
     if isinstance(exc, openai.NotFoundError):
         return f"the {where} answered 404: check mllm.model and that mllm.base_url ends in /v1"
     if isinstance(exc, openai.APIStatusError):
-        detail = " ".join(str(exc.message).split())[:200]
+        detail = re.sub(r"^Error code: \d+ - ", "", " ".join(str(exc.message).split()))[:200]
         return f"the {where} answered HTTP {exc.status_code}: {detail}"
     return f"the {where} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 

@@ -91,7 +91,7 @@ def parse_skill_choice(answer: str, names: list[str]) -> str | None:
     return None
 
 
-_PROMPT_LABEL_RE = re.compile(r"^\s*(?:\*\*)?(?:final\s+|new\s+|refined\s+|improved\s+)?prompt(?:\*\*)?\s*:\s*", re.I)
+_PROMPT_LABEL_RE = re.compile(r"^\s*\**\s*(?:final\s+|new\s+|refined\s+|improved\s+)?prompt\s*\**\s*:\s*\**\s*", re.I)
 
 
 def clean_prompt(answer: str) -> str:

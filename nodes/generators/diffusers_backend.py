@@ -49,7 +49,7 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_off
 
         torch_dtype = _pick_dtype(dtype, device)
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+            pipe = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype)
         except (OSError, ValueError) as exc:
             first = " ".join(str(exc).split())[:160]
             raise GeneratorError(

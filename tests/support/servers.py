@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import threading
 import time
 from collections import Counter, defaultdict
@@ -32,8 +33,11 @@ class HTTPFailure(Exception):
         self.message = message
 
 
-def png_bytes(color: tuple[int, int, int], size: int = 32, text: str | None = None) -> bytes:
-    image = Image.new("RGB", (size, size), color)
+def png_bytes(color: tuple[int, int, int], size: int = 32, text: str | None = None, noise: bool = False) -> bytes:
+    if noise:  # incompressible, so a PNG of it is as large as a real photo's
+        image = Image.frombytes("RGB", (size, size), os.urandom(size * size * 3))
+    else:
+        image = Image.new("RGB", (size, size), color)
     info = PngImagePlugin.PngInfo()
     if text is not None:
         info.add_text("prompt", text)
@@ -123,7 +127,9 @@ class OpenAIStub(_Server):
         path = urlparse(handler.path).path
         body = json.loads(raw or b"{}")
         with self.lock:
-            self.requests.append({"path": path, "body": body, "headers": dict(handler.headers)})
+            self.requests.append(
+                {"path": path, "body": body, "headers": {k.lower(): v for k, v in handler.headers.items()}}
+            )
         try:
             if path == "/v1/chat/completions" and self.chat is not None:
                 answer = self.chat(body)
@@ -279,8 +285,12 @@ class GeneratorStub(_Server):
     `release` is set, so a test can kill a client mid-generation.
     """
 
-    def __init__(self, fail_first: int = 0, status: int = 500, block_on_call: int | None = None):
+    def __init__(
+        self, fail_first: int = 0, status: int = 500, block_on_call: int | None = None, size: int = 32, noise=False
+    ):
         super().__init__()
+        self.size = size
+        self.noise = noise
         self.fail_first = fail_first
         self.status = status
         self.block_on_call = block_on_call
@@ -304,5 +314,5 @@ class GeneratorStub(_Server):
         if self.block_on_call is not None and call == self.block_on_call:
             self.blocked.set()
             self.release.wait(timeout=60)
-        data = png_bytes(color_for(f"{prompt}#{call}"), text=prompt)
+        data = png_bytes(color_for(f"{prompt}#{call}"), size=self.size, text=prompt, noise=self.noise)
         self._send(handler, 200, data, "image/png", {"x-seed": str(1000 + call)})

@@ -1,0 +1,220 @@
+"""The `gems` command line: `gems generate "PROMPT"` runs the loop with live progress and writes the results.
+
+Errors print one line saying what to fix and exit non-zero; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+RESUME_HINT = "progress is saved; continue with: gems generate --resume {thread_id}{config}"
+
+
+def _short(text: str | None, width: int = 90) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
+    """Human-readable progress lines for one node's state update."""
+    update = update or {}
+    if node == "plan":
+        skill = update.get("skill")
+        if skill:
+            return [f"plan       skill {skill}: {_short(update.get('current_prompt'))}"]
+        return ["plan       no skill; first prompt is the request as written"]
+    if node == "decompose":
+        criteria = update.get("criteria") or []
+        lines = [f"decompose  {len(criteria)} criteria"]
+        lines += [f"             {i + 1}. {_short(q, 80)}" for i, q in enumerate(criteria)]
+        return lines
+    if node == "generate":
+        refs = update.get("candidates") or []
+        secs = (update.get("timings") or {}).get("generate", 0.0)
+        ids = ", ".join(f"{r['sha256'][:10]} {r['width']}x{r['height']} seed {r.get('seed')}" for r in refs)
+        return [f"generate   round {update.get('round')}: {ids} ({secs:.1f}s)"]
+    if node == "verify":
+        lines = []
+        for v in update.get("verdicts") or []:
+            mark = "yes" if v["passed"] else ("ERR" if v.get("error") and not v.get("answer") else "no ")
+            lines.append(f"verify     {mark} {_short(v['criterion'], 80)}")
+        return lines
+    if node == "critique":
+        lines = []
+        for r in update.get("rounds") or []:
+            total = len(r.get("passed", [])) + len(r.get("failed", []))
+            lines.append(f"critique   round {r['round']}: {len(r.get('passed', []))}/{total} criteria passed")
+        return lines
+    if node == "compress":
+        rounds = update.get("rounds") or []
+        return [f"compress   {_short(r.get('experience'))}" for r in rounds]
+    if node == "refine":
+        return [f"refine     {_short(update.get('current_prompt'))}"]
+    if node == "finalize":
+        final = update.get("final") or {}
+        verdict = "success" if update.get("success") else "best so far"
+        return [f"finalize   {verdict}: round {final.get('round')} ({final.get('passed')}/{final.get('total')} passed)"]
+    return [f"{node:<10} done"]
+
+
+def _write_outputs(out_dir: Path, values: dict[str, Any], trajectory: dict[str, Any], store_root: Path) -> Path:
+    from gems.memory.artifacts import ArtifactStore
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final_png = out_dir / "final.png"
+    image = (values.get("final") or {}).get("image") or {}
+    if image.get("sha256"):
+        shutil.copyfile(ArtifactStore(store_root).path_for(image["sha256"]), final_png)
+    (out_dir / "trajectory.json").write_text(json.dumps(trajectory, indent=2, ensure_ascii=False) + "\n")
+    return final_png
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Run (or resume) one GEMS trajectory."""
+    from gems.configs import load_settings
+
+    prompt = (args.prompt or "").strip()
+    if args.resume and args.thread_id and args.resume != args.thread_id:
+        raise UsageError("give either --resume ID or --thread-id ID, not two different ids")
+    if not args.resume and not prompt:
+        raise UsageError('the prompt is empty: gems generate "a red cube left of a blue sphere"')
+
+    settings = load_settings(args.config, overrides={"loop.max_rounds": args.max_rounds, "loop.seed": args.seed})
+
+    # Heavy imports only after the arguments and config are known to be good.
+    from gems.graph import build_graph, run_config
+    from gems.memory.checkpoint import open_checkpointer
+    from gems.memory.trajectory import build_trajectory
+
+    thread_id = args.resume or args.thread_id or uuid.uuid4().hex[:12]
+    out_dir = Path(args.out) if args.out else Path("gems-out") / thread_id
+    config = run_config(settings, thread_id)
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+
+    with open_checkpointer(settings) as saver:
+        graph = build_graph(checkpointer=saver)
+        existing = graph.get_state(config)
+        if args.resume:
+            if not existing.values:
+                raise UsageError(f"no run with thread id {thread_id!r} in {_where(settings)}")
+            if prompt and prompt != existing.values.get("prompt"):
+                raise UsageError(f"thread {thread_id} was started with a different prompt; drop the prompt to resume")
+            run_input = None
+            say(f"resuming thread {thread_id}: {_short(existing.values.get('prompt'))}")
+        else:
+            if existing.values:
+                raise UsageError(f"thread {thread_id} already exists; continue it with --resume {thread_id}")
+            run_input = {"prompt": prompt}
+            say(f"thread {thread_id}: {_short(prompt)}")
+
+        try:
+            if run_input is not None or existing.next:
+                for node_updates in graph.stream(
+                    run_input, config, context=settings, stream_mode="updates", durability="sync"
+                ):
+                    for node, update in node_updates.items():
+                        for line in describe_update(node, update):
+                            say(line)
+        except KeyboardInterrupt:
+            say(RESUME_HINT.format(thread_id=thread_id, config=_config_flag(args)))
+            return EXIT_INTERRUPTED
+        except Exception as exc:
+            exc.add_note(RESUME_HINT.format(thread_id=thread_id, config=_config_flag(args)))
+            raise
+
+        values = graph.get_state(config).values
+
+    trajectory = build_trajectory(values, thread_id=thread_id, settings=settings)
+    trajectory["timings"]["wall_s"] = round(time.perf_counter() - started, 3)
+    final_png = _write_outputs(out_dir, values, trajectory, settings.artifacts_dir)
+    final = values.get("final") or {}
+    status = "all criteria passed" if values.get("success") else "best attempt"
+    say(f"{status}: round {final.get('round')} ({final.get('passed')}/{final.get('total')}) -> {final_png}")
+    print(final_png)
+    return 0
+
+
+def _where(settings: Any) -> str:
+    kind = settings.storage.checkpointer
+    return str(settings.sqlite_path) if kind == "sqlite" else f"the {kind} checkpointer"
+
+
+def _config_flag(args: argparse.Namespace) -> str:
+    return f" --config {args.config}" if getattr(args, "config", None) else ""
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gems",
+        description="GEMS: plan, generate, critique and refine images with an agent loop, memory and skills.",
+        epilog='Start with: gems generate "a red cube to the left of a blue sphere" --config cpu',
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="run the loop for one prompt", description=cmd_generate.__doc__)
+    gen.add_argument("prompt", nargs="?", default="", help="what to draw (omit with --resume)")
+    gen.add_argument("--config", help="YAML config file or preset name (default, openai, cpu); env GEMS_CONFIG")
+    gen.add_argument("--out", help="output folder for final.png and trajectory.json (default gems-out/THREAD_ID)")
+    gen.add_argument("--max-rounds", type=int, help="generator rounds before returning the best image (default 5)")
+    gen.add_argument("--seed", type=int, help="base seed for reproducible generations")
+    gen.add_argument("--thread-id", help="id for this run's checkpoint thread (default: random)")
+    gen.add_argument("--resume", metavar="THREAD_ID", help="continue an interrupted run from its last checkpoint")
+    gen.add_argument("--quiet", action="store_true", help="print only the final image path")
+    gen.add_argument("--debug", action="store_true", help="show tracebacks")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from gems.configs import ConfigError
+    from gems.memory.artifacts import ArtifactError
+    from gems.nodes.generators import GeneratorError
+    from gems.nodes.mllm import MLLMError
+    from gems.skills import SkillError
+
+    return ConfigError, UsageError, MLLMError, GeneratorError, ArtifactError, SkillError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gems` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except Exception as exc:
+        if args.debug:
+            raise
+        known = isinstance(exc, _known_errors())
+        message = str(exc) if known else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        print(f"gems: error: {message}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", []):
+            print(f"gems: {note}", file=sys.stderr)
+        if not known:
+            print("gems: run again with --debug for the traceback", file=sys.stderr)
+        from gems.configs import ConfigError
+
+        return EXIT_USAGE if isinstance(exc, UsageError | ConfigError) else EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

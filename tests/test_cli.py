@@ -1,0 +1,189 @@
+"""`gems generate` as users run it: a real subprocess, real SQLite checkpoints, local servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]
+pytestmark = pytest.mark.slow
+
+
+def write_config(path: Path, mllm_url: str, gen_url: str, **loop) -> Path:
+    config = {
+        "mllm": {"base_url": mllm_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0, "timeout_s": 20},
+        "generator": {"backend": "http", "preset": None, "url": gen_url, "max_retries": 0},
+        "loop": loop,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def gems(*args: str, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "gems.graph.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr
+    return [line for line in stderr.splitlines() if line.startswith("gems: error:")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_generate_writes_final_image_and_trajectory(mllm_server, gen_server, tmp_path, isolated_env):
+    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if q != "Is the cat red?" or n >= 2 else "no")
+    gen = gen_server()
+    cfg = write_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
+    out = tmp_path / "out"
+    result = gems("generate", "a red cat on a mat", "--config", str(cfg), "--out", str(out), "--seed", "7")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out / "final.png")
+    for marker in ("plan ", "decompose  3 criteria", "generate   round 1", "verify     yes", "critique   round 1: 2/3"):
+        assert marker in result.stderr
+    trajectory = json.loads((out / "trajectory.json").read_text())
+    assert trajectory["success"] is True and trajectory["criteria"] == CRITERIA
+    assert [r["failed"] for r in trajectory["rounds"]] == [["Is the cat red?"], []]
+    assert trajectory["rounds"][0]["experience"] and trajectory["rounds"][1]["prompt"] == "refined prompt 1"
+    assert trajectory["counts"] == {"mllm_calls": 10, "generator_calls": 2, "rounds": 2}
+    assert trajectory["timings"]["wall_s"] > 0 and "generate" in trajectory["timings"]
+    assert Image.open(out / "final.png").size == (32, 32)
+    assert trajectory["final"]["image"]["sha256"] == trajectory["rounds"][1]["image"]["sha256"]
+    # Artifacts and checkpoints went to GEMS_DATA_DIR.
+    assert (isolated_env / "checkpoints.sqlite").exists()
+    assert len(list((isolated_env / "artifacts").glob("*.png"))) == 2
+
+
+def test_resume_after_kill_redoes_no_completed_round(mllm_server, gen_server, tmp_path):
+    mllm, script = mllm_server(
+        criteria=CRITERIA, verdict=lambda q, n: "yes" if q != "Is the cat red?" or n >= 3 else "no"
+    )
+    gen = gen_server(block_on_call=2)
+    cfg = write_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "gems.graph.cli", "generate", "a red cat", "--config", str(cfg), "--thread-id", "k1"]
+    proc = subprocess.Popen([*args, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert gen.blocked.wait(90), "the run never reached round 2"
+        proc.kill()  # SIGKILL: no cleanup, like a crashed machine
+    finally:
+        proc.wait(30)
+    before = dict(script.calls)
+    assert before == {"route": 1, "decompose": 1, "verify": 3, "compress": 1, "refine": 1}
+    gen.block_on_call = None
+    gen.release.set()
+
+    result = gems("generate", "--resume", "k1", "--config", str(cfg), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "resuming thread k1" in result.stderr
+    # Round 1 was rendered once; round 2 was interrupted and rendered again; planning was not redone.
+    assert gen.prompts == ["a red cat", "refined prompt 1", "refined prompt 1", "refined prompt 2"]
+    assert script.calls["route"] == 1 and script.calls["decompose"] == 1
+    assert script.calls["verify"] == 9
+    trajectory = json.loads((out / "trajectory.json").read_text())
+    assert trajectory["success"] is True and len(trajectory["rounds"]) == 3
+    # Resuming a finished thread just rewrites the outputs.
+    again = gems("generate", "--resume", "k1", "--config", str(cfg), "--out", str(tmp_path / "out2"))
+    assert again.returncode == 0 and (tmp_path / "out2" / "final.png").exists()
+    assert len(gen.prompts) == 4
+
+
+def test_existing_thread_needs_resume(mllm_server, gen_server, tmp_path):
+    mllm, _ = mllm_server(criteria=[])
+    gen = gen_server()
+    cfg = write_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
+    assert gems("generate", "a cat", "--config", str(cfg), "--thread-id", "t", "--quiet").returncode == 0
+    result = gems("generate", "a cat", "--config", str(cfg), "--thread-id", "t")
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == ["gems: error: thread t already exists; continue it with --resume t"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("loop:\n  max_roundz: 3\n", "unknown key 'loop.max_roundz'"),
+        ("loop:\n  max_rounds: many\n", "loop.max_rounds: Input should be a valid integer"),
+        ("mllm: [unclosed\n", "broken YAML in config"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+    ],
+)
+def test_bad_config_is_one_line_naming_file_and_key(tmp_path, content, expected):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(content)
+    result = gems("generate", "a cat", "--config", str(cfg))
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and expected in lines[0] and str(cfg) in lines[0]
+
+
+def test_missing_config_and_empty_prompt(tmp_path):
+    missing = gems("generate", "a cat", "--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2
+    assert error_lines(missing.stderr) == [
+        f"gems: error: config file not found: {tmp_path / 'nope.yaml'} (give a path to a YAML file or one of: "
+        "default, openai, cpu)"
+    ]
+    empty = gems("generate", "   ")
+    assert empty.returncode == 2 and "the prompt is empty" in error_lines(empty.stderr)[0]
+
+
+def test_unreachable_mllm_endpoint(gen_server, tmp_path):
+    gen = gen_server()
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    cfg = write_config(tmp_path / "c.yaml", dead, gen.url)
+    started = time.monotonic()
+    result = gems("generate", "a cat", "--config", str(cfg), "--thread-id", "u1")
+    assert result.returncode == 1
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and f"cannot reach the MLLM endpoint {dead}" in lines[0]
+    assert "GEMS_MLLM_BASE_URL" in lines[0]
+    assert "gems generate --resume u1" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_generator_error_exits_with_one_line_and_resume_hint(mllm_server, gen_server, tmp_path):
+    mllm, _ = mllm_server(criteria=CRITERIA)
+    gen = gen_server(fail_first=5)
+    cfg = write_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
+    result = gems("generate", "a cat", "--config", str(cfg), "--thread-id", "g1")
+    assert result.returncode == 1
+    lines = error_lines(result.stderr)
+    assert lines == [f"gems: error: generator server {gen.url} answered HTTP 500: model exploded"]
+    assert f"gems: progress is saved; continue with: gems generate --resume g1 --config {cfg}" in result.stderr
+    # The fix is in place: resume finishes without re-planning.
+    gen.fail_first = 0
+    resumed = gems("generate", "--resume", "g1", "--config", str(cfg), "--out", str(tmp_path / "o"))
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_env_overrides_reach_the_run(mllm_server, gen_server, tmp_path):
+    mllm, _ = mllm_server(criteria=[])
+    gen = gen_server()
+    cfg = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9/v1", "http://127.0.0.1:9/x")
+    env = {"GEMS_MLLM_BASE_URL": mllm.base_url, "GEMS_GENERATOR_URL": gen.url, "GEMS_MLLM_MODEL": "env-model"}
+    result = gems("generate", "a cat", "--config", str(cfg), "--out", str(tmp_path / "o"), env_extra=env)
+    assert result.returncode == 0, result.stderr
+    assert gen.prompts == ["a cat"]
+    assert mllm.requests[0]["body"]["model"] == "env-model"
+
+
+def test_debug_shows_traceback(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("loop:\n  max_roundz: 3\n")
+    result = gems("generate", "a cat", "--config", str(cfg), "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr

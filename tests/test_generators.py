@@ -1,0 +1,163 @@
+"""Generator backends on real code paths: a tiny diffusers pipeline from a local folder, local HTTP servers."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from gems.configs import ConfigError, GeneratorSettings
+from gems.graph import build_graph, run_config
+from gems.nodes.generators import GeneratorError, effective_settings, get_generator
+from langgraph.checkpoint.memory import InMemorySaver
+from PIL import Image
+
+from tests.conftest import make_settings
+from tests.support.servers import HTTPFailure, OpenAIStub, png_bytes
+
+
+def tiny_settings(folder, **extra) -> GeneratorSettings:
+    return GeneratorSettings(
+        backend="diffusers", preset=None, model=str(folder), width=64, height=64, steps=2, device="cpu", **extra
+    )
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def test_diffusers_loads_local_folder_once_and_seeds_reproducibly(tiny_sd_dir):
+    from gems.nodes.generators import diffusers_backend
+
+    generator = get_generator(tiny_settings(tiny_sd_dir))
+    assert type(generator.pipe).__name__ == "StableDiffusionPipeline"
+    first = generator.render("a red cube", seed=3)
+    again = generator.render("a red cube", seed=3)
+    other = generator.render("a red cube", seed=4)
+    assert Image.open(io.BytesIO(first.data)).size == (64, 64)
+    assert np.abs(pixels(first.data) - pixels(again.data)).max() <= 1
+    assert np.abs(pixels(first.data) - pixels(other.data)).max() > 1
+    assert first.meta == {
+        "backend": "diffusers",
+        "model": str(tiny_sd_dir),
+        "seed": 3,
+        "steps": 2,
+        "guidance_scale": None,
+    }
+    # Same settings -> same object; a new generator for other sizes reuses the loaded pipeline.
+    assert get_generator(tiny_settings(tiny_sd_dir)) is generator
+    bigger = get_generator(tiny_settings(tiny_sd_dir).model_copy(update={"width": 32, "height": 32}))
+    assert bigger.pipe is generator.pipe
+    assert len([k for k in diffusers_backend._pipelines if k[0] == str(tiny_sd_dir)]) == 1
+
+
+def test_diffusers_rejects_call_kwargs_the_pipeline_does_not_take(tiny_sd_dir):
+    generator = get_generator(tiny_settings(tiny_sd_dir, call_kwargs={"true_cfg_scale": 4.0}))
+    with pytest.raises(GeneratorError, match=r"StableDiffusionPipeline does not accept generator.call_kwargs"):
+        generator.render("x", seed=1)
+
+
+def test_diffusers_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(GeneratorError, match=r"cannot load diffusers model .*set generator.model to a local folder"):
+        get_generator(GeneratorSettings(backend="diffusers", preset=None, model=str(tmp_path / "nothing-here")))
+
+
+def test_full_loop_with_the_diffusers_backend(tiny_sd_dir, mllm_server, isolated_env):
+    mllm, _ = mllm_server(criteria=["Is there a cube?"], verdict=lambda q, n: "yes" if n >= 2 else "no")
+    settings = make_settings(
+        mllm, None, isolated_env, generator=tiny_settings(tiny_sd_dir).model_dump(mode="json"), loop={"seed": 11}
+    )
+    graph = build_graph(checkpointer=InMemorySaver())
+    config = run_config(settings, "d1")
+    graph.invoke({"prompt": "a red cube"}, config, context=settings)
+    values = graph.get_state(config).values
+    seeds = [r["image"]["seed"] for r in values["rounds"]]
+    assert values["success"] is True and seeds == [11, 12]
+    assert values["rounds"][0]["image"]["backend"] == "diffusers" and values["rounds"][0]["image"]["width"] == 64
+
+
+def test_presets_fill_gaps_and_explicit_values_win():
+    zit = effective_settings(GeneratorSettings())
+    assert (zit.model, zit.width, zit.steps, zit.guidance_scale, zit.dtype) == (
+        "Tongyi-MAI/Z-Image-Turbo",
+        1024,
+        9,
+        0.0,
+        "bfloat16",
+    )
+    qwen = effective_settings(GeneratorSettings(preset="qwen-image-2512", steps=30, call_kwargs={"x": 1}))
+    assert (qwen.width, qwen.steps, qwen.call_kwargs) == (1328, 30, {"true_cfg_scale": 4.0, "x": 1})
+    own = effective_settings(GeneratorSettings(preset="sd-turbo", model="/models/my-sd-turbo"))
+    assert own.model == "/models/my-sd-turbo" and own.steps == 1
+    with pytest.raises(ConfigError, match=r"unknown generator\.preset 'flux9'"):
+        effective_settings(GeneratorSettings(preset="flux9"))
+
+
+def test_http_backend_speaks_the_reference_protocol(gen_server):
+    gen = gen_server()
+    generator = get_generator(GeneratorSettings(backend="http", preset=None, url=gen.url, model="zit-server"))
+    rendered = generator.render("a blue bird & a cat", seed=5)
+    assert gen.prompts == ["a blue bird & a cat"]
+    assert Image.open(io.BytesIO(rendered.data)).format == "PNG"
+    assert (
+        rendered.meta["backend"] == "http" and rendered.meta["seed"] == 1001 and rendered.meta["model"] == "zit-server"
+    )
+
+
+def test_http_backend_retries_transient_errors(gen_server):
+    gen = gen_server(fail_first=2, status=503)
+    generator = get_generator(GeneratorSettings(backend="http", preset=None, url=gen.url, max_retries=2))
+    generator.render("x", seed=1)
+    assert len(gen.prompts) == 3
+
+
+def test_http_backend_does_not_retry_client_errors_and_rejects_non_images(gen_server):
+    gen = gen_server(fail_first=1, status=400)
+    generator = get_generator(GeneratorSettings(backend="http", preset=None, url=gen.url, max_retries=3))
+    with pytest.raises(GeneratorError, match="answered HTTP 400"):
+        generator.render("x", seed=1)
+    assert len(gen.prompts) == 1
+
+
+def test_openai_backend_posts_generations_and_decodes_b64(isolated_env):
+    seen = []
+
+    def images(body):
+        seen.append(body)
+        if len(seen) == 1:
+            raise HTTPFailure(502, "warming up")
+        return png_bytes((10, 200, 30), size=48)
+
+    server = OpenAIStub(images=images).start()
+    try:
+        settings = GeneratorSettings(
+            backend="openai", preset=None, url=server.base_url, model="Qwen/Qwen-Image", width=48, height=48, steps=20
+        )
+        rendered = get_generator(settings).render("a green square", seed=9)
+    finally:
+        server.stop()
+    assert seen[-1] == {
+        "model": "Qwen/Qwen-Image",
+        "prompt": "a green square",
+        "n": 1,
+        "size": "48x48",
+        "response_format": "b64_json",
+        "seed": 9,
+        "num_inference_steps": 20,
+    }
+    assert len(seen) == 2  # the 502 was retried
+    assert Image.open(io.BytesIO(rendered.data)).getpixel((0, 0)) == (10, 200, 30)
+    assert rendered.meta == {
+        "backend": "openai",
+        "model": "Qwen/Qwen-Image",
+        "seed": 9,
+        "steps": 20,
+        "guidance_scale": None,
+    }
+
+
+def test_openai_backend_needs_url_and_model():
+    with pytest.raises(GeneratorError, match=r"generator\.url is not set"):
+        get_generator(GeneratorSettings(backend="openai", preset=None, model="m"))
+    with pytest.raises(GeneratorError, match=r"generator\.model is not set"):
+        get_generator(GeneratorSettings(backend="openai", preset=None, url="http://127.0.0.1:9/v1"))
