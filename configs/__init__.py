@@ -2,7 +2,9 @@
 
 from gems.configs.settings import (
     ENV_OVERRIDES,
+    ChromaSettings,
     ConfigError,
+    EmbeddingSettings,
     GemsSettings,
     GeneratorSettings,
     LoopSettings,
@@ -16,7 +18,9 @@ from gems.configs.settings import (
 
 __all__ = [
     "ENV_OVERRIDES",
+    "ChromaSettings",
     "ConfigError",
+    "EmbeddingSettings",
     "GemsSettings",
     "GeneratorSettings",
     "LoopSettings",

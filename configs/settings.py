@@ -91,8 +91,33 @@ class SkillSettings(_Strict):
 MemoryMode = Literal["last", "feedback", "images", "thought", "experience"]
 
 
+class EmbeddingSettings(_Strict):
+    """One embedding model for the experience store and skill retrieval."""
+
+    provider: Literal["local", "openai"] = Field(
+        "local", description="local: sentence-transformers on this machine; openai: an OpenAI-compatible /v1/embeddings"
+    )
+    model: str | None = Field(
+        None, description="local: a sentence-transformers folder (default: the bundled all-MiniLM-L6-v2); openai: name"
+    )
+    base_url: str | None = Field(None, description="openai provider: base URL ending in /v1")
+    api_key: SecretStr | None = Field(None, description="openai provider; falls back to OPENAI_API_KEY")
+    device: str = Field("cpu", description="local provider: cpu, cuda, mps")
+
+
+class ChromaSettings(_Strict):
+    """Where the cross-run experience store lives: embedded by default, a Chroma server when `host` is set."""
+
+    path: Path | None = Field(None, description="embedded store folder; default <data_dir>/chroma")
+    host: str | None = Field(None, description="Chroma server host; set to use chromadb.HttpClient")
+    port: int = Field(8000, ge=1, le=65535)
+    ssl: bool = False
+    headers: dict[str, str] = Field(default_factory=dict, description="e.g. an auth header for a hosted server")
+    collection: str = Field("gems_lessons", min_length=3, max_length=512)
+
+
 class MemorySettings(_Strict):
-    """What the refiner remembers of earlier rounds (the paper's memory ablation rows)."""
+    """What the refiner remembers of earlier rounds (the paper's ablation rows) and what carries across runs."""
 
     mode: MemoryMode = Field(
         "experience",
@@ -102,6 +127,14 @@ class MemorySettings(_Strict):
     image_window: int | None = Field(
         None, ge=0, description="send images of at most this many latest rounds; unset = all (paper)"
     )
+    lessons: bool = Field(True, description="cross-run lessons in Chroma; false reproduces the paper exactly")
+    top_k: int = Field(3, ge=1, le=20, description="lessons retrieved per run")
+    min_relevance: float = Field(0.5, ge=0, le=1, description="cosine relevance a lesson needs to be used")
+    same_generator_only: bool = Field(True, description="retrieve only lessons learned with this generator model")
+    lessons_to_refiner: bool = Field(
+        True, description="give retrieved lessons to the refiner too, not only the planner"
+    )
+    chroma: ChromaSettings = Field(default_factory=ChromaSettings)
 
 
 class StorageSettings(_Strict):
@@ -126,11 +159,16 @@ class GemsSettings(_Strict):
     loop: LoopSettings = Field(default_factory=LoopSettings)
     skills: SkillSettings = Field(default_factory=SkillSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.memory.chroma.path or self.data_dir / "chroma"
 
     @property
     def sqlite_path(self) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from langgraph.graph import END, START, StateGraph
+
 from gems.configs import GemsSettings
 from gems.graph.routing import recursion_limit_for, route_after_critique, route_after_generate
 from gems.graph.state import GemsInput, GemsOutput, GemsState
@@ -12,9 +14,9 @@ from gems.nodes.critique import critique, verify
 from gems.nodes.decompose import decompose
 from gems.nodes.finalize import finalize
 from gems.nodes.generate import generate
+from gems.nodes.learn import learn
 from gems.nodes.plan import plan
 from gems.nodes.refine import refine
-from langgraph.graph import END, START, StateGraph
 
 
 def build_builder() -> StateGraph:
@@ -28,6 +30,7 @@ def build_builder() -> StateGraph:
     builder.add_node("compress", compress)  # the round's experience
     builder.add_node("refine", refine)
     builder.add_node("finalize", finalize)
+    builder.add_node("learn", learn)  # the run's lesson, for later runs
 
     builder.add_edge(START, "plan")
     builder.add_edge(START, "decompose")
@@ -37,7 +40,8 @@ def build_builder() -> StateGraph:
     builder.add_conditional_edges("critique", route_after_critique, ["compress", "finalize"])
     builder.add_edge("compress", "refine")
     builder.add_edge("refine", "generate")
-    builder.add_edge("finalize", END)
+    builder.add_edge("finalize", "learn")
+    builder.add_edge("learn", END)
     return builder
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from gems.graph.state import GemsState, VerifyTask
 from langgraph.types import Send
+
+from gems.graph.state import GemsState, VerifyTask
 
 
 def route_after_generate(state: GemsState) -> list[Send] | Literal["finalize"]:
@@ -35,4 +36,4 @@ def route_after_critique(state: GemsState) -> Literal["finalize", "compress"]:
 
 def recursion_limit_for(max_rounds: int) -> int:
     """Supersteps a run may take: planning, five per round (generate, verify, critique, compress, refine), finish."""
-    return 5 * max_rounds + 12
+    return 5 * max_rounds + 14

@@ -90,6 +90,9 @@ class GemsOutput(TypedDict, total=False):
     rounds: list[RoundRecord]
     final: dict[str, Any]
     success: bool
+    lessons: list[dict[str, Any]]
+    lesson_id: str
+    warnings: list[str]
 
 
 class GemsState(TypedDict):
@@ -98,6 +101,9 @@ class GemsState(TypedDict):
     prompt: str
     skill: NotRequired[str | None]
     skill_trace: NotRequired[dict[str, Any]]
+    lessons: NotRequired[list[dict[str, Any]]]
+    lesson_id: NotRequired[str]
+    warnings: NotRequired[Annotated[list[str], operator.add]]
     criteria: NotRequired[list[str]]
     current_prompt: NotRequired[str]
     thought: NotRequired[str | None]

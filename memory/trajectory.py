@@ -48,6 +48,10 @@ def refiner_context(state: dict[str, Any], settings: GemsSettings, store: Artifa
     parts: list[dict[str, Any]] = [
         {"type": "text", "text": f"Original request (the intent every prompt must serve):\n{state['prompt']}"}
     ]
+    lessons = state.get("lessons") or []
+    if lessons and settings.memory.lessons_to_refiner:
+        items = "\n".join(f"- {item['brief']}" for item in lessons)
+        parts.append({"type": "text", "text": f"\nLessons from similar earlier requests:\n{items}"})
     for record in rounds:
         lines = [f"\n## Attempt {record['round']}"]
         if layers["experience"] and record.get("experience"):
@@ -132,6 +136,9 @@ def build_trajectory(
         "prompt": state.get("prompt"),
         "skill": state.get("skill"),
         "skill_trace": state.get("skill_trace"),
+        "lessons": state.get("lessons", []),
+        "lesson_id": state.get("lesson_id"),
+        "warnings": state.get("warnings", []),
         "criteria": state.get("criteria", []),
         "success": state.get("success"),
         "final": state.get("final"),

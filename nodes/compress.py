@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from langgraph.runtime import Runtime
+
 from gems.configs import GemsSettings
 from gems.graph.state import GemsState
 from gems.memory.trajectory import MODE_LAYERS, compressor_context
 from gems.nodes.mllm import get_mllm
 from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
-from langgraph.runtime import Runtime
 
 COMPRESS_SYSTEM = """You keep the working notes of an image-generation agent that retries a prompt until every item
 of a checklist passes.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from langgraph.runtime import Runtime
+
 from gems.configs import GemsSettings
 from gems.graph.state import GemsState, RoundRecord, Verdict, VerifyTask
 from gems.nodes.mllm import MLLMError, get_mllm, image_part, text_part
 from gems.nodes.parsing import parse_verdict
 from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
-from langgraph.runtime import Runtime
 
 VERIFY_SYSTEM = """You check one requirement of a generated image.
 Look at the image and answer the question with one word, yes or no. Answer yes only when the image clearly

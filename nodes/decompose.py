@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from langgraph.runtime import Runtime
+
 from gems.configs import GemsSettings
 from gems.graph.state import GemsState
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import CriteriaParseError, parse_criteria
 from gems.nodes.runtime import settings_of, timed, usage_update
-from langgraph.runtime import Runtime
 
 DECOMPOSE_SYSTEM = """You turn an image request into a checklist for judging a generated image.
 Write one yes/no question for each visual requirement the request states: every object that must appear, every

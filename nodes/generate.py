@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from langgraph.runtime import Runtime
+
 from gems.configs import GemsSettings
 from gems.graph.state import GemsState, ImageRef
 from gems.nodes.generators import get_generator
 from gems.nodes.runtime import artifact_store, settings_of, timed
-from langgraph.runtime import Runtime
 
 _rng = random.SystemRandom()
 

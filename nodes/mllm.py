@@ -9,9 +9,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from gems.configs import MLLMSettings
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
+
+from gems.configs import MLLMSettings
 
 
 class MLLMError(RuntimeError):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings
 from gems.graph.state import GemsState
@@ -10,7 +13,8 @@ from gems.nodes.mllm import get_mllm
 from gems.nodes.parsing import clean_prompt, parse_skill_choice
 from gems.nodes.runtime import settings_of, timed, usage_update
 from gems.skills import load_registry
-from langgraph.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 ROUTER_SYSTEM = """You decide which expert skill, if any, should shape a text-to-image request.
 Each skill below has a name and a description of when it applies and when it does not. Choose a skill only when
@@ -20,7 +24,7 @@ Reply with exactly one skill name from the list, or NONE. Write nothing else."""
 
 ROUTER_USER = """Skills:
 {manifest}
-
+{lessons}
 Request:
 {prompt}"""
 
@@ -33,11 +37,44 @@ surrounding quotes.
 {body}
 </skill>"""
 
-ENHANCE_USER = """User request:
+ENHANCE_USER = """{lessons}User request:
 {prompt}"""
+
+LESSONS_BLOCK = """
+Lessons from similar earlier requests (use what applies, ignore the rest):
+{items}
+"""
 
 THOUGHT_WITH_SKILL = "First prompt written with the {name} skill from the user's request."
 THOUGHT_ORIGINAL = "First attempt uses the user's request unchanged."
+
+
+def format_lessons(lessons: list[dict[str, Any]]) -> str:
+    """The lessons block for a prompt, empty when there are none (so prompts match the paper's)."""
+    if not lessons:
+        return ""
+    return LESSONS_BLOCK.format(items="\n".join(f"- {item['brief']}" for item in lessons))
+
+
+def recall_lessons(prompt: str, settings: GemsSettings) -> tuple[list[dict[str, Any]], list[str]]:
+    """Retrieve the top-k relevant lessons from earlier runs; a broken store becomes a warning, not a crash."""
+    memory = settings.memory
+    if not memory.lessons:
+        return [], []
+    from gems.memory.experiences import ExperienceStore
+
+    generator = settings.generator
+    where = {"generator_model": generator.model or (generator.preset or "")} if memory.same_generator_only else None
+    try:
+        hits = ExperienceStore(settings).search(prompt, k=memory.top_k, min_relevance=memory.min_relevance, where=where)
+    except Exception as exc:
+        log.warning("lessons unavailable: %s", exc)
+        return [], [f"lessons unavailable: {exc}"]
+    lessons = [
+        {"id": lesson.id, "prompt": lesson.prompt, "brief": lesson.brief(), "relevance": score}
+        for lesson, score in hits
+    ]
+    return lessons, []
 
 
 def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
@@ -60,13 +97,20 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     calls = 0
 
     with timed(timings, "plan"):
+        # Step 0: what earlier runs on similar prompts taught (off in paper mode).
+        lessons, warnings = recall_lessons(prompt, settings)
+        lessons_text = format_lessons(lessons)
+
         # Step 1: route, with the manifest of names and descriptions only.
         registry = load_registry(tuple(settings.skills.paths)) if settings.skills.enabled else None
         if registry is not None and len(registry):
             mllm = get_mllm(settings.mllm)
             names = registry.names()
             trace["offered"] = names
-            reply = mllm.ask(ROUTER_SYSTEM, ROUTER_USER.format(manifest=registry.manifest(names), prompt=prompt))
+            reply = mllm.ask(
+                ROUTER_SYSTEM,
+                ROUTER_USER.format(manifest=registry.manifest(names), lessons=lessons_text, prompt=prompt),
+            )
             calls += 1
             usages.append(reply.usage)
             trace["router_reply"] = reply.text[:200]
@@ -80,7 +124,7 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
                 trace["loaded"] = [skill_name]
                 enhanced = mllm.ask(
                     ENHANCE_SYSTEM.format(name=skill.name, body=skill.body),
-                    ENHANCE_USER.format(prompt=prompt),
+                    ENHANCE_USER.format(lessons=lessons_text.lstrip("\n"), prompt=prompt),
                 )
                 calls += 1
                 usages.append(enhanced.usage)
@@ -89,7 +133,7 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
                     current_prompt = rewritten
                     thought = enhanced.thought or THOUGHT_WITH_SKILL.format(name=skill_name)
 
-    return {
+    update: dict[str, Any] = {
         "skill": skill_name,
         "skill_trace": trace,
         "current_prompt": current_prompt,
@@ -98,4 +142,8 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
         "mllm_calls": calls,
         "timings": timings,
         "usage": usage_update(*usages),
+        "lessons": lessons,
     }
+    if warnings:
+        update["warnings"] = warnings
+    return update

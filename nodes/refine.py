@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from langgraph.runtime import Runtime
+
 from gems.configs import GemsSettings
 from gems.graph.state import GemsState
 from gems.memory.trajectory import refiner_context
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import clean_prompt
 from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
-from langgraph.runtime import Runtime
 
 REFINE_SYSTEM = """You write the next prompt for a text-to-image model that has not yet satisfied a user's request.
 You see the original request and the attempts so far: each attempt's prompt, the image it produced, the

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from langgraph.runtime import Runtime
+
 from gems.configs import GemsSettings, load_settings
 from gems.memory.artifacts import ArtifactStore
-from langgraph.runtime import Runtime
 
 
 @functools.lru_cache(maxsize=1)

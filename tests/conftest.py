@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gems.configs import GemsSettings
 
+from gems.configs import GemsSettings
 from tests.support.servers import GeneratorStub, OpenAIStub, ScriptedMLLM
 
 
@@ -87,6 +87,8 @@ def make_settings(mllm: OpenAIStub, gen: GeneratorStub | None, data_dir: Path, *
         },
         "generator": {"backend": "http", "preset": None, "url": gen.url if gen else None, "max_retries": 0},
         "storage": {"checkpointer": "memory"},
+        # Loop tests check the paper's behaviour; the cross-run store has its own tests.
+        "memory": {"lessons": False},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -18,8 +18,9 @@ CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]
 pytestmark = pytest.mark.slow
 
 
-def write_config(path: Path, mllm_url: str, gen_url: str, **loop) -> Path:
+def write_config(path: Path, mllm_url: str, gen_url: str, lessons: bool = False, **loop) -> Path:
     config = {
+        "memory": {"lessons": lessons},
         "mllm": {"base_url": mllm_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0, "timeout_s": 20},
         "generator": {"backend": "http", "preset": None, "url": gen_url, "max_retries": 0},
         "loop": loop,

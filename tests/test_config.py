@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from gems.configs import ConfigError, GemsSettings, load_settings, resolve_config_path
 
 

@@ -6,12 +6,12 @@ import io
 
 import numpy as np
 import pytest
-from gems.configs import ConfigError, GeneratorSettings
-from gems.graph import build_graph, run_config
-from gems.nodes.generators import GeneratorError, effective_settings, get_generator
 from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
 
+from gems.configs import ConfigError, GeneratorSettings
+from gems.graph import build_graph, run_config
+from gems.nodes.generators import GeneratorError, effective_settings, get_generator
 from tests.conftest import make_settings
 from tests.support.servers import HTTPFailure, OpenAIStub, png_bytes
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+
 from gems.graph import build_graph, run_config
 from gems.nodes.generators import GeneratorError
 from gems.nodes.mllm import MLLMError
-from langgraph.checkpoint.memory import InMemorySaver
-
 from tests.conftest import make_settings
 
 CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from gems.configs import MLLMSettings
 from gems.nodes.mllm import MLLM, MLLMError, image_part, split_thinking, text_part
 from gems.nodes.parsing import CriteriaParseError, clean_prompt, parse_criteria, parse_skill_choice, parse_verdict
-
 from tests.support.servers import HTTPFailure, OpenAIStub
 
 

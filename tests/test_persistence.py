@@ -5,13 +5,13 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from PIL import Image
+
 from gems.graph import build_graph, graph, run_config
 from gems.graph.routing import recursion_limit_for
 from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.checkpoint import open_checkpointer
-from langgraph.checkpoint.memory import InMemorySaver
-from PIL import Image
-
 from tests.conftest import make_settings
 
 CRITERIA = ["Is there a cat?", "Is the cat red?"]
@@ -49,7 +49,7 @@ def test_state_holds_references_not_bytes(mllm_server, gen_server, isolated_env)
     config = run_config(settings, "refs")
     result = compiled.invoke({"prompt": "a red cat"}, config, context=settings)
     # The output schema keeps the public result small.
-    assert set(result) == {"prompt", "skill", "criteria", "rounds", "final", "success"}
+    assert set(result) == {"prompt", "skill", "criteria", "rounds", "final", "success", "lessons", "warnings"}
     image = result["final"]["image"]
     assert set(image) >= {"sha256", "path", "width", "height", "seed", "backend", "model", "steps"}
     assert ArtifactStore(settings.artifacts_dir).path_for(image["sha256"]).exists()
@@ -105,7 +105,8 @@ def test_graph_draws_the_loop():
         "critique -.-> finalize",
         "compress --> refine",
         "refine --> generate",
-        "finalize --> __end__",
+        "finalize --> learn",
+        "learn --> __end__",
     ):
         assert edge in mermaid
     assert graph.checkpointer is None  # servers bring their own
@@ -116,7 +117,7 @@ def test_recursion_limit_follows_max_rounds(mllm_server, gen_server, isolated_en
     gen = gen_server()
     settings = make_settings(mllm, gen, isolated_env, loop={"max_rounds": 8})
     config = run_config(settings, "r")
-    assert config["recursion_limit"] == recursion_limit_for(8) == 52
+    assert config["recursion_limit"] == recursion_limit_for(8) == 54
     compiled = build_graph(checkpointer=InMemorySaver())
     compiled.invoke({"prompt": "x"}, config, context=settings)
     assert len(gen.prompts) == 8  # the limit leaves room for every round

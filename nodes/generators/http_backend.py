@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+
 from gems.configs import GeneratorSettings
 from gems.nodes.generators import GeneratorError, Rendered
 

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import httpx
+
 from gems.configs import GeneratorSettings
 from gems.nodes.generators import GeneratorError, Rendered
 from gems.nodes.generators.http_backend import post_with_retries

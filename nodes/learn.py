@@ -1,0 +1,44 @@
+"""Learn: after the run, write its lesson to the cross-run experience store (one record per thread)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from langgraph.config import get_config
+from langgraph.runtime import Runtime
+
+from gems.configs import GemsSettings
+from gems.graph.state import GemsState
+from gems.nodes.runtime import settings_of, timed
+
+log = logging.getLogger(__name__)
+
+
+def learn(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+    """Store what this run taught; a store failure is recorded as a warning and never fails the run.
+
+    Args:
+        state: the finished trajectory.
+        runtime: the run's settings as context.
+
+    Returns:
+        `lesson_id` (or a `warnings` entry), nothing when lessons are off or there was nothing to learn.
+    """
+    settings = settings_of(runtime)
+    if not settings.memory.lessons:
+        return {}
+    from gems.memory.experiences import ExperienceStore, lesson_from_state
+
+    thread_id = str((get_config().get("configurable") or {}).get("thread_id") or "")
+    lesson = lesson_from_state(dict(state), settings, thread_id)
+    if lesson is None:
+        return {}
+    timings: dict[str, float] = {}
+    try:
+        with timed(timings, "learn"):
+            lesson_id = ExperienceStore(settings).add(lesson)
+    except Exception as exc:  # the image is made; losing the lesson must not lose the run
+        log.warning("could not store the lesson: %s", exc)
+        return {"warnings": [f"lesson not stored: {exc}"], "timings": timings}
+    return {"lesson_id": lesson_id, "timings": timings}
