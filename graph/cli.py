@@ -146,6 +146,52 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace):
+    from gems.configs import load_settings
+    from gems.memory.experiences import ExperienceStore
+
+    return ExperienceStore(load_settings(args.config))
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    """Inspect and manage the cross-run lessons."""
+    store = _store(args)
+    action = args.memory_command
+    if action == "list":
+        lessons = store.list(limit=args.limit)
+        for item in lessons:
+            print(
+                f"{item.id}  {item.outcome:<11} {item.passed}/{item.total} in {item.rounds}  {_short(item.prompt, 70)}"
+            )
+        print(f"{len(lessons)} lesson(s) in {store.where}", file=sys.stderr)
+    elif action == "search":
+        for item, score in store.search(args.query, k=args.k):
+            print(f"{item.id}  {score:.3f}  {_short(item.prompt, 60)}\n    {_short(item.text, 120)}")
+    elif action == "show":
+        item = store.get(args.id)
+        if item is None:
+            raise UsageError(f"no lesson with id {args.id!r} in {store.where}")
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(item), indent=2, ensure_ascii=False))
+    elif action == "forget":
+        if args.all == bool(args.id):
+            raise UsageError("give a lesson id or --all")
+        removed = store.clear() if args.all else store.delete([args.id])
+        if not args.all and not removed:
+            raise UsageError(f"no lesson with id {args.id!r} in {store.where}")
+        print(f"forgot {removed} lesson(s)", file=sys.stderr)
+    elif action == "export":
+        count = store.export(Path(args.file))
+        print(f"exported {count} lesson(s) to {args.file}", file=sys.stderr)
+    elif action == "import":
+        if not Path(args.file).is_file():
+            raise UsageError(f"no such file: {args.file}")
+        count = store.import_(Path(args.file))
+        print(f"imported {count} lesson(s) into {store.where}", file=sys.stderr)
+    return 0
+
+
 def _where(settings: Any) -> str:
     kind = settings.storage.checkpointer
     return str(settings.sqlite_path) if kind == "sqlite" else f"the {kind} checkpointer"
@@ -179,17 +225,38 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="print only the final image path")
     gen.add_argument("--debug", action="store_true", help="show tracebacks")
     gen.set_defaults(func=cmd_generate)
+
+    mem = sub.add_parser("memory", help="list, search and manage the lessons learned across runs")
+    mem.add_argument("--config", help="YAML config file or preset name; env GEMS_CONFIG")
+    mem_sub = mem.add_subparsers(dest="memory_command", metavar="ACTION", required=True)
+    listing = mem_sub.add_parser("list", help="every lesson, newest first")
+    listing.add_argument("--limit", type=int, help="show at most N")
+    search = mem_sub.add_parser("search", help="lessons whose prompts are most similar to QUERY")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=5, help="how many (default 5)")
+    show = mem_sub.add_parser("show", help="one lesson as JSON")
+    show.add_argument("id")
+    forget = mem_sub.add_parser("forget", help="delete one lesson, or all with --all")
+    forget.add_argument("id", nargs="?")
+    forget.add_argument("--all", action="store_true")
+    export = mem_sub.add_parser("export", help="write every lesson to a JSONL file")
+    export.add_argument("file")
+    imp = mem_sub.add_parser("import", help="read lessons from a JSONL file written by export")
+    imp.add_argument("file")
+    mem.set_defaults(func=cmd_memory)
     return parser
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from gems.configs import ConfigError
     from gems.memory.artifacts import ArtifactError
+    from gems.memory.embeddings import EmbeddingError
+    from gems.memory.experiences import StoreError
     from gems.nodes.generators import GeneratorError
     from gems.nodes.mllm import MLLMError
     from gems.skills import SkillError
 
-    return ConfigError, UsageError, MLLMError, GeneratorError, ArtifactError, SkillError
+    return ConfigError, UsageError, MLLMError, GeneratorError, ArtifactError, SkillError, StoreError, EmbeddingError
 
 
 def main(argv: list[str] | None = None) -> int:

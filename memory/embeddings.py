@@ -36,6 +36,9 @@ class LocalEmbeddings(Embeddings):
         # The bundled model is a local folder; never let a stray id trigger a hub download.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in the CLI's progress output
 
         try:
             self._model = SentenceTransformer(model, device=device)

@@ -70,12 +70,16 @@ def test_generate_writes_final_image_and_trajectory(mllm_server, gen_server, tmp
     assert len(list((isolated_env / "artifacts").glob("*.png"))) == 2
 
 
-def test_resume_after_kill_redoes_no_completed_round(mllm_server, gen_server, tmp_path):
+def test_resume_after_kill_redoes_no_completed_round(mllm_server, gen_server, tmp_path, isolated_env):
+    from gems.configs import GemsSettings
+    from gems.memory.experiences import ExperienceStore
+
     mllm, script = mllm_server(
         criteria=CRITERIA, verdict=lambda q, n: "yes" if q != "Is the cat red?" or n >= 3 else "no"
     )
     gen = gen_server(block_on_call=2)
-    cfg = write_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
+    cfg = write_config(tmp_path / "c.yaml", mllm.base_url, gen.url, lessons=True)
+    store = ExperienceStore(GemsSettings(data_dir=isolated_env))
     out = tmp_path / "out"
     args = [sys.executable, "-m", "gems.graph.cli", "generate", "a red cat", "--config", str(cfg), "--thread-id", "k1"]
     proc = subprocess.Popen([*args, "--out", str(out)], stderr=subprocess.PIPE, text=True)
@@ -86,6 +90,7 @@ def test_resume_after_kill_redoes_no_completed_round(mllm_server, gen_server, tm
         proc.wait(30)
     before = dict(script.calls)
     assert before == {"route": 1, "decompose": 1, "verify": 3, "compress": 1, "refine": 1}
+    assert store.count() == 0  # a killed run leaves no partial lesson
     gen.block_on_call = None
     gen.release.set()
 
@@ -98,10 +103,11 @@ def test_resume_after_kill_redoes_no_completed_round(mllm_server, gen_server, tm
     assert script.calls["verify"] == 9
     trajectory = json.loads((out / "trajectory.json").read_text())
     assert trajectory["success"] is True and len(trajectory["rounds"]) == 3
+    assert store.count() == 1 and store.list()[0].id == trajectory["lesson_id"]
     # Resuming a finished thread just rewrites the outputs.
     again = gems("generate", "--resume", "k1", "--config", str(cfg), "--out", str(tmp_path / "out2"))
     assert again.returncode == 0 and (tmp_path / "out2" / "final.png").exists()
-    assert len(gen.prompts) == 4
+    assert len(gen.prompts) == 4 and store.count() == 1
 
 
 def test_existing_thread_needs_resume(mllm_server, gen_server, tmp_path):

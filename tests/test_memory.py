@@ -1,0 +1,346 @@
+"""Agent Memory: trajectory memory modes, and the cross-run Chroma store with a real offline embedding model."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from langgraph.checkpoint.memory import InMemorySaver
+from PIL import Image
+
+from gems.configs import GemsSettings
+from gems.graph import build_graph, run_config
+from gems.graph.cli import main as gems_main
+from gems.memory.artifacts import ArtifactStore
+from gems.memory.experiences import ExperienceStore, Lesson, StoreError, lesson_from_state
+from gems.memory.trajectory import MODE_LAYERS, context_size, refiner_context
+from tests.conftest import make_settings
+
+CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]
+
+
+def red_fails_until(k: int):
+    return lambda q, n: "yes" if q != "Is the cat red?" or n >= k else "no"
+
+
+# --- trajectory memory -------------------------------------------------------------------------------
+
+
+def scripted_state(store: ArtifactStore, rounds: int = 4) -> dict:
+    records = []
+    for r in range(1, rounds + 1):
+        ref = store.put_image(Image.new("RGB", (16, 16), (r * 40, 0, 0)))
+        records.append(
+            {
+                "round": r,
+                "prompt": f"prompt {r}",
+                "thought": f"thought {r}",
+                "image": ref,
+                "passed": ["Is there a cat?"],
+                "failed": ["Is the cat red?"],
+                "experience": f"experience {r}",
+            }
+        )
+    return {"prompt": "a red cat", "rounds": records}
+
+
+def texts(parts) -> str:
+    return "\n".join(p["text"] for p in parts if p["type"] == "text")
+
+
+@pytest.mark.parametrize(
+    ("mode", "attempts", "images", "thoughts", "experiences"),
+    [
+        ("last", 1, 1, 0, 0),
+        ("feedback", 4, 0, 0, 0),
+        ("images", 4, 4, 0, 0),
+        ("thought", 4, 4, 4, 0),
+        ("experience", 4, 4, 0, 4),
+    ],
+)
+def test_memory_modes_reproduce_the_ablation_rows(tmp_path, mode, attempts, images, thoughts, experiences):
+    store = ArtifactStore(tmp_path)
+    settings = GemsSettings(memory={"mode": mode})
+    parts = refiner_context(scripted_state(store), settings, store)
+    body = texts(parts)
+    assert body.startswith("Original request (the intent every prompt must serve):\na red cat")
+    assert body.count("## Attempt") == attempts
+    assert context_size(parts)["image_parts"] == images
+    assert body.count("Reasoning behind this prompt") == thoughts
+    assert body.count("Lesson from this attempt") == experiences
+    assert body.count("Requirements it failed") == attempts
+    if mode == "last":
+        assert "prompt 4" in body and "prompt 3" not in body
+
+
+def test_image_window_bounds_how_many_images_are_sent(tmp_path):
+    store = ArtifactStore(tmp_path)
+    state = scripted_state(store)
+    for window, expected in ((None, 4), (2, 2), (0, 0)):
+        settings = GemsSettings(memory={"image_window": window})
+        parts = refiner_context(state, settings, store)
+        assert context_size(parts)["image_parts"] == expected
+        assert texts(parts).count("## Attempt") == 4  # the text history stays whole
+
+
+def test_compressor_is_skipped_when_the_mode_has_no_experiences(mllm_server, gen_server, isolated_env):
+    mllm, script = mllm_server(criteria=CRITERIA, verdict=red_fails_until(3))
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": False, "mode": "images"})
+    graph = build_graph(checkpointer=InMemorySaver())
+    graph.invoke({"prompt": "a red cat on a mat"}, run_config(settings, "m"), context=settings)
+    assert script.calls["compress"] == 0 and script.calls["refine"] == 2
+    assert set(MODE_LAYERS) == {"last", "feedback", "images", "thought", "experience"}
+
+
+# --- lessons ---------------------------------------------------------------------------------------
+
+
+def test_lesson_records_what_was_hard_and_what_fixed_it():
+    state = {
+        "prompt": "a red cat on a mat",
+        "criteria": CRITERIA,
+        "skill": "spatial-layout",
+        "success": True,
+        "final": {"round": 3, "passed": 3},
+        "rounds": [
+            {"round": 1, "prompt": "p1", "passed": CRITERIA[:1], "failed": CRITERIA[1:], "experience": "e1"},
+            {"round": 2, "prompt": "p2", "passed": CRITERIA[:2], "failed": CRITERIA[2:], "experience": "e2"},
+            {"round": 3, "prompt": "p3", "passed": CRITERIA, "failed": []},
+        ],
+    }
+    settings = GemsSettings(generator={"backend": "http", "preset": None, "model": "zit-server"})
+    lesson = lesson_from_state(state, settings, "thread-9")
+    assert lesson.hard_criteria == CRITERIA[1:] and lesson.fixed_by == "p3"
+    assert (lesson.outcome, lesson.rounds, lesson.passed, lesson.total) == ("success", 3, 3, 3)
+    assert (lesson.generator_model, lesson.generator_backend, lesson.skill) == ("zit-server", "http", "spatial-layout")
+    assert 'Wording that fixed it: "p3"' in lesson.text and "Last insight: e2" in lesson.text
+    assert lesson.id == lesson_from_state(state, settings, "thread-9").id  # one id per thread
+    assert lesson_from_state({**state, "criteria": []}, settings, "t") is None
+
+
+def lesson(prompt: str, model: str = "zit", thread: str | None = None) -> Lesson:
+    return Lesson(
+        prompt=prompt, text=f"about {prompt}", outcome="success", rounds=2, passed=3, total=3,
+        generator_model=model, thread_id=thread or prompt,
+    )  # fmt: skip
+
+
+def test_store_crud_threshold_and_filter(tmp_path):
+    store = ExperienceStore(GemsSettings(data_dir=tmp_path))
+    assert store.count() == 0 and store.search("anything") == []
+    for item in (lesson("a cat sleeping on a windowsill"), lesson("a bowl of ramen, studio photo"),
+                 lesson("a kitten napping by the window", model="flux")):  # fmt: skip
+        store.add(item)
+    hits = store.search("a cat asleep near a window", k=3)
+    assert hits[0][0].prompt == "a cat sleeping on a windowsill" and hits[0][1] > 0.6
+    assert [h[0].prompt for h in store.search("a cat asleep near a window", k=3, min_relevance=0.5)] == [
+        "a cat sleeping on a windowsill",
+        "a kitten napping by the window",
+    ]
+    only_zit = store.search("a cat asleep near a window", k=3, where={"generator_model": "zit"})
+    assert all(h[0].generator_model == "zit" for h in only_zit) and len(only_zit) == 2
+    # Writing the same thread's lesson again replaces it.
+    store.add(lesson("a cat sleeping on a windowsill"))
+    assert store.count() == 3
+    first = store.list()[0]
+    assert store.get(first.id) == first and store.get("missing") is None
+    exported = tmp_path / "lessons.jsonl"
+    assert store.export(exported) == 3
+    assert store.delete([first.id]) == 1 and store.count() == 2
+    assert store.clear() == 2 and store.count() == 0
+    assert store.import_(exported) == 3 and store.count() == 3
+
+
+def test_lesson_from_run_a_reaches_the_planner_and_refiner_of_run_b(mllm_server, gen_server, isolated_env):
+    # "Is the cat red?" fails on its 1st, 3rd, ... attempt: round 1 of each run fails, round 2 passes.
+    mllm, script = mllm_server(
+        criteria=CRITERIA, verdict=lambda q, n: "no" if q == "Is the cat red?" and n % 2 else "yes"
+    )
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": True}, generator={"model": "zit"})
+    graph = build_graph(checkpointer=InMemorySaver())
+    graph.invoke({"prompt": "a red cat on a mat"}, run_config(settings, "A"), context=settings)
+    store = ExperienceStore(settings)
+    assert store.count() == 1
+    learned = store.list()[0]
+    assert learned.hard_criteria == ["Is the cat red?"] and learned.fixed_by == "refined prompt 1"
+    # Run A's router saw no lessons (the store was empty).
+    assert "Lessons from similar earlier requests" not in str(script.bodies["route"][0])
+
+    values = graph.invoke({"prompt": "a red cat sitting on a mat"}, run_config(settings, "B"), context=settings)
+    router_prompt = script.bodies["route"][1]["messages"][1]["content"]
+    assert "Lessons from similar earlier requests" in router_prompt
+    assert 'Wording that fixed it: "refined prompt 1"' in router_prompt
+    assert values["lessons"][0]["id"] == learned.id and values["lessons"][0]["relevance"] > 0.8
+    assert script.calls["refine"] == 2
+    assert "Lessons from similar earlier requests" not in str(script.bodies["refine"][0])
+    assert "Lessons from similar earlier requests" in str(script.bodies["refine"][1])
+    assert store.count() == 2
+
+    # An unrelated prompt, or another generator model, gets no lesson.
+    graph.invoke({"prompt": "a spreadsheet of quarterly tax data"}, run_config(settings, "C"), context=settings)
+    assert "Lessons from similar" not in script.bodies["route"][2]["messages"][1]["content"]
+    other = settings.model_copy(update={"generator": settings.generator.model_copy(update={"model": "flux"})})
+    graph.invoke({"prompt": "a red cat on a mat"}, run_config(other, "D"), context=other)
+    assert "Lessons from similar" not in script.bodies["route"][3]["messages"][1]["content"]
+
+
+def test_lessons_off_reproduces_the_paper_prompts(mllm_server, gen_server, isolated_env):
+    mllm, script = mllm_server(criteria=CRITERIA, verdict=red_fails_until(2))
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": False})
+    graph = build_graph(checkpointer=InMemorySaver())
+    for thread in ("A", "B"):
+        graph.invoke({"prompt": "a red cat on a mat"}, run_config(settings, thread), context=settings)
+    assert script.bodies["route"][0]["messages"] == script.bodies["route"][1]["messages"]
+    assert not (isolated_env / "chroma").exists()
+
+
+def test_parallel_runs_in_threads_lose_no_lesson(mllm_server, gen_server, isolated_env):
+    mllm, _ = mllm_server(criteria=CRITERIA[:1])
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": True})
+    graph = build_graph(checkpointer=InMemorySaver())
+    errors = []
+
+    def worker(w: int) -> None:
+        try:
+            for i in range(10):
+                prompt = f"worker {w} scene {i}: a red cat on a mat"
+                graph.invoke({"prompt": prompt}, run_config(settings, f"w{w}-{i}"), context=settings)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    store = ExperienceStore(settings)
+    lessons = store.list()
+    assert len(lessons) == 40 and len({x.thread_id for x in lessons}) == 40
+    hit = store.search("worker 2 scene 7: a red cat on a mat", k=1)[0][0]
+    assert hit.thread_id == "w2-7"
+
+
+@pytest.mark.slow
+def test_parallel_runs_in_processes_lose_no_lesson(mllm_server, gen_server, isolated_env, tmp_path):
+    mllm, _ = mllm_server(criteria=CRITERIA[:1])
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": True})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(json.loads(settings.model_dump_json()) | {"mllm": {
+        **json.loads(settings.mllm.model_dump_json()), "api_key": "sk-test"}}))  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.support.run_many", str(cfg), f"p{w}", "10"], cwd=Path.cwd())
+        for w in range(4)
+    ]
+    assert [p.wait(300) for p in procs] == [0, 0, 0, 0]
+    store = ExperienceStore(settings)
+    lessons = store.list()
+    assert len(lessons) == 40 and len({x.thread_id for x in lessons}) == 40
+    for w in range(4):
+        assert store.search(f"p{w} scene 3: a red cat on a mat", k=1)[0][0].thread_id == f"p{w}-3"
+
+
+def test_missing_store_is_recreated_and_corrupt_store_never_fails_a_run(mllm_server, gen_server, isolated_env):
+    import shutil
+
+    mllm, _ = mllm_server(criteria=CRITERIA[:1])
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": True})
+    graph = build_graph(checkpointer=InMemorySaver())
+    graph.invoke({"prompt": "a cat"}, run_config(settings, "1"), context=settings)
+    shutil.rmtree(settings.chroma_path)
+    graph.invoke({"prompt": "a cat"}, run_config(settings, "2"), context=settings)
+    assert ExperienceStore(settings).count() == 1
+
+    shutil.rmtree(settings.chroma_path)
+    settings.chroma_path.mkdir()
+    (settings.chroma_path / "chroma.sqlite3").write_bytes(b"this is not a database" * 100)
+    values = graph.invoke({"prompt": "a cat"}, run_config(settings, "3"), context=settings)
+    assert values["success"] is True and values["final"]["image"]["sha256"]
+    assert any(w.startswith("lessons unavailable: the experience store at") for w in values["warnings"])
+    assert any(w.startswith("lesson not stored:") for w in values["warnings"])
+    with pytest.raises(StoreError, match="move the folder away and gems will start a new one"):
+        ExperienceStore(settings).count()
+
+
+def test_memory_cli(capsys, isolated_env, tmp_path):
+    store = ExperienceStore(GemsSettings(data_dir=isolated_env))
+    for prompt in ("a cat on a mat", "a bowl of ramen", "a lighthouse at dusk"):
+        store.add(lesson(prompt))
+
+    assert gems_main(["memory", "list"]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 3 and "3 lesson(s)" in out.err
+    assert gems_main(["memory", "search", "noodle soup", "-k", "1"]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert "a bowl of ramen" in first_line
+    lesson_id = first_line.split()[0]
+    assert gems_main(["memory", "show", lesson_id]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt"] == "a bowl of ramen"
+    export = tmp_path / "x.jsonl"
+    assert gems_main(["memory", "export", str(export)]) == 0 and len(export.read_text().splitlines()) == 3
+    assert gems_main(["memory", "forget", lesson_id]) == 0 and store.count() == 2
+    assert gems_main(["memory", "forget", lesson_id]) == 2
+    assert "no lesson with id" in capsys.readouterr().err
+    assert gems_main(["memory", "forget", "--all"]) == 0 and store.count() == 0
+    assert gems_main(["memory", "import", str(export)]) == 0 and store.count() == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    assert gems_main(["memory", "import", str(bad)]) == 1
+    assert f"{bad} line 1 is not a lesson" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_client_server_store_against_a_real_chroma_server(tmp_path):
+    chroma = Path(sys.executable).with_name("chroma")
+    if not chroma.exists():
+        pytest.skip("the chroma CLI is not installed next to this Python")
+    port = free_port()
+    server = subprocess.Popen(
+        [str(chroma), "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "chroma server did not start"
+            time.sleep(0.2)
+        settings = GemsSettings(data_dir=tmp_path / "local", memory={"chroma": {"host": "127.0.0.1", "port": port}})
+        store = ExperienceStore(settings)
+        store.add(lesson("a cat on a mat"))
+        store.add(lesson("a lighthouse at dusk"))
+        assert store.count() == 2
+        assert store.search("a kitten on a rug", k=1)[0][0].prompt == "a cat on a mat"
+        assert not (tmp_path / "local" / "chroma").exists()  # nothing embedded was written
+    finally:
+        server.terminate()
+        server.wait(30)
+    with pytest.raises(StoreError, match=f"cannot use the Chroma server 127.0.0.1:{port}"):
+        ExperienceStore(settings).count()
