@@ -84,8 +84,17 @@ class LoopSettings(_Strict):
 class SkillSettings(_Strict):
     """The SKILL.md library the planner routes to."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="false reproduces the loop without skills")
     paths: list[Path] = Field(default_factory=list, description="extra folders holding <name>/SKILL.md")
+    top_k: int = Field(4, ge=1, le=50, description="candidates retrieved per prompt and shown to the planner")
+    min_relevance: float = Field(0.0, ge=0, le=1, description="cosine relevance a candidate needs")
+    max_active: int = Field(1, ge=1, le=10, description="skills the planner may load for one prompt (paper: 1)")
+    tool_calling: Literal["auto", "tools", "text"] = Field(
+        "auto",
+        description="tools: load_skill via tool calls; text: name-or-NONE reply (endpoints without tool calling); "
+        "auto: tools, falling back to text when the endpoint refuses tools",
+    )
+    to_refiner: bool = Field(False, description="also give loaded skills' instructions to the refiner")
 
 
 MemoryMode = Literal["last", "feedback", "images", "thought", "experience"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.prebuilt import ToolNode
 
 from gems.configs import GemsSettings
 from gems.graph.routing import recursion_limit_for, route_after_critique, route_after_generate
@@ -15,14 +16,17 @@ from gems.nodes.decompose import decompose
 from gems.nodes.finalize import finalize
 from gems.nodes.generate import generate
 from gems.nodes.learn import learn
-from gems.nodes.plan import plan
+from gems.nodes.plan import plan, prepare, route_after_plan
 from gems.nodes.refine import refine
+from gems.skills.tools import SKILL_TOOLS
 
 
 def build_builder() -> StateGraph:
     """Return the uncompiled graph (tests and hosts compile it with their own checkpointer/store)."""
     builder = StateGraph(GemsState, context_schema=GemsSettings, input_schema=GemsInput, output_schema=GemsOutput)
-    builder.add_node("plan", plan)  # route to a skill, enhance the first prompt
+    builder.add_node("plan", plan)  # lessons, skill candidates, the planner's turn
+    builder.add_node("skills", ToolNode(SKILL_TOOLS, handle_tool_errors=True))  # load_skill, read_skill_resource
+    builder.add_node("prepare", prepare)  # the first prompt and the skill trace
     builder.add_node("decompose", decompose)  # criteria of the original prompt, in parallel with plan
     builder.add_node("generate", generate)
     builder.add_node("verify", verify)  # one Send per (candidate, criterion)
@@ -34,7 +38,9 @@ def build_builder() -> StateGraph:
 
     builder.add_edge(START, "plan")
     builder.add_edge(START, "decompose")
-    builder.add_edge(["plan", "decompose"], "generate")
+    builder.add_conditional_edges("plan", route_after_plan, ["skills", "prepare"])
+    builder.add_edge("skills", "plan")
+    builder.add_edge(["prepare", "decompose"], "generate")
     builder.add_conditional_edges("generate", route_after_generate, ["verify", "finalize"])
     builder.add_edge("verify", "critique")
     builder.add_conditional_edges("critique", route_after_critique, ["compress", "finalize"])

@@ -1,10 +1,12 @@
-"""Graph state: plain JSON types only. Images are `ImageRef` dicts pointing into the artifact store."""
+"""Graph state: plain JSON types (plus the planner's messages). Images are `ImageRef`s into the artifact store."""
 
 from __future__ import annotations
 
 import operator
 from typing import Annotated, Any, NotRequired
 
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
 
@@ -101,6 +103,8 @@ class GemsState(TypedDict):
     prompt: str
     skill: NotRequired[str | None]
     skill_trace: NotRequired[dict[str, Any]]
+    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]
+    verifiers: NotRequired[list[str]]
     lessons: NotRequired[list[dict[str, Any]]]
     lesson_id: NotRequired[str]
     warnings: NotRequired[Annotated[list[str], operator.add]]

@@ -18,6 +18,10 @@ from gems.configs import MLLMSettings
 class MLLMError(RuntimeError):
     """The MLLM endpoint failed or answered something unusable; the message is one line."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
 
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
 
@@ -128,11 +132,19 @@ class MLLM:
         try:
             message = self.chat.invoke(messages)
         except Exception as exc:
-            raise MLLMError(_describe_error(exc, self.settings)) from exc
+            raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
         text, inline_thought = split_thinking(_text_of(message.content))
         thought = message.additional_kwargs.get("reasoning_content") or inline_thought
         usage = dict(getattr(message, "usage_metadata", None) or {})
         return Reply(text=text, thought=thought, usage={k: int(v) for k, v in usage.items() if isinstance(v, int)})
+
+    def converse(self, messages: list[Any], tools: list[Any] | None = None) -> Any:
+        """Send a whole conversation (optionally with tools bound) and return the `AIMessage`."""
+        runnable = self.chat.bind_tools(tools) if tools else self.chat
+        try:
+            return runnable.invoke(messages)
+        except Exception as exc:
+            raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
 
 
 _lock = threading.Lock()

@@ -1,20 +1,40 @@
-"""Planner role: route the prompt to at most one skill and, when one applies, write the first prompt with it."""
+"""Planner role: pick at most one skill among retrieved candidates and, when one fits, write the first prompt with it.
+
+Two ways to reach the same decision:
+- tools (default): the planner sees the candidates' names and descriptions and loads a body only by calling
+  `load_skill`, run by the `skills` ToolNode; `plan` and `skills` loop until the planner answers in text.
+- text (endpoints without tool calling): the paper's two calls, a name-or-NONE reply, then a rewrite with the body.
+`prepare` then fixes the first prompt and records which skills were offered, chosen and loaded.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings
 from gems.graph.state import GemsState
-from gems.nodes.mllm import get_mllm
+from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import clean_prompt, parse_skill_choice
 from gems.nodes.runtime import settings_of, timed, usage_update
-from gems.skills import load_registry
+from gems.skills import Skill, load_registry
 
 log = logging.getLogger(__name__)
+
+PLANNER_SYSTEM = """You prepare the first prompt for a text-to-image model.
+Below are candidate expert skills, each with a description of when it applies and when it does not. Use a skill
+only when the request plainly matches its description and the skill would clearly make the image better.
+- If one clearly fits, call load_skill with its exact name, follow the instructions it returns to rewrite the
+  request, and answer with only the rewritten prompt.
+- Otherwise call no tool and answer with exactly NONE.
+You may load at most {max_active} skill(s).
+
+Candidate skills:
+{manifest}
+{lessons}"""
 
 ROUTER_SYSTEM = """You decide which expert skill, if any, should shape a text-to-image request.
 Each skill below has a name and a description of when it applies and when it does not. Choose a skill only when
@@ -33,9 +53,7 @@ Follow the skill's instructions below. Keep every object, number, attribute, rel
 user asked for; add only detail that serves the request. Return only the rewritten prompt: no title, no notes, no
 surrounding quotes.
 
-<skill name="{name}">
-{body}
-</skill>"""
+{skills}"""
 
 ENHANCE_USER = """{lessons}User request:
 {prompt}"""
@@ -47,6 +65,7 @@ Lessons from similar earlier requests (use what applies, ignore the rest):
 
 THOUGHT_WITH_SKILL = "First prompt written with the {name} skill from the user's request."
 THOUGHT_ORIGINAL = "First attempt uses the user's request unchanged."
+MAX_TOOL_TURNS = 6
 
 
 def format_lessons(lessons: list[dict[str, Any]]) -> str:
@@ -54,6 +73,10 @@ def format_lessons(lessons: list[dict[str, Any]]) -> str:
     if not lessons:
         return ""
     return LESSONS_BLOCK.format(items="\n".join(f"- {item['brief']}" for item in lessons))
+
+
+def skill_block(skills: list[Skill]) -> str:
+    return "\n\n".join(f'<skill name="{s.name}">\n{s.body}\n</skill>' for s in skills)
 
 
 def recall_lessons(prompt: str, settings: GemsSettings) -> tuple[list[dict[str, Any]], list[str]]:
@@ -77,73 +100,172 @@ def recall_lessons(prompt: str, settings: GemsSettings) -> tuple[list[dict[str, 
     return lessons, []
 
 
+def skill_candidates(prompt: str, settings: GemsSettings) -> list[tuple[Skill, float]]:
+    """The top-k skills for the prompt by embedding similarity (all of them when the library is that small)."""
+    if not settings.skills.enabled:
+        return []
+    registry = load_registry(tuple(settings.skills.paths))
+    if not len(registry):
+        return []
+    if len(registry) <= settings.skills.top_k and settings.skills.min_relevance == 0:
+        return [(skill, 1.0) for skill in registry.skills.values()]
+    from gems.memory.embeddings import get_embeddings
+    from gems.skills.retrieval import get_index
+
+    index = get_index(registry, get_embeddings(settings.embeddings))
+    return index.search(prompt, k=settings.skills.top_k, min_relevance=settings.skills.min_relevance)
+
+
+def _manifest(candidates: list[dict[str, Any]], registry: Any) -> str:
+    return registry.manifest([c["name"] for c in candidates])
+
+
+def _text_mode(state: GemsState, settings: GemsSettings, lessons_text: str, trace: dict[str, Any]) -> dict[str, Any]:
+    """The paper's flow: one call names a skill or NONE, a second rewrites the prompt with the loaded body."""
+    registry = load_registry(tuple(settings.skills.paths))
+    mllm = get_mllm(settings.mllm)
+    names = [c["name"] for c in trace["offered"]]
+    reply = mllm.ask(
+        ROUTER_SYSTEM,
+        ROUTER_USER.format(
+            manifest=_manifest(trace["offered"], registry), lessons=lessons_text, prompt=state["prompt"]
+        ),
+    )
+    usages, calls = [reply.usage], 1
+    trace["router_reply"] = reply.text[:200]
+    chosen = parse_skill_choice(reply.text, names)
+    update: dict[str, Any] = {}
+    if chosen is not None:
+        trace["chosen"] = [chosen]
+        skill = registry.get(chosen)
+        assert skill is not None
+        enhanced = mllm.ask(
+            ENHANCE_SYSTEM.format(skills=skill_block([skill])),
+            ENHANCE_USER.format(lessons=lessons_text.lstrip("\n"), prompt=state["prompt"]),
+        )
+        usages.append(enhanced.usage)
+        calls += 1
+        rewritten = clean_prompt(enhanced.text)
+        if rewritten:
+            trace["loaded"] = [chosen]
+            update["current_prompt"] = rewritten
+            update["thought"] = enhanced.thought or THOUGHT_WITH_SKILL.format(name=chosen)
+    return {**update, "mllm_calls": calls, "usage": usage_update(*usages)}
+
+
 def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
-    """Choose a skill for the prompt and write the first-round prompt.
+    """One planner step: on entry, recall lessons and retrieve skill candidates; then ask the planner.
 
     Args:
-        state: needs `prompt`.
+        state: `prompt`, and on later steps the planner's `messages` (tool results included).
         runtime: the run's settings as context.
 
     Returns:
-        `skill`, `skill_trace`, `current_prompt`, `thought`, `max_rounds` and counters.
+        New `messages` while the planner is calling tools; otherwise what `prepare` needs.
     """
     settings = settings_of(runtime)
-    prompt = state["prompt"]
     timings: dict[str, float] = {}
-    usages = []
-    skill_name: str | None = None
-    trace: dict[str, Any] = {"offered": [], "chosen": None, "loaded": [], "router_reply": None}
-    current_prompt, thought = prompt, THOUGHT_ORIGINAL
-    calls = 0
-
+    messages = list(state.get("messages") or [])
+    update: dict[str, Any] = {}
     with timed(timings, "plan"):
-        # Step 0: what earlier runs on similar prompts taught (off in paper mode).
-        lessons, warnings = recall_lessons(prompt, settings)
-        lessons_text = format_lessons(lessons)
-
-        # Step 1: route, with the manifest of names and descriptions only.
-        registry = load_registry(tuple(settings.skills.paths)) if settings.skills.enabled else None
-        if registry is not None and len(registry):
-            mllm = get_mllm(settings.mllm)
-            names = registry.names()
-            trace["offered"] = names
-            reply = mllm.ask(
-                ROUTER_SYSTEM,
-                ROUTER_USER.format(manifest=registry.manifest(names), lessons=lessons_text, prompt=prompt),
+        if not messages:
+            # Step 1: what earlier runs taught, and which skills could apply (retrieval keeps the prompt small).
+            lessons, warnings = recall_lessons(state["prompt"], settings)
+            candidates = skill_candidates(state["prompt"], settings)
+            trace: dict[str, Any] = {
+                "mode": settings.skills.tool_calling,
+                "offered": [{"name": s.name, "relevance": score} for s, score in candidates],
+                "chosen": [],
+                "loaded": [],
+                "resources": [],
+            }
+            update = {"lessons": lessons, "skill_trace": trace, "max_rounds": settings.loop.max_rounds}
+            if warnings:
+                update["warnings"] = warnings
+            if not candidates:
+                trace["mode"] = "off"
+                return {**update, "timings": timings}
+            lessons_text = format_lessons(lessons)
+            if settings.skills.tool_calling == "text":
+                return {**update, **_text_mode(state, settings, lessons_text, trace), "timings": timings}
+            registry = load_registry(tuple(settings.skills.paths))
+            system = PLANNER_SYSTEM.format(
+                max_active=settings.skills.max_active,
+                manifest=_manifest(trace["offered"], registry),
+                lessons=lessons_text,
             )
-            calls += 1
-            usages.append(reply.usage)
-            trace["router_reply"] = reply.text[:200]
-            skill_name = parse_skill_choice(reply.text, names)
-            trace["chosen"] = skill_name
+            messages = [SystemMessage(content=system), HumanMessage(content=f"Request:\n{state['prompt']}")]
+            update["messages"] = messages
 
-            # Step 2: only now load the chosen skill's instructions and enhance the prompt.
-            if skill_name is not None:
-                skill = registry.get(skill_name)
-                assert skill is not None
-                trace["loaded"] = [skill_name]
-                enhanced = mllm.ask(
-                    ENHANCE_SYSTEM.format(name=skill.name, body=skill.body),
-                    ENHANCE_USER.format(lessons=lessons_text.lstrip("\n"), prompt=prompt),
-                )
-                calls += 1
-                usages.append(enhanced.usage)
-                rewritten = clean_prompt(enhanced.text)
-                if rewritten:
-                    current_prompt = rewritten
-                    thought = enhanced.thought or THOUGHT_WITH_SKILL.format(name=skill_name)
+        # Step 2: the planner answers, or calls load_skill / read_skill_resource (run by the `skills` node).
+        from gems.skills.tools import SKILL_TOOLS
 
-    update: dict[str, Any] = {
-        "skill": skill_name,
-        "skill_trace": trace,
-        "current_prompt": current_prompt,
+        try:
+            reply = get_mllm(settings.mllm).converse(messages, tools=SKILL_TOOLS)
+        except MLLMError as exc:
+            first_call = len(messages) == 2
+            if settings.skills.tool_calling == "auto" and first_call and exc.status in (400, 404, 405, 422, 501):
+                # The endpoint refuses tools (e.g. vLLM without --enable-auto-tool-choice): fall back to text.
+                trace = dict(update.get("skill_trace") or state.get("skill_trace") or {})
+                trace["mode"] = f"text (tools refused: HTTP {exc.status})"
+                lessons_text = format_lessons(update.get("lessons") or state.get("lessons") or [])
+                fallback = _text_mode(state, settings, lessons_text, trace)
+                return {**update, "messages": [], "skill_trace": trace, **fallback, "timings": timings}
+            raise
+    usage = dict(getattr(reply, "usage_metadata", None) or {})
+    new_messages = [*update.get("messages", []), reply]
+    return {**update, "messages": new_messages, "mllm_calls": 1, "timings": timings, "usage": usage_update(usage)}
+
+
+def route_after_plan(state: GemsState) -> Literal["skills", "prepare"]:
+    """Run the planner's tool calls, or move on once it has answered in text."""
+    messages = state.get("messages") or []
+    if messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls:
+        turns = sum(1 for m in messages if isinstance(m, AIMessage))
+        if turns <= MAX_TOOL_TURNS:
+            return "skills"
+    return "prepare"
+
+
+def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+    """Fix the first prompt: the planner's rewrite when a skill was loaded, else the request as written.
+
+    Returns:
+        `current_prompt`, `thought`, `skill`, `skill_trace`, `verifiers` (tools the loaded skills bring).
+    """
+    from gems.skills.tools import loaded_skills
+
+    settings = settings_of(runtime)
+    trace = dict(state.get("skill_trace") or {})
+    messages = state.get("messages") or []
+    current = state.get("current_prompt")
+    thought = state.get("thought")
+    if messages:
+        loaded = loaded_skills(messages)
+        calls = [tc for m in messages if isinstance(m, AIMessage) for tc in m.tool_calls]
+        trace["chosen"] = [tc["args"].get("name") for tc in calls if tc["name"] == "load_skill"]
+        trace["resources"] = [
+            f"{m.artifact['name']}/{m.artifact['path']}"
+            for m in messages
+            if isinstance(m, ToolMessage) and m.name == "read_skill_resource" and isinstance(m.artifact, dict)
+        ]
+        trace["loaded"] = loaded
+        last = messages[-1]
+        answer = clean_prompt(last.content if isinstance(last.content, str) else str(last.content))
+        if isinstance(last, AIMessage) and loaded and answer and answer.upper() != "NONE" and not last.tool_calls:
+            current = answer
+            reasoning = last.additional_kwargs.get("reasoning_content")
+            thought = reasoning or THOUGHT_WITH_SKILL.format(name=", ".join(loaded))
+    loaded = trace.get("loaded") or []
+    if not current or not loaded:
+        current, thought = state["prompt"], THOUGHT_ORIGINAL
+    registry = load_registry(tuple(settings.skills.paths))
+    verifiers = sorted({v for name in loaded if (s := registry.get(name)) for v in (s.metadata.get("verifiers") or [])})
+    return {
+        "current_prompt": current,
         "thought": thought,
-        "max_rounds": settings.loop.max_rounds,
-        "mllm_calls": calls,
-        "timings": timings,
-        "usage": usage_update(*usages),
-        "lessons": lessons,
+        "skill": loaded[0] if loaded else None,
+        "skill_trace": trace,
+        "verifiers": verifiers,
+        "max_rounds": state.get("max_rounds") or settings.loop.max_rounds,
     }
-    if warnings:
-        update["warnings"] = warnings
-    return update

@@ -21,7 +21,11 @@ def _settings_from_env() -> GemsSettings:
 
 def settings_of(runtime: Runtime[GemsSettings] | None) -> GemsSettings:
     """Return the run's settings: the context if given, else settings from `GEMS_CONFIG` and `GEMS_*`."""
-    context: Any = getattr(runtime, "context", None)
+    return context_settings(getattr(runtime, "context", None))
+
+
+def context_settings(context: Any) -> GemsSettings:
+    """Settings from a graph context value (a `GemsSettings`, a dict from a server, or None)."""
     if isinstance(context, GemsSettings):
         return context
     if isinstance(context, dict) and context:

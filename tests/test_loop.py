@@ -131,8 +131,11 @@ def test_skill_enhances_only_the_first_prompt_and_criteria_use_original(mllm_ser
     assert values["skill"] == "spatial-layout"
     assert values["skill_trace"]["loaded"] == ["spatial-layout"]
     assert gen.prompts[0] == "a red cat sits centred on a mat"
-    # The enhancer saw the skill body; the decomposer saw the user's prompt, not the enhanced one.
-    assert "# Spatial layout" in script.bodies["enhance"][0]["messages"][0]["content"]
+    # The body arrived only through the load_skill tool: the planner's first turn saw names and descriptions.
+    assert "# Spatial layout" not in str(script.bodies["route"][0])
+    tool_messages = [m for m in script.bodies["enhance"][0]["messages"] if m["role"] == "tool"]
+    assert len(tool_messages) == 1 and "# Spatial layout" in tool_messages[0]["content"]
+    # The decomposer saw the user's prompt, not the enhanced one.
     assert script.bodies["decompose"][0]["messages"][1]["content"] == "Request: a red cat on a mat"
     # The refiner never gets the skill text (paper behaviour).
     assert "# Spatial layout" not in str(script.bodies["refine"][0])

@@ -97,6 +97,10 @@ def test_graph_draws_the_loop():
     mermaid = graph.get_graph().draw_mermaid()
     for edge in (
         "__start__ --> plan",
+        "plan -.-> skills",
+        "skills --> plan",
+        "plan -.-> prepare",
+        "prepare --> generate",
         "__start__ --> decompose",
         "generate -.-> verify",
         "generate -.-> finalize",
@@ -117,7 +121,7 @@ def test_recursion_limit_follows_max_rounds(mllm_server, gen_server, isolated_en
     gen = gen_server()
     settings = make_settings(mllm, gen, isolated_env, loop={"max_rounds": 8})
     config = run_config(settings, "r")
-    assert config["recursion_limit"] == recursion_limit_for(8) == 54
+    assert config["recursion_limit"] == recursion_limit_for(8) == 66
     compiled = build_graph(checkpointer=InMemorySaver())
     compiled.invoke({"prompt": "x"}, config, context=settings)
     assert len(gen.prompts) == 8  # the limit leaves room for every round

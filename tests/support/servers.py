@@ -138,12 +138,27 @@ class OpenAIStub(_Server):
                 message = {"role": "assistant", "content": answer.get("content")}
                 if answer.get("reasoning_content"):
                     message["reasoning_content"] = answer["reasoning_content"]
+                if answer.get("tool_calls"):
+                    message["tool_calls"] = [
+                        {
+                            "id": f"call_{i}",
+                            "type": "function",
+                            "function": {"name": name, "arguments": json.dumps(args)},
+                        }
+                        for i, (name, args) in enumerate(answer["tool_calls"])
+                    ]
                 payload = {
                     "id": "chatcmpl-test",
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "stub"),
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": message,
+                            "finish_reason": "tool_calls" if answer.get("tool_calls") else "stop",
+                        }
+                    ],
                     "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
                 }
                 self._send_json(handler, 200, payload)
@@ -195,11 +210,12 @@ def role_of(body: dict[str, Any]) -> str:
     from gems.nodes.compress import COMPRESS_SYSTEM
     from gems.nodes.critique import VERIFY_SYSTEM
     from gems.nodes.decompose import DECOMPOSE_SYSTEM
-    from gems.nodes.plan import ENHANCE_SYSTEM, ROUTER_SYSTEM
+    from gems.nodes.plan import ENHANCE_SYSTEM, PLANNER_SYSTEM, ROUTER_SYSTEM
     from gems.nodes.refine import REFINE_SYSTEM
 
     system = _system_text(body)
     for role, prompt in (
+        ("planner", PLANNER_SYSTEM),
         ("route", ROUTER_SYSTEM),
         ("enhance", ENHANCE_SYSTEM),
         ("decompose", DECOMPOSE_SYSTEM),
@@ -235,6 +251,17 @@ class ScriptedMLLM:
         compress: str = "Lesson: make the failed parts explicit.",
         reasoning: str | None = None,
         fail_verify: tuple[str, ...] = (),
+        tool_skills: tuple[str, ...] = (
+            "creative-drawing",
+            "aesthetic-drawing",
+            "spatial-layout",
+            "text-rendering",
+            "counting",
+            "photorealism",
+            "negation",
+            "cjk-text-rendering",
+            "product-shot",
+        ),
     ):
         self.criteria_answers = [criteria] if criteria_retry is None else [criteria, criteria_retry]
         self.verdict = verdict
@@ -244,6 +271,7 @@ class ScriptedMLLM:
         self.compress = compress
         self.reasoning = reasoning
         self.fail_verify = set(fail_verify)
+        self.tool_skills = set(tool_skills)
         self.calls: Counter[str] = Counter()
         self.asked: defaultdict[str, int] = defaultdict(int)
         self.bodies: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -251,6 +279,15 @@ class ScriptedMLLM:
 
     def __call__(self, body: dict[str, Any]) -> Any:
         role = role_of(body)
+        if role == "planner":
+            # The tool-calling planner: its first turn routes, its turn after a tool result enhances.
+            tool_results = [m for m in body.get("messages", []) if m.get("role") == "tool"]
+            role = "enhance" if tool_results else "route"
+            if role == "route" and self.route in self.tool_skills:
+                with self.lock:
+                    self.calls[role] += 1
+                    self.bodies[role].append(body)
+                return {"content": None, "tool_calls": [("load_skill", {"name": self.route})]}
         with self.lock:
             self.calls[role] += 1
             self.bodies[role].append(body)
