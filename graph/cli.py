@@ -192,6 +192,92 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+SKILL_TEMPLATE = """---
+name: {name}
+description: >-
+  Say what this skill does and when to use it (the kinds of request that should trigger it), then when not to
+  use it. The planner sees only this text when it decides, so be specific.
+metadata:
+  examples:
+    - a request that should trigger this skill
+---
+# {title}
+
+Instructions the planner follows to rewrite the request once it loads this skill:
+
+1. Keep every object, number, attribute, relation and quoted text the user asked for.
+2. ...
+
+Return one paragraph, no lists.
+"""
+
+
+def cmd_skills(args: argparse.Namespace) -> int:
+    """List, show, validate and scaffold skills."""
+    from gems.configs import load_settings
+    from gems.skills import SkillRegistry, load_registry, parse_skill_file
+    from gems.skills.registry import NAME_RE
+
+    action = args.skills_command
+    if action == "new":
+        if not NAME_RE.match(args.name) or len(args.name) > 64:
+            raise UsageError(f"skill names are lowercase letters, digits and hyphens, got {args.name!r}")
+        folder = Path(args.dir) / args.name
+        if folder.exists():
+            raise UsageError(f"{folder} already exists")
+        folder.mkdir(parents=True)
+        title = args.name.replace("-", " ").capitalize()
+        (folder / "SKILL.md").write_text(SKILL_TEMPLATE.format(name=args.name, title=title), encoding="utf-8")
+        print(folder / "SKILL.md")
+        print(f"add {Path(args.dir).resolve()} to skills.paths in your config to use it", file=sys.stderr)
+        return 0
+    if action == "validate" and args.path:
+        target = Path(args.path)
+        registry = SkillRegistry()
+        if target.is_file():
+            try:
+                skill = parse_skill_file(target)
+                registry.skills[skill.name] = skill
+            except Exception as exc:
+                registry.errors.append(str(exc))
+        elif (target / "SKILL.md").is_file():
+            try:
+                skill = parse_skill_file(target / "SKILL.md")
+                registry.skills[skill.name] = skill
+            except Exception as exc:
+                registry.errors.append(str(exc))
+        else:
+            registry.add_folder(target)
+    else:
+        settings = load_settings(args.config)
+        registry = load_registry(tuple(settings.skills.paths))
+    if action == "list":
+        for skill in registry.skills.values():
+            print(f"{skill.name:<22} {_short(skill.description, 90)}")
+        print(f"{len(registry)} skill(s); {len(registry.errors)} could not be loaded", file=sys.stderr)
+        for error in registry.errors:
+            print(f"gems: skipped: {error}", file=sys.stderr)
+        return 0
+    if action == "show":
+        skill = registry.get(args.name)
+        if skill is None:
+            raise UsageError(f"no skill named {args.name!r}; see gems skills list")
+        print(f"name: {skill.name}\npath: {skill.path}\ndescription: {skill.description}")
+        if skill.resources():
+            print(f"resources: {', '.join(skill.resources())}")
+        print(f"\n{skill.body}")
+        return 0
+    # validate
+    for skill in registry.skills.values():
+        print(f"ok     {skill.name}  ({skill.path})")
+    for error in registry.errors:
+        print(f"error  {error}")
+    if not registry.skills and not registry.errors:
+        print("error  no SKILL.md found")
+        return EXIT_ERROR
+    return EXIT_ERROR if registry.errors else 0
+
+
 def _where(settings: Any) -> str:
     kind = settings.storage.checkpointer
     return str(settings.sqlite_path) if kind == "sqlite" else f"the {kind} checkpointer"
@@ -244,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     imp = mem_sub.add_parser("import", help="read lessons from a JSONL file written by export")
     imp.add_argument("file")
     mem.set_defaults(func=cmd_memory)
+
+    skills = sub.add_parser("skills", help="list, show, validate and scaffold SKILL.md skills")
+    skills.add_argument("--config", help="YAML config file or preset name (for skills.paths); env GEMS_CONFIG")
+    sk_sub = skills.add_subparsers(dest="skills_command", metavar="ACTION", required=True)
+    sk_sub.add_parser("list", help="every skill the planner can use")
+    sk_show = sk_sub.add_parser("show", help="one skill's description and instructions")
+    sk_show.add_argument("name")
+    sk_val = sk_sub.add_parser("validate", help="check a skill folder, a SKILL.md, or (default) every configured skill")
+    sk_val.add_argument("path", nargs="?")
+    sk_new = sk_sub.add_parser("new", help="scaffold a new skill folder")
+    sk_new.add_argument("name")
+    sk_new.add_argument("--dir", default="skills", help="where to create it (default ./skills)")
+    skills.set_defaults(func=cmd_skills)
     return parser
 
 

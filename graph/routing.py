@@ -17,7 +17,14 @@ def route_after_generate(state: GemsState) -> list[Send] | Literal["finalize"]:
     return [
         Send(
             "verify",
-            VerifyTask(round=state["round"], candidate=c, index=i, criterion=q, image=image),
+            VerifyTask(
+                round=state["round"],
+                candidate=c,
+                index=i,
+                criterion=q,
+                image=image,
+                verifiers=state.get("verifiers") or [],
+            ),
         )
         for c, image in enumerate(state.get("candidates") or [])
         for i, q in enumerate(criteria)

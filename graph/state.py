@@ -35,6 +35,8 @@ class Verdict(TypedDict):
     passed: bool
     answer: str
     error: str | None
+    checks: NotRequired[list[dict[str, Any]]]  # results of skill-brought tools (OCR), when any ran
+    mllm_passed: NotRequired[bool]  # the MLLM's own verdict, when tools took part
 
 
 class RoundRecord(TypedDict, total=False):
@@ -59,6 +61,7 @@ class VerifyTask(TypedDict):
     index: int
     criterion: str
     image: ImageRef
+    verifiers: NotRequired[list[str]]
 
 
 def merge_rounds(left: list[RoundRecord] | None, right: list[RoundRecord] | None) -> list[RoundRecord]:

@@ -11,6 +11,7 @@ from gems.graph.state import GemsState, RoundRecord, Verdict, VerifyTask
 from gems.nodes.mllm import MLLMError, get_mllm, image_part, text_part
 from gems.nodes.parsing import parse_verdict
 from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
+from gems.skills.verifiers import VERIFIERS, VerifierUnavailable, combine
 
 VERIFY_SYSTEM = """You check one requirement of a generated image.
 Look at the image and answer the question with one word, yes or no. Answer yes only when the image clearly
@@ -54,7 +55,31 @@ def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
         answer=answer[:500],
         error=error if error is not None else (None if verdict is not None else "answer was neither yes nor no"),
     )
+    # Tools the loaded skills bring (e.g. OCR for quoted text) check the same criterion; see skills/verifiers.py.
+    checks = _tool_checks(task, settings, timings)
+    if checks:
+        record["checks"] = checks
+        record["mllm_passed"] = record["passed"]
+        for check in checks:
+            record["passed"] = combine(record["passed"], check)
     return {"verdicts": [record], "mllm_calls": 1, "timings": timings, "usage": usage_update(usage)}
+
+
+def _tool_checks(task: VerifyTask, settings: GemsSettings, timings: dict[str, float]) -> list[dict[str, Any]]:
+    checks = []
+    for name in task.get("verifiers") or []:
+        tool = VERIFIERS.get(name)
+        if tool is None:
+            continue
+        with timed(timings, f"verify_{name}"):
+            try:
+                path = artifact_store(settings).path_for(task["image"]["sha256"])
+                result = tool(task["criterion"], path)
+            except VerifierUnavailable as exc:
+                result = {"tool": name, "status": "unavailable", "error": str(exc)}
+        if result is not None:
+            checks.append(result)
+    return checks
 
 
 def _score(verdicts: list[Verdict], criteria: list[str]) -> tuple[list[str], list[str]]:

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.slow
 def write_config(path: Path, mllm_url: str, gen_url: str, lessons: bool = False, **loop) -> Path:
     config = {
         "memory": {"lessons": lessons},
+        # Offer all nine bundled skills, so the CLI's subprocesses need no embedding model for retrieval.
+        "skills": {"top_k": 20},
         "mllm": {"base_url": mllm_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0, "timeout_s": 20},
         "generator": {"backend": "http", "preset": None, "url": gen_url, "max_retries": 0},
         "loop": loop,

@@ -173,6 +173,11 @@ class OpenAIStub(_Server):
                 self._send_json(handler, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
         except HTTPFailure as exc:
             self._send_json(handler, exc.status, {"error": {"message": exc.message, "type": "server_error"}})
+        except Exception as exc:  # a bug in a test's script: answer 599 so the test fails loudly, not by timeout
+            import traceback
+
+            traceback.print_exc()
+            self._send_json(handler, 599, {"error": {"message": f"stub script crashed: {exc!r}", "type": "stub"}})
 
 
 def _system_text(body: dict[str, Any]) -> str:
@@ -235,7 +240,9 @@ class ScriptedMLLM:
         criteria: the decomposer's answer: a list (sent as JSON) or a raw string.
         criteria_retry: the answer to the decomposer's repair request, if it comes to that.
         verdict: `f(criterion, attempt)` -> answer text, `attempt` counting from 1 per criterion.
-        route: the router's answer; enhance: the enhancer's answer.
+        route: the router's answer (a skill name makes the tool-calling planner call load_skill with it).
+        enhance: the enhancer's answer (the planner's turn after a tool result).
+        planner: `f(turn, messages)` -> the planner's full answer, overriding route/enhance for tool mode.
         refine: `f(n)` -> the n-th refined prompt; reasoning: sent as `reasoning_content` by the refiner.
         fail_verify: criteria whose verifier call answers HTTP 500.
     """
@@ -251,6 +258,7 @@ class ScriptedMLLM:
         compress: str = "Lesson: make the failed parts explicit.",
         reasoning: str | None = None,
         fail_verify: tuple[str, ...] = (),
+        planner: Callable[[int, list[dict[str, Any]]], Any] | None = None,
         tool_skills: tuple[str, ...] = (
             "creative-drawing",
             "aesthetic-drawing",
@@ -272,6 +280,7 @@ class ScriptedMLLM:
         self.reasoning = reasoning
         self.fail_verify = set(fail_verify)
         self.tool_skills = set(tool_skills)
+        self.planner = planner
         self.calls: Counter[str] = Counter()
         self.asked: defaultdict[str, int] = defaultdict(int)
         self.bodies: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -279,6 +288,12 @@ class ScriptedMLLM:
 
     def __call__(self, body: dict[str, Any]) -> Any:
         role = role_of(body)
+        if role == "planner" and self.planner is not None:
+            with self.lock:
+                self.calls["planner"] += 1
+                self.bodies["planner"].append(body)
+                turn = self.calls["planner"]
+            return self.planner(turn, body.get("messages", []))
         if role == "planner":
             # The tool-calling planner: its first turn routes, its turn after a tool result enhances.
             tool_results = [m for m in body.get("messages", []) if m.get("role") == "tool"]
@@ -323,9 +338,16 @@ class GeneratorStub(_Server):
     """
 
     def __init__(
-        self, fail_first: int = 0, status: int = 500, block_on_call: int | None = None, size: int = 32, noise=False
+        self,
+        fail_first: int = 0,
+        status: int = 500,
+        block_on_call: int | None = None,
+        size: int = 32,
+        noise=False,
+        render: Callable[[str, int], bytes] | None = None,
     ):
         super().__init__()
+        self.render = render
         self.size = size
         self.noise = noise
         self.fail_first = fail_first
@@ -351,5 +373,8 @@ class GeneratorStub(_Server):
         if self.block_on_call is not None and call == self.block_on_call:
             self.blocked.set()
             self.release.wait(timeout=60)
-        data = png_bytes(color_for(f"{prompt}#{call}"), size=self.size, text=prompt, noise=self.noise)
+        if self.render is not None:
+            data = self.render(prompt, call)
+        else:
+            data = png_bytes(color_for(f"{prompt}#{call}"), size=self.size, text=prompt, noise=self.noise)
         self._send(handler, 200, data, "image/png", {"x-seed": str(1000 + call)})
