@@ -79,6 +79,9 @@ class LoopSettings(_Strict):
     verifier_concurrency: int = Field(10, ge=1, le=256, description="parallel verifier calls")
     max_criteria: int | None = Field(None, ge=1, description="cap on decomposed criteria; unset = no cap")
     seed: int | None = Field(None, description="base seed; round r candidate c uses seed+(r-1)*n+c")
+    human_review: bool = Field(
+        False, description="pause before the first generation so a person can edit the criteria or first prompt"
+    )
 
 
 class SkillSettings(_Strict):

@@ -18,6 +18,7 @@ from gems.nodes.generate import generate
 from gems.nodes.learn import learn
 from gems.nodes.plan import plan, prepare, route_after_plan
 from gems.nodes.refine import refine
+from gems.nodes.review import review
 from gems.skills.tools import SKILL_TOOLS
 
 
@@ -28,6 +29,7 @@ def build_builder() -> StateGraph:
     builder.add_node("skills", ToolNode(SKILL_TOOLS, handle_tool_errors=True))  # load_skill, read_skill_resource
     builder.add_node("prepare", prepare)  # the first prompt and the skill trace
     builder.add_node("decompose", decompose)  # criteria of the original prompt, in parallel with plan
+    builder.add_node("review", review)  # optional human review (interrupt) before the first generation
     builder.add_node("generate", generate)
     builder.add_node("verify", verify)  # one Send per (candidate, criterion)
     builder.add_node("critique", critique)  # the round's factual record
@@ -40,7 +42,8 @@ def build_builder() -> StateGraph:
     builder.add_edge(START, "decompose")
     builder.add_conditional_edges("plan", route_after_plan, ["skills", "prepare"])
     builder.add_edge("skills", "plan")
-    builder.add_edge(["prepare", "decompose"], "generate")
+    builder.add_edge(["prepare", "decompose"], "review")
+    builder.add_edge("review", "generate")
     builder.add_conditional_edges("generate", route_after_generate, ["verify", "finalize"])
     builder.add_edge("verify", "critique")
     builder.add_conditional_edges("critique", route_after_critique, ["compress", "finalize"])

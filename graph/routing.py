@@ -43,4 +43,4 @@ def route_after_critique(state: GemsState) -> Literal["finalize", "compress"]:
 
 def recursion_limit_for(max_rounds: int) -> int:
     """Supersteps a run may take: planning with its tool loop, five per round, then finalize and learn."""
-    return 5 * max_rounds + 26
+    return 5 * max_rounds + 28

@@ -100,7 +100,9 @@ def test_graph_draws_the_loop():
         "plan -.-> skills",
         "skills --> plan",
         "plan -.-> prepare",
-        "prepare --> generate",
+        "prepare --> review",
+        "decompose --> review",
+        "review --> generate",
         "__start__ --> decompose",
         "generate -.-> verify",
         "generate -.-> finalize",
@@ -121,7 +123,7 @@ def test_recursion_limit_follows_max_rounds(mllm_server, gen_server, isolated_en
     gen = gen_server()
     settings = make_settings(mllm, gen, isolated_env, loop={"max_rounds": 8})
     config = run_config(settings, "r")
-    assert config["recursion_limit"] == recursion_limit_for(8) == 66
+    assert config["recursion_limit"] == recursion_limit_for(8) == 68
     compiled = build_graph(checkpointer=InMemorySaver())
     compiled.invoke({"prompt": "x"}, config, context=settings)
     assert len(gen.prompts) == 8  # the limit leaves room for every round

@@ -243,6 +243,7 @@ class ScriptedMLLM:
         route: the router's answer (a skill name makes the tool-calling planner call load_skill with it).
         enhance: the enhancer's answer (the planner's turn after a tool result).
         planner: `f(turn, messages)` -> the planner's full answer, overriding route/enhance for tool mode.
+        agent: `f(body)` -> the answer to requests from no GEMS role (an agent calling gems as a tool).
         refine: `f(n)` -> the n-th refined prompt; reasoning: sent as `reasoning_content` by the refiner.
         fail_verify: criteria whose verifier call answers HTTP 500.
     """
@@ -259,6 +260,7 @@ class ScriptedMLLM:
         reasoning: str | None = None,
         fail_verify: tuple[str, ...] = (),
         planner: Callable[[int, list[dict[str, Any]]], Any] | None = None,
+        agent: Callable[[dict[str, Any]], Any] | None = None,
         tool_skills: tuple[str, ...] = (
             "creative-drawing",
             "aesthetic-drawing",
@@ -281,6 +283,7 @@ class ScriptedMLLM:
         self.fail_verify = set(fail_verify)
         self.tool_skills = set(tool_skills)
         self.planner = planner
+        self.agent = agent
         self.calls: Counter[str] = Counter()
         self.asked: defaultdict[str, int] = defaultdict(int)
         self.bodies: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -326,6 +329,8 @@ class ScriptedMLLM:
             return self.compress
         if role == "refine":
             return {"content": self.refine(count), "reasoning_content": self.reasoning}
+        if self.agent is not None:  # anything else is an outside agent that uses gems as a tool
+            return self.agent(body)
         return "?"
 
 

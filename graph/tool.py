@@ -1,0 +1,72 @@
+"""gems as a LangChain tool, so an agent (e.g. `langchain.agents.create_agent`) can make images with it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel, Field
+
+from gems.configs import GemsSettings, load_settings
+
+TOOL_DESCRIPTION = (
+    "Generate an image from a detailed description. The tool plans, renders, checks the image against every "
+    "requirement in the description and retries until they all pass. Returns the image file path and how many "
+    "requirements passed."
+)
+
+
+class GenerateImageInput(BaseModel):
+    """Arguments the agent fills in."""
+
+    prompt: str = Field(description="what the image must show: objects, counts, colours, positions, text")
+    max_rounds: int | None = Field(None, ge=1, le=10, description="attempts before returning the best image")
+
+
+def gems_tool(
+    settings: GemsSettings | None = None, *, checkpointer: Any = None, name: str = "generate_image"
+) -> BaseTool:
+    """Wrap the GEMS graph as a LangChain tool.
+
+    Args:
+        settings: run settings (default: `load_settings()`, i.e. `GEMS_CONFIG` and `GEMS_*`).
+        checkpointer: where runs are checkpointed (default: none; each call is one fresh thread).
+        name: the tool's name as the agent sees it.
+
+    Returns:
+        A `StructuredTool` whose content is a one-line summary and whose artifact is the run's result.
+    """
+    from gems.graph.builder import build_graph, run_config
+
+    base = settings or load_settings()
+    graph = build_graph(checkpointer=checkpointer)
+
+    def generate_image(prompt: str, max_rounds: int | None = None) -> tuple[str, dict[str, Any]]:
+        run_settings = base
+        if max_rounds is not None:
+            run_settings = base.model_copy(update={"loop": base.loop.model_copy(update={"max_rounds": max_rounds})})
+        thread_id = f"tool-{uuid.uuid4().hex[:12]}"
+        result = graph.invoke({"prompt": prompt}, run_config(run_settings, thread_id), context=run_settings)
+        final = result.get("final") or {}
+        image = final.get("image") or {}
+        status = "all requirements passed" if result.get("success") else "best attempt"
+        summary = (
+            f"Image saved to {image.get('path')} ({status}: {final.get('passed')}/{final.get('total')} "
+            f"requirements, round {final.get('round')})."
+        )
+        artifact = {
+            "thread_id": thread_id,
+            "image": image,
+            "success": result.get("success"),
+            "criteria": result.get("criteria"),
+        }
+        return summary, artifact
+
+    return StructuredTool.from_function(
+        func=generate_image,
+        name=name,
+        description=TOOL_DESCRIPTION,
+        args_schema=GenerateImageInput,
+        response_format="content_and_artifact",
+    )

@@ -1,0 +1,99 @@
+"""Embedding gems in LangChain apps: the graph as a Runnable, in LCEL, and as a tool of a `create_agent` agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from langchain_core.runnables import Runnable, RunnableLambda
+from langgraph.checkpoint.memory import InMemorySaver
+
+from gems.graph import build_graph, run_config
+from gems.graph.tool import gems_tool
+from tests.conftest import make_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CRITERIA = ["Is there a fox?", "Is the fox red?"]
+
+
+def test_compiled_graph_is_a_runnable(mllm_server, gen_server, isolated_env):
+    mllm, _ = mllm_server(criteria=CRITERIA)
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env)
+    graph = build_graph()
+    assert isinstance(graph, Runnable)
+    bound = graph.bind(context=settings).with_config(run_config(settings))
+    assert bound.invoke({"prompt": "a red fox"})["success"] is True
+    assert asyncio.run(bound.ainvoke({"prompt": "a red fox"}))["success"] is True
+    nodes = [next(iter(chunk)) for chunk in bound.stream({"prompt": "a red fox"}, stream_mode="updates")]
+    assert nodes[:2] == ["decompose", "plan"] or nodes[:2] == ["plan", "decompose"]
+    assert {"prepare", "review", "generate", "verify", "critique", "finalize", "learn"} <= set(nodes)
+    results = bound.batch([{"prompt": "a red fox"}, {"prompt": "a red fox in snow"}])
+    assert [r["success"] for r in results] == [True, True] and len(gen.prompts) == 5
+    chain = RunnableLambda(lambda s: {"prompt": s}) | bound | RunnableLambda(lambda r: r["final"]["image"]["path"])
+    assert Path(chain.invoke("a fox")).exists()
+
+
+def test_tool_wrapper_runs_the_loop(mllm_server, gen_server, isolated_env):
+    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
+    gen = gen_server()
+    tool = gems_tool(make_settings(mllm, gen, isolated_env), checkpointer=InMemorySaver())
+    assert tool.name == "generate_image" and set(tool.args) == {"prompt", "max_rounds"}
+    message = tool.invoke(
+        {"type": "tool_call", "id": "c1", "name": "generate_image", "args": {"prompt": "a red fox", "max_rounds": 3}}
+    )
+    assert message.content.startswith("Image saved to ") and "all requirements passed: 2/2" in message.content
+    assert Path(message.artifact["image"]["path"]).exists() and len(gen.prompts) == 2
+
+
+def write_env_config(path: Path, mllm_url: str, gen_url: str) -> dict[str, str]:
+    path.write_text(yaml.safe_dump({
+        "mllm": {"base_url": mllm_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0},
+        "generator": {"backend": "http", "preset": None, "url": gen_url, "max_retries": 0},
+        "memory": {"lessons": False},
+        "skills": {"top_k": 20},
+    }))  # fmt: skip
+    return {**os.environ, "GEMS_CONFIG": str(path)}
+
+
+def test_agent_example_calls_gems_and_gets_an_image(mllm_server, gen_server, tmp_path):
+    def agent(body):
+        if any(m["role"] == "tool" for m in body["messages"]):
+            result = next(m for m in body["messages"] if m["role"] == "tool")["content"]
+            return f"Done. {result}"
+        return {"content": None, "tool_calls": [("generate_image", {"prompt": "a red fox sitting in the snow"})]}
+
+    mllm, script = mllm_server(criteria=CRITERIA, agent=agent)
+    gen = gen_server()
+    env = write_env_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "agent_tool.py"), "Draw a red fox in the snow"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "[tool generate_image] Image saved to " in result.stdout
+    path = result.stdout.split("Image saved to ")[1].split(" (")[0]
+    assert Path(path).exists()
+    assert gen.prompts == ["a red fox sitting in the snow"]
+    agent_requests = [r["body"] for r in mllm.requests if "generate_image" in json.dumps(r["body"].get("tools", []))]
+    assert len(agent_requests) == 2  # the tool call, then the answer after the tool result
+    assert script.calls["verify"] == 2
+
+
+def test_lcel_example_batches(mllm_server, gen_server, tmp_path):
+    mllm, _ = mllm_server(criteria=CRITERIA)
+    gen = gen_server()
+    env = write_env_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "lcel_chain.py"), "a lighthouse", "a windmill"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["a lighthouse", "a windmill"]
+    assert sorted(gen.prompts) == ["a lighthouse, at dusk, seen from the sea", "a windmill, at dusk, seen from the sea"]
