@@ -293,4 +293,21 @@ def load_settings(
         settings = GemsSettings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
-    return settings.model_copy(update={"data_dir": settings.data_dir.expanduser()})
+    return complete(settings.model_copy(update={"data_dir": settings.data_dir.expanduser()}))
+
+
+def complete(settings: GemsSettings) -> GemsSettings:
+    """Mark every field as explicitly set, so `overlay` treats these settings as whole, not partial."""
+    return GemsSettings.model_validate(settings.model_dump(mode="python", round_trip=True))
+
+
+def overlay(base: BaseModel, partial: BaseModel) -> Any:
+    """`base` with the fields `partial` explicitly sets (recursively), e.g. a server's context over the env config."""
+    updates: dict[str, Any] = {}
+    for name in partial.model_fields_set:
+        value = getattr(partial, name)
+        current = getattr(base, name)
+        updates[name] = (
+            overlay(current, value) if isinstance(value, BaseModel) and isinstance(current, BaseModel) else value
+        )
+    return base.model_copy(update=updates)

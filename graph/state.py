@@ -87,11 +87,16 @@ class GemsInput(TypedDict):
 
 
 class GemsOutput(TypedDict, total=False):
-    """What a run returns."""
+    """What a run returns, and what servers stream node by node (so each round's image shows as it is made)."""
 
     prompt: str
     skill: str | None
+    skill_trace: dict[str, Any]
     criteria: list[str]
+    round: int
+    current_prompt: str
+    candidates: list[ImageRef]
+    verdicts: list[Verdict]
     rounds: list[RoundRecord]
     final: dict[str, Any]
     success: bool

@@ -52,3 +52,21 @@ def open_checkpointer(settings: GemsSettings) -> Iterator[BaseCheckpointSaver]:
             yield saver
     else:  # pragma: no cover - pydantic rejects other values
         raise ConfigError(f"unknown storage.checkpointer: {kind}")
+
+
+@contextlib.asynccontextmanager
+async def server_checkpointer():
+    """The Agent Server's checkpointer (`langgraph.json` → `checkpointer.path`): async SQLite under the data dir.
+
+    `langgraph dev` would otherwise keep threads in pickle files in the working folder; this puts them next to
+    the CLI's checkpoints, in `<data_dir>/server-checkpoints.sqlite`.
+    """
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from gems.configs import load_settings
+
+    settings = load_settings()
+    path = settings.data_dir / "server-checkpoints.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        yield saver

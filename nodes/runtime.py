@@ -11,6 +11,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, load_settings
+from gems.configs.settings import overlay
 from gems.memory.artifacts import ArtifactStore
 
 
@@ -25,11 +26,15 @@ def settings_of(runtime: Runtime[GemsSettings] | None) -> GemsSettings:
 
 
 def context_settings(context: Any) -> GemsSettings:
-    """Settings from a graph context value (a `GemsSettings`, a dict from a server, or None)."""
-    if isinstance(context, GemsSettings):
-        return context
+    """Settings from a graph context value (a `GemsSettings`, a dict from a server, or None).
+
+    A partial context (say `{"loop": {"max_rounds": 2}}` sent to the Agent Server) overlays the settings from
+    `GEMS_CONFIG` and `GEMS_*`; settings from `load_settings` are whole and used as they are.
+    """
     if isinstance(context, dict) and context:
-        return GemsSettings.model_validate(context)
+        context = GemsSettings.model_validate(context)
+    if isinstance(context, GemsSettings):
+        return overlay(_settings_from_env(), context)
     return _settings_from_env()
 
 

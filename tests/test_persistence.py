@@ -49,7 +49,10 @@ def test_state_holds_references_not_bytes(mllm_server, gen_server, isolated_env)
     config = run_config(settings, "refs")
     result = compiled.invoke({"prompt": "a red cat"}, config, context=settings)
     # The output schema keeps the public result small.
-    assert set(result) == {"prompt", "skill", "criteria", "rounds", "final", "success", "lessons", "warnings"}
+    assert set(result) == {
+        "prompt", "skill", "skill_trace", "criteria", "round", "current_prompt", "candidates", "verdicts",
+        "rounds", "final", "success", "lessons", "warnings",
+    }  # fmt: skip
     image = result["final"]["image"]
     assert set(image) >= {"sha256", "path", "width", "height", "seed", "backend", "model", "steps"}
     assert ArtifactStore(settings.artifacts_dir).path_for(image["sha256"]).exists()

@@ -1,0 +1,135 @@
+"""LangGraph Studio's server: `langgraph dev` serves the graph offline; driven with the real `langgraph_sdk`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CRITERIA = ["Is there a cat?", "Is the cat red?"]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def studio(mllm_server, gen_server, tmp_path):
+    """`langgraph dev` on a free loopback port, configured through GEMS_CONFIG to use the local stub servers."""
+    langgraph = Path(sys.executable).with_name("langgraph")
+    if not langgraph.exists():
+        pytest.skip("langgraph-cli[inmem] is not installed (pip install -e '.[test]')")
+    mllm, script = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
+    gen = gen_server()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "mllm": {"base_url": mllm.base_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0},
+        "generator": {"backend": "http", "preset": None, "url": gen.url, "max_retries": 0},
+        "memory": {"lessons": False},
+        "skills": {"top_k": 20},
+    }))  # fmt: skip
+    work = tmp_path / "project"  # the server writes .langgraph_api/ into its working folder
+    work.mkdir()
+    shutil.copy(ROOT / "langgraph.json", work / "langgraph.json")
+    port = free_port()
+    env = {
+        **os.environ,
+        "GEMS_CONFIG": str(cfg),
+        "GEMS_DATA_DIR": str(tmp_path / "data"),
+        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
+        "LANGGRAPH_NO_VERSION_CHECK": "true",
+        "LANGSMITH_TRACING": "false",
+    }
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed after the server stops)
+    server = subprocess.Popen(
+        [str(langgraph), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("langgraph dev did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield url, script, gen, tmp_path
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_langgraph_dev_runs_streams_and_keeps_history(studio):
+    from langgraph_sdk import get_sync_client
+
+    url, _, gen, tmp_path = studio
+    client = get_sync_client(url=url)
+    assistants = client.assistants.search(graph_id="gems")
+    assert len(assistants) == 1
+    schemas = client.assistants.get_schemas(assistants[0]["assistant_id"])
+    assert set(schemas["input_schema"]["properties"]) == {"prompt"}  # Studio's form asks only for the prompt
+    assert "loop" in schemas["context_schema"]["properties"]
+
+    thread = client.threads.create()
+    chunks = list(client.runs.stream(thread["thread_id"], "gems", input={"prompt": "a red cat"}, stream_mode="updates"))
+    nodes = [next(iter(c.data)) for c in chunks if c.event == "updates"]
+    assert nodes.count("generate") == 2 and nodes[-1] == "learn"
+    generated = [c.data["generate"] for c in chunks if c.event == "updates" and "generate" in c.data]
+    assert generated[0]["candidates"][0]["sha256"]  # each round's image streams as it is made
+
+    state = client.threads.get_state(thread["thread_id"])
+    assert state["next"] == [] and state["values"]["success"] is True
+    assert len(state["values"]["rounds"]) == 2
+    history = client.threads.get_history(thread["thread_id"], limit=100)
+    assert len(history) > 10
+    assert {len(h["values"].get("rounds", [])) for h in history} == {0, 1, 2}
+    assert (tmp_path / "data" / "server-checkpoints.sqlite").exists()  # the checkpointer from langgraph.json
+    assert gen.prompts == ["a red cat", "refined prompt 1"]
+
+
+def test_langgraph_dev_human_review_interrupt_and_resume(studio):
+    from langgraph_sdk import get_sync_client
+
+    url, _, gen, _ = studio
+    client = get_sync_client(url=url)
+    thread = client.threads.create()
+    # A partial context overlays the server's config: only human_review changes.
+    client.runs.wait(
+        thread["thread_id"], "gems", input={"prompt": "a red cat"}, context={"loop": {"human_review": True}}
+    )
+    state = client.threads.get_state(thread["thread_id"])
+    assert state["next"] == ["review"]
+    payload = state["tasks"][0]["interrupts"][0]["value"]
+    assert payload["criteria"] == CRITERIA and payload["first_prompt"] == "a red cat"
+    assert gen.prompts == []  # nothing generated before the review
+
+    client.runs.wait(
+        thread["thread_id"],
+        "gems",
+        command={"resume": {"criteria": ["Is there a cat?"], "first_prompt": "a bright red cat, full body"}},
+        context={"loop": {"human_review": True}},
+    )
+    state = client.threads.get_state(thread["thread_id"])
+    assert state["next"] == [] and state["values"]["criteria"] == ["Is there a cat?"]
+    assert gen.prompts[0] == "a bright red cat, full body"
+    assert state["values"]["success"] is True
