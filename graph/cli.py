@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -278,6 +279,22 @@ def cmd_skills(args: argparse.Namespace) -> int:
     return EXIT_ERROR if registry.errors else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the graph over HTTP with LangServe."""
+    from gems.configs import load_settings
+
+    settings = load_settings(args.config)
+    from gems.graph.serve import create_app
+
+    app = create_app(settings, max_concurrent=args.max_concurrent, queue_timeout_s=args.queue_timeout)
+    import uvicorn
+
+    auth = "API key required" if os.environ.get("GEMS_API_KEY") else "no auth (set GEMS_API_KEY to require one)"
+    print(f"gems serving on http://{args.host}:{args.port}/gems ({auth})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _where(settings: Any) -> str:
     kind = settings.storage.checkpointer
     return str(settings.sqlite_path) if kind == "sqlite" else f"the {kind} checkpointer"
@@ -343,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     sk_new.add_argument("name")
     sk_new.add_argument("--dir", default="skills", help="where to create it (default ./skills)")
     skills.set_defaults(func=cmd_skills)
+
+    serve = sub.add_parser("serve", help="serve the graph over HTTP (LangServe: /gems/invoke, /gems/stream, ...)")
+    serve.add_argument("--config", help="YAML config file or preset name; env GEMS_CONFIG")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8321, help="port (default 8321)")
+    serve.add_argument("--max-concurrent", type=int, default=2, help="runs executing at once (default 2)")
+    serve.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request waits before 429")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

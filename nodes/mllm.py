@@ -116,6 +116,8 @@ class MLLM:
             "timeout": settings.timeout_s,
             "max_retries": settings.max_retries,
             "use_responses_api": False,  # chat completions, so vLLM, SGLang and Ollama work
+            # Whole answers even under astream_events: the reasoning text is read from complete responses.
+            "disable_streaming": True,
         }
         if settings.temperature is not None:
             kwargs["temperature"] = settings.temperature

@@ -1,0 +1,325 @@
+"""`gems serve`: the graph behind a LangServe endpoint, hardened for use beyond localhost.
+
+Routes: `/gems/invoke`, `/gems/batch`, `/gems/stream`, `/gems/stream_events`, `/gems/playground/`;
+`/artifacts/<sha256>.png` for the images; `/health`. A run's thread comes from the `X-Thread-Id` header (a new one
+otherwise): the same id continues an interrupted run or returns the finished one, never generates twice.
+With `GEMS_API_KEY` set, every route but `/health` needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+At most `max_concurrent` runs execute at once; others wait up to `queue_timeout_s`, then get 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import hmac
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from gems.configs import GemsSettings, load_settings
+
+MAX_PROMPT_CHARS = 2000
+MAX_ROUNDS_CAP = 10
+RUN_ROUTES = ("/invoke", "/batch", "/stream", "/stream_events", "/stream_log")
+
+
+class GemsRequest(BaseModel):
+    """One image request. Unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what the image must show")
+    max_rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS_CAP, description="attempts before the best is returned")
+    seed: int | None = Field(None, ge=0, description="base seed for reproducible generations")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON for LangServe's serializer: messages become dicts, everything else passes through."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if k != "messages"}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value
+
+
+def _with_urls(value: Any) -> Any:
+    """Add `url` (`/artifacts/<sha256>.png`) next to every image reference."""
+    if isinstance(value, dict):
+        out = {k: _with_urls(v) for k, v in value.items()}
+        if isinstance(out.get("sha256"), str) and "path" in out:
+            out["url"] = f"/artifacts/{out['sha256']}.png"
+        return out
+    if isinstance(value, list):
+        return [_with_urls(v) for v in value]
+    return value
+
+
+PUBLIC_KEYS = ("prompt", "skill", "criteria", "rounds", "final", "success", "lessons", "warnings")
+
+
+class GemsService(Runnable[dict, dict]):
+    """The Runnable LangServe serves: validates, picks the thread, runs the graph, returns JSON with image URLs."""
+
+    def __init__(self, settings: GemsSettings, checkpointer: Any):
+        from gems.graph.builder import build_graph
+
+        self.settings = settings
+        self.graph = build_graph(checkpointer=checkpointer)
+
+    def _prepare(self, payload: Any, config: RunnableConfig | None) -> tuple[GemsSettings, dict[str, Any], str]:
+        from gems.graph.builder import run_config
+
+        request = payload if isinstance(payload, GemsRequest) else GemsRequest.model_validate(payload)
+        loop = self.settings.loop.model_copy(
+            update={k: v for k, v in {"max_rounds": request.max_rounds, "seed": request.seed}.items() if v is not None}
+        )
+        settings = self.settings.model_copy(update={"loop": loop})
+        thread_id = ((config or {}).get("configurable") or {}).get("thread_id") or uuid.uuid4().hex
+        return settings, run_config(settings, thread_id), request.prompt
+
+    def _public(self, values: dict[str, Any], thread_id: str) -> dict[str, Any]:
+        result = {k: values.get(k) for k in PUBLIC_KEYS}
+        result["thread_id"] = thread_id
+        return _with_urls(_jsonable(result))
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+        settings, run_cfg, prompt = self._prepare(input, config)
+        state = self.graph.get_state(run_cfg)
+        if not state.values or state.next:
+            self.graph.invoke(None if state.values else {"prompt": prompt}, run_cfg, context=settings)
+        return self._public(self.graph.get_state(run_cfg).values, run_cfg["configurable"]["thread_id"])
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+        settings, run_cfg, prompt = self._prepare(input, config)
+        state = await self.graph.aget_state(run_cfg)
+        if not state.values or state.next:
+            await self.graph.ainvoke(None if state.values else {"prompt": prompt}, run_cfg, context=settings)
+        values = (await self.graph.aget_state(run_cfg)).values
+        return self._public(values, run_cfg["configurable"]["thread_id"])
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        yield self.invoke(input, config)
+
+    def batch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
+        return [self.invoke(item, cfg) for item, cfg in zip(inputs, _batch_configs(config, len(inputs)), strict=True)]
+
+    async def abatch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
+        configs = _batch_configs(config, len(inputs))
+        return list(await asyncio.gather(*(self.ainvoke(i, c) for i, c in zip(inputs, configs, strict=True))))
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield `{"node", "update"}` as each node finishes (each round's image included), then the result."""
+
+        async def single() -> AsyncIterator[Any]:
+            yield input
+
+        # Through the callback machinery, so /stream_events sees the run and its chunks.
+        async for chunk in self._atransform_stream_with_config(single(), self._astream_updates, config, **kwargs):
+            yield chunk
+
+    async def _astream_updates(
+        self, inputs: AsyncIterator[Any], run_manager: Any, config: RunnableConfig
+    ) -> AsyncIterator[dict[str, Any]]:
+        payload = [item async for item in inputs][-1]
+        settings, run_cfg, prompt = self._prepare(payload, config)
+        state = await self.graph.aget_state(run_cfg)
+        if not state.values or state.next:
+            run_input = None if state.values else {"prompt": prompt}
+            async for chunk in _isolated(
+                self.graph.astream(run_input, run_cfg, context=settings, stream_mode="updates")
+            ):
+                for node, update in chunk.items():
+                    yield {"node": node, "update": _with_urls(_jsonable(update or {}))}
+        values = (await self.graph.aget_state(run_cfg)).values
+        yield {"node": "__end__", "result": self._public(values, run_cfg["configurable"]["thread_id"])}
+
+
+async def _isolated(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Iterate `stream` in a task with a fresh context.
+
+    The graph would otherwise inherit this runnable's callbacks through a context variable, and its internal
+    events carry objects (`Send`) that LangServe's /stream_events cannot serialise; clients get our chunks instead.
+    """
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=16)
+
+    async def pump() -> None:
+        try:
+            async for item in stream:
+                await queue.put(("item", item))
+            await queue.put(("done", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            await queue.put(("error", exc))
+
+    task = asyncio.get_running_loop().create_task(pump(), context=contextvars.Context())
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "done":
+                break
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def _batch_configs(config: Any, count: int) -> list[RunnableConfig]:
+    """One thread per batch item: `<header id>-<i>` when a thread id was given, fresh ids otherwise."""
+    configs = config if isinstance(config, list) else [config or {}] * count
+    out = []
+    for i, cfg in enumerate(configs):
+        cfg = dict(cfg or {})
+        configurable = dict(cfg.get("configurable") or {})
+        base = configurable.get("thread_id")
+        configurable["thread_id"] = f"{base}-{i}" if base else uuid.uuid4().hex
+        cfg["configurable"] = configurable
+        out.append(cfg)
+    return out
+
+
+def _thread_from_header(config: dict[str, Any], request: Any) -> dict[str, Any]:
+    """LangServe drops client-sent thread ids (the graph declares no configurable fields); take it from a header."""
+    config = dict(config)
+    configurable = dict(config.get("configurable") or {})
+    thread = request.headers.get("x-thread-id")
+    if thread:
+        configurable["thread_id"] = thread[:128]
+    config["configurable"] = configurable
+    return config
+
+
+class _Guard:
+    """ASGI middleware: API-key auth and a cap on concurrent runs (wait, then 429)."""
+
+    def __init__(self, app: Any, api_key: str | None, max_concurrent: int, queue_timeout_s: float):
+        self.app = app
+        self.api_key = api_key
+        self.slots = asyncio.Semaphore(max_concurrent)
+        self.queue_timeout_s = queue_timeout_s
+
+    async def _reply(self, send: Any, status: int, message: str, headers: list | None = None) -> None:
+        import json
+
+        body = json.dumps({"detail": message}).encode()
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
+        await send({"type": "http.response.body", "body": body})
+
+    def _authorised(self, scope: dict[str, Any]) -> bool:
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        offered = headers.get("x-api-key") or ""
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            offered = offered or auth[7:].strip()
+        return bool(offered) and hmac.compare_digest(offered.encode(), self.api_key.encode())  # type: ignore[union-attr]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if self.api_key and path != "/health" and not self._authorised(scope):
+            await self._reply(
+                send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                [(b"www-authenticate", b"Bearer")],
+            )  # fmt: skip
+            return
+        if not path.endswith(RUN_ROUTES):
+            await self.app(scope, receive, send)
+            return
+        try:
+            await asyncio.wait_for(self.slots.acquire(), timeout=self.queue_timeout_s)
+        except TimeoutError:
+            await self._reply(send, 429, "too many runs in progress; retry later", [(b"retry-after", b"5")])
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.release()
+
+
+def create_app(
+    settings: GemsSettings | None = None,
+    *,
+    api_key: str | None = None,
+    max_concurrent: int = 2,
+    queue_timeout_s: float = 30.0,
+) -> Any:
+    """Build the FastAPI app (imported lazily: fastapi and langserve are the `serve` extra).
+
+    Args:
+        settings: run settings (default `load_settings()`).
+        api_key: required key; default `GEMS_API_KEY` (unset: no auth, for localhost use).
+        max_concurrent: runs executing at once (each holds the generator; 1-2 suits one GPU).
+        queue_timeout_s: how long an extra request waits for a slot before 429.
+    """
+    try:
+        from fastapi import FastAPI, HTTPException
+        from fastapi.responses import FileResponse
+        from langserve import add_routes
+    except ImportError as exc:
+        from gems.configs import ConfigError
+
+        raise ConfigError(f"gems serve needs the serve extra: pip install 'gems-agent[serve]' ({exc.name})") from None
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from gems.memory.artifacts import ArtifactError, ArtifactStore
+
+    settings = settings or load_settings()
+    api_key = api_key if api_key is not None else os.environ.get("GEMS_API_KEY") or None
+
+    service = GemsService(settings, checkpointer=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any):
+        from gems.graph.builder import build_graph
+
+        path = settings.data_dir / "serve-checkpoints.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+            service.graph = build_graph(checkpointer=saver)
+            yield
+
+    app = FastAPI(title="gems", description="GEMS image generation agent", lifespan=lifespan)
+    add_routes(
+        app,
+        service.with_types(input_type=GemsRequest, output_type=dict),
+        path="/gems",
+        per_req_config_modifier=_thread_from_header,
+        enabled_endpoints=["invoke", "batch", "stream", "stream_events", "playground", "input_schema",
+                           "output_schema", "config_schema"],
+    )  # fmt: skip
+    store = ArtifactStore(settings.artifacts_dir)
+
+    @app.get("/artifacts/{name}")
+    def artifact(name: str) -> Any:
+        try:
+            path = store.path_for(name.removesuffix(".png"))
+        except ArtifactError:
+            raise HTTPException(404, "no such artifact (names are <sha256>.png)") from None
+        if not path.is_file():
+            raise HTTPException(404, "no such artifact")
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {
+            "ok": True,
+            "mllm": settings.mllm.model,
+            "generator": settings.generator.model or settings.generator.preset or settings.generator.backend,
+            "auth": bool(api_key),
+            "max_concurrent": max_concurrent,
+        }
+
+    app.add_middleware(_Guard, api_key=api_key, max_concurrent=max_concurrent, queue_timeout_s=queue_timeout_s)
+    return app

@@ -1,0 +1,200 @@
+"""`gems serve`: LangServe over real HTTP with `langserve.RemoteRunnable`, auth, validation, limits, artifacts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import make_settings
+
+CRITERIA = ["Is there a cat?", "Is the cat red?"]
+KEY = "s3cret-key"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def served(mllm_server, gen_server, isolated_env):
+    pytest.importorskip("langserve")
+    from gems.graph.serve import create_app
+
+    def start(api_key=KEY, max_concurrent=2, queue_timeout_s=30.0, **gen_options):
+        mllm, script = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n % 2 == 0 else "no")
+        gen = gen_server(**gen_options)
+        settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20})
+        app = create_app(settings, api_key=api_key, max_concurrent=max_concurrent, queue_timeout_s=queue_timeout_s)
+        return Served(app), script, gen
+
+    return start
+
+
+def remote(url: str, **headers):
+    from langserve import RemoteRunnable
+
+    return RemoteRunnable(f"{url}/gems", headers={"X-API-Key": KEY, **headers})
+
+
+def test_invoke_stream_batch_and_artifacts(served):
+    server, _, _ = served()
+    with server:
+        result = remote(server.url).invoke({"prompt": "a red cat"})
+        assert result["success"] is True and len(result["rounds"]) == 2
+        image = result["final"]["image"]
+        assert image["url"] == f"/artifacts/{image['sha256']}.png"
+        png = httpx.get(server.url + image["url"], headers={"X-API-Key": KEY})
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+        chunks = list(remote(server.url).stream({"prompt": "a red cat"}))
+        nodes = [c["node"] for c in chunks]
+        assert nodes.count("generate") == 2 and nodes[-1] == "__end__"
+        first_image = next(c for c in chunks if c["node"] == "generate")["update"]["candidates"][0]
+        assert first_image["url"].startswith("/artifacts/")  # each round's image streams as it is made
+        assert chunks[-1]["result"]["success"] is True
+
+        results = remote(server.url).batch([{"prompt": "a red cat"}, {"prompt": "a blue cat"}])
+        assert [r["success"] for r in results] == [True, True]
+        assert len({r["thread_id"] for r in results}) == 2
+
+        events = httpx.post(
+            f"{server.url}/gems/stream_events", json={"input": {"prompt": "a cat"}}, headers={"X-API-Key": KEY},
+            timeout=60,
+        )  # fmt: skip
+        assert events.status_code == 200 and "on_chain_stream" in events.text
+
+
+def test_thread_header_continues_and_never_generates_twice(served):
+    server, _, gen = served()
+    with server:
+        first = remote(server.url, **{"X-Thread-Id": "job-42"}).invoke({"prompt": "a red cat"})
+        calls = len(gen.prompts)
+        again = remote(server.url, **{"X-Thread-Id": "job-42"}).invoke({"prompt": "a red cat"})
+    assert first["thread_id"] == again["thread_id"] == "job-42"
+    assert again["final"] == first["final"] and len(gen.prompts) == calls
+
+
+def test_api_key_is_required(served):
+    server, _, _ = served()
+    with server:
+        missing = httpx.post(f"{server.url}/gems/invoke", json={"input": {"prompt": "a cat"}})
+        assert missing.status_code == 401 and "Authorization: Bearer <key>" in missing.json()["detail"]
+        wrong = httpx.post(f"{server.url}/gems/invoke", json={"input": {"prompt": "a cat"}}, headers={"X-API-Key": "x"})
+        assert wrong.status_code == 401
+        bearer = httpx.post(
+            f"{server.url}/gems/invoke", json={"input": {"prompt": "a cat"}},
+            headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+        )  # fmt: skip
+        assert bearer.status_code == 200 and bearer.json()["output"]["success"] is True
+        health = httpx.get(f"{server.url}/health")
+        assert health.status_code == 200 and health.json()["auth"] is True
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({"prompt": "a cat", "max_rounds": 99}, "max_rounds"),
+        ({"prompt": "a cat", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_requests_get_422_naming_the_field(served, payload, field):
+    server, _, gen = served()
+    with server:
+        response = httpx.post(f"{server.url}/gems/invoke", json={"input": payload}, headers={"X-API-Key": KEY})
+    assert response.status_code == 422
+    assert field in response.text
+    assert gen.prompts == []
+
+
+def test_concurrency_cap_answers_429(served):
+    server, _, gen = served(max_concurrent=1, queue_timeout_s=0.5, block_on_call=1)
+    with server:
+        first = threading.Thread(
+            target=lambda: httpx.post(
+                f"{server.url}/gems/invoke",
+                json={"input": {"prompt": "a cat"}},
+                headers={"X-API-Key": KEY},
+                timeout=60,
+            )
+        )
+        first.start()
+        assert gen.blocked.wait(30)
+        busy = httpx.post(f"{server.url}/gems/invoke", json={"input": {"prompt": "a dog"}}, headers={"X-API-Key": KEY})
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "5"
+        assert httpx.get(f"{server.url}/health").status_code == 200  # not a run: not limited
+        gen.release.set()
+        first.join(60)
+        ok = httpx.post(
+            f"{server.url}/gems/invoke", json={"input": {"prompt": "a dog"}}, headers={"X-API-Key": KEY}, timeout=60
+        )
+        assert ok.status_code == 200
+
+
+def test_artifact_names_cannot_escape(served):
+    server, _, _ = served(api_key=None)
+    with server:
+        for name in ("..%2F..%2Fetc%2Fpasswd", "passwd.png", "0" * 64 + ".png", "%2e%2e%2fcheckpoints.sqlite"):
+            assert httpx.get(f"{server.url}/artifacts/{name}").status_code == 404
+        assert httpx.get(f"{server.url}/artifacts/../checkpoints.sqlite").status_code == 404
+
+
+def test_gems_serve_command_starts(tmp_path):
+    pytest.importorskip("langserve")
+    port = free_port()
+    env = {**os.environ, "GEMS_API_KEY": KEY, "GEMS_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gems.graph.cli", "serve", "--port", str(port)],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "gems serve did not start"
+                time.sleep(0.2)
+        assert health.json()["auth"] is True
+        schema = httpx.get(f"http://127.0.0.1:{port}/gems/input_schema", headers={"X-API-Key": KEY}).json()
+        assert set(schema["properties"]) == {"prompt", "max_rounds", "seed"}
+        playground = httpx.get(f"http://127.0.0.1:{port}/gems/playground/", headers={"X-API-Key": KEY})
+        assert playground.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(15)
