@@ -43,7 +43,7 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
     if node == "generate":
         refs = update.get("candidates") or []
         secs = (update.get("timings") or {}).get("generate", 0.0)
-        ids = ", ".join(f"{r['sha256'][:10]} {r['width']}x{r['height']} seed {r.get('seed')}" for r in refs)
+        ids = ", ".join(f"{r['path']} ({r['width']}x{r['height']}, seed {r.get('seed')})" for r in refs)
         return [f"generate   round {update.get('round')}: {ids} ({secs:.1f}s)"]
     if node == "verify":
         lines = []
