@@ -172,6 +172,9 @@ class GemsSettings(_Strict):
     skills: SkillSettings = Field(default_factory=SkillSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    judge: MLLMSettings | None = Field(
+        None, description="gems bench: the VQA model that scores images (Soft-TIFA); keep it apart from mllm"
+    )
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @property
@@ -259,15 +262,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_settings(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
     overrides: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
 ) -> GemsSettings:
     """Load settings: defaults < YAML file (`path` or `GEMS_CONFIG`) < `GEMS_*` env vars < `overrides`.
 
     Args:
-        path: a YAML file or bundled preset name; `None` uses `GEMS_CONFIG` when set.
+        path: a YAML file or bundled preset name, or several merged in order (later files win key by key);
+            `None` uses `GEMS_CONFIG` when set.
         overrides: dotted keys to values, e.g. `{"loop.max_rounds": 3}` (CLI flags).
         env: the environment to read (default `os.environ`).
 
@@ -278,10 +289,10 @@ def load_settings(
     source = "(defaults)"
     data: dict[str, Any] = {}
     chosen = path if path is not None else env.get("GEMS_CONFIG") or None
-    if chosen is not None:
-        file = resolve_config_path(chosen)
-        source = str(file)
-        data = read_config_file(file)
+    for one in [] if chosen is None else chosen if isinstance(chosen, list) else [chosen]:
+        file = resolve_config_path(one)
+        source = str(file) if source == "(defaults)" else f"{source} + {file}"
+        data = _deep_merge(data, read_config_file(file))
     for var, dotted in ENV_OVERRIDES.items():
         if env.get(var):
             _set_dotted(data, dotted, env[var])

@@ -295,13 +295,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a benchmark prompt set with one method and write results and reports."""
+    from gems.configs import load_settings
+    from gems.graph.bench.datasets import DatasetError
+    from gems.graph.bench.runner import run_bench
+
+    settings = load_settings(args.config, overrides={"loop.max_rounds": args.max_rounds, "loop.seed": args.seed})
+    try:
+        summary = run_bench(
+            args.prompts,
+            settings,
+            args.method,
+            args.out,
+            concurrency=args.concurrency,
+            limit=args.limit,
+            scorer=args.scorer,
+            search_n=args.search_n,
+            progress=not args.quiet,
+        )
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from None
+    print(
+        f"{summary['method']} on {summary['dataset']}: {summary['finished']}/{summary['prompts']} prompts, "
+        f"score {summary['score']} ({summary['scorer']}), success rate {summary['success_rate']}, "
+        f"report {Path(args.out) / 'report.html'}"
+    )
+    return EXIT_ERROR if summary["errors"] else 0
+
+
 def _where(settings: Any) -> str:
     kind = settings.storage.checkpointer
     return str(settings.sqlite_path) if kind == "sqlite" else f"the {kind} checkpointer"
 
 
 def _config_flag(args: argparse.Namespace) -> str:
-    return f" --config {args.config}" if getattr(args, "config", None) else ""
+    configs = getattr(args, "config", None) or []
+    return "".join(f" --config {c}" for c in ([configs] if isinstance(configs, str) else configs))
 
 
 class UsageError(ValueError):
@@ -319,7 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="run the loop for one prompt", description=cmd_generate.__doc__)
     gen.add_argument("prompt", nargs="?", default="", help="what to draw (omit with --resume)")
-    gen.add_argument("--config", help="YAML config file or preset name (default, openai, cpu); env GEMS_CONFIG")
+    gen.add_argument(
+        "--config",
+        action="append",
+        help="YAML config file or preset name (default, openai, cpu); repeat to merge; env GEMS_CONFIG",
+    )
     gen.add_argument("--out", help="output folder for final.png and trajectory.json (default gems-out/THREAD_ID)")
     gen.add_argument("--max-rounds", type=int, help="generator rounds before returning the best image (default 5)")
     gen.add_argument("--seed", type=int, help="base seed for reproducible generations")
@@ -368,11 +402,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrent", type=int, default=2, help="runs executing at once (default 2)")
     serve.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request waits before 429")
     serve.set_defaults(func=cmd_serve)
+
+    from gems.graph.bench.methods import METHODS
+
+    bench = sub.add_parser("bench", help="run a benchmark prompt set (GenEval, GenEval2, DPG, text, JSONL)")
+    bench.add_argument("prompts", help="prompt file or folder (GenEval/GenEval2 .jsonl, DPG folder, .txt, .jsonl)")
+    bench.add_argument("--config", action="append", help="YAML config or preset; repeat to merge (ablations/...)")
+    bench.add_argument("--method", choices=METHODS, default="gems", help="method from the paper's tables")
+    bench.add_argument("--out", required=True, help="output folder (re-run to continue an interrupted bench)")
+    bench.add_argument("--concurrency", type=int, default=4, help="prompts in flight at once (default 4)")
+    bench.add_argument("--limit", type=int, help="only the first K prompts")
+    bench.add_argument("--scorer", default="auto", help="auto, soft-tifa, verifier or none (default auto)")
+    bench.add_argument("--search-n", type=int, default=5, help="candidates for --method search (default 5)")
+    bench.add_argument("--max-rounds", type=int, help="override loop.max_rounds")
+    bench.add_argument("--seed", type=int, help="base seed")
+    bench.add_argument("--quiet", action="store_true", help="no progress line")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from gems.configs import ConfigError
+    from gems.graph.bench.datasets import DatasetError
     from gems.memory.artifacts import ArtifactError
     from gems.memory.embeddings import EmbeddingError
     from gems.memory.experiences import StoreError
@@ -380,7 +431,17 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from gems.nodes.mllm import MLLMError
     from gems.skills import SkillError
 
-    return ConfigError, UsageError, MLLMError, GeneratorError, ArtifactError, SkillError, StoreError, EmbeddingError
+    return (
+        ConfigError,
+        UsageError,
+        MLLMError,
+        GeneratorError,
+        ArtifactError,
+        SkillError,
+        StoreError,
+        EmbeddingError,
+        DatasetError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,8 @@ def generate(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]
         for candidate in range(count):
             seed = seed_for(settings.loop.seed, round_no, candidate, count)
             rendered = generator.render(prompt, seed)
+            # Time the generator itself was busy (excludes waiting for a shared pipeline): bench cost accounting.
+            timings["generator_busy"] = round(timings.get("generator_busy", 0.0) + rendered.meta.pop("busy_s", 0.0), 6)
             ref = store.put_bytes(rendered.data, **rendered.meta, candidate=candidate)
             candidates.append(ImageRef(**ref))  # type: ignore[typeddict-item]
     return {

@@ -137,8 +137,9 @@ class MLLM:
             raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
         text, inline_thought = split_thinking(_text_of(message.content))
         thought = message.additional_kwargs.get("reasoning_content") or inline_thought
-        usage = dict(getattr(message, "usage_metadata", None) or {})
-        return Reply(text=text, thought=thought, usage={k: int(v) for k, v in usage.items() if isinstance(v, int)})
+        usage = {k: int(v) for k, v in (getattr(message, "usage_metadata", None) or {}).items() if isinstance(v, int)}
+        usage["image_parts"] = sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
+        return Reply(text=text, thought=thought, usage=usage)
 
     def converse(self, messages: list[Any], tools: list[Any] | None = None) -> Any:
         """Send a whole conversation (optionally with tools bound) and return the `AIMessage`."""

@@ -56,7 +56,7 @@ def usage_update(*usages: dict[str, int]) -> dict[str, float]:
     """Sum token usage dicts into the state's `usage` counter."""
     total: dict[str, float] = {}
     for usage in usages:
-        for key in ("input_tokens", "output_tokens"):
+        for key in ("input_tokens", "output_tokens", "image_parts"):
             if key in usage:
                 total[key] = total.get(key, 0) + usage[key]
     return total

@@ -37,6 +37,7 @@ def test_diffusers_loads_local_folder_once_and_seeds_reproducibly(tiny_sd_dir):
     assert Image.open(io.BytesIO(first.data)).size == (64, 64)
     assert np.abs(pixels(first.data) - pixels(again.data)).max() <= 1
     assert np.abs(pixels(first.data) - pixels(other.data)).max() > 1
+    assert first.meta.pop("busy_s") > 0
     assert first.meta == {
         "backend": "diffusers",
         "model": str(tiny_sd_dir),
@@ -147,6 +148,7 @@ def test_openai_backend_posts_generations_and_decodes_b64(isolated_env):
     }
     assert len(seen) == 2  # the 502 was retried
     assert Image.open(io.BytesIO(rendered.data)).getpixel((0, 0)) == (10, 200, 30)
+    assert rendered.meta.pop("busy_s") > 0
     assert rendered.meta == {
         "backend": "openai",
         "model": "Qwen/Qwen-Image",

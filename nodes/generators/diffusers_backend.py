@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import io
 import threading
+import time
 from typing import Any
 
 from gems.configs import GeneratorSettings
@@ -106,7 +107,9 @@ class DiffusersGenerator:
         kwargs = self._call_kwargs(prompt, seed)
         try:
             with self.pipe._gems_lock:
+                started = time.perf_counter()
                 image = self.pipe(**kwargs).images[0]
+                busy = time.perf_counter() - started
         except GeneratorError:
             raise
         except Exception as exc:
@@ -120,5 +123,6 @@ class DiffusersGenerator:
             "seed": seed,
             "steps": kwargs.get("num_inference_steps"),
             "guidance_scale": kwargs.get("guidance_scale"),
+            "busy_s": busy,
         }
         return Rendered(data=buf.getvalue(), meta=meta)

@@ -54,7 +54,9 @@ class HttpGenerator:
     def render(self, prompt: str, seed: int) -> Rendered:
         s = self.settings
         params = {"prompt": prompt, **{k: str(v) for k, v in s.call_kwargs.items()}}
+        started = time.perf_counter()
         response = post_with_retries(self.client, f"generator server {s.url}", s.max_retries, url=s.url, params=params)
+        busy = time.perf_counter() - started
         # The reference protocol draws its own seed; servers may report it in a header.
         reported = response.headers.get("x-seed")
         meta = {
@@ -63,5 +65,6 @@ class HttpGenerator:
             "seed": int(reported) if reported and reported.lstrip("-").isdigit() else None,
             "steps": s.steps,
             "guidance_scale": s.guidance_scale,
+            "busy_s": busy,
         }
         return Rendered(data=response.content, meta=meta)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from typing import Any
 
 import httpx
@@ -56,6 +57,7 @@ class OpenAIImagesGenerator:
     def render(self, prompt: str, seed: int) -> Rendered:
         s = self.settings
         body = self._body(prompt, seed)
+        started = time.perf_counter()
         response = post_with_retries(self.client, f"image endpoint {self.url}", s.max_retries, url=self.url, json=body)
         try:
             item = response.json()["data"][0]
@@ -70,6 +72,7 @@ class OpenAIImagesGenerator:
         else:
             raise GeneratorError(f"image endpoint {self.url} answered neither b64_json nor url")
         meta = {
+            "busy_s": time.perf_counter() - started,
             "backend": self.backend,
             "model": s.model,
             "seed": body.get("seed"),

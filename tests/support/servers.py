@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 import os
 import threading
 import time
@@ -147,6 +148,10 @@ class OpenAIStub(_Server):
                         }
                         for i, (name, args) in enumerate(answer["tool_calls"])
                     ]
+                choice_logprobs = None
+                if answer.get("top_logprobs"):  # [(token, probability), ...], the first being the answer
+                    top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in answer["top_logprobs"]]
+                    choice_logprobs = {"content": [{**top[0], "top_logprobs": top}]}
                 payload = {
                     "id": "chatcmpl-test",
                     "object": "chat.completion",
@@ -157,6 +162,7 @@ class OpenAIStub(_Server):
                             "index": 0,
                             "message": message,
                             "finish_reason": "tool_calls" if answer.get("tool_calls") else "stop",
+                            **({"logprobs": choice_logprobs} if choice_logprobs else {}),
                         }
                     ],
                     "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
@@ -212,6 +218,7 @@ def image_urls(body: dict[str, Any]) -> list[str]:
 
 def role_of(body: dict[str, Any]) -> str:
     """Which GEMS role sent this request, told by the first line of its system prompt."""
+    from gems.graph.bench.methods import REWRITE_SYSTEM
     from gems.nodes.compress import COMPRESS_SYSTEM
     from gems.nodes.critique import VERIFY_SYSTEM
     from gems.nodes.decompose import DECOMPOSE_SYSTEM
@@ -227,6 +234,7 @@ def role_of(body: dict[str, Any]) -> str:
         ("verify", VERIFY_SYSTEM),
         ("compress", COMPRESS_SYSTEM),
         ("refine", REFINE_SYSTEM),
+        ("rewrite", REWRITE_SYSTEM),
     ):
         if system.startswith(prompt.splitlines()[0]):
             return role
@@ -329,6 +337,8 @@ class ScriptedMLLM:
             return self.compress
         if role == "refine":
             return {"content": self.refine(count), "reasoning_content": self.reasoning}
+        if role == "rewrite":
+            return f"rewritten: {user_text(body)}"
         if self.agent is not None:  # anything else is an outside agent that uses gems as a tool
             return self.agent(body)
         return "?"

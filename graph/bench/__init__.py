@@ -1,0 +1,1 @@
+"""`gems bench`: prompt sets, methods, scorers and reports for reproducing the paper's experiments."""

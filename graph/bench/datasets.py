@@ -1,0 +1,98 @@
+"""Prompt sets: GenEval, GenEval2, DPG-Bench, plain text and JSONL, read from paths the user gives.
+
+No benchmark data ships with gems (GenEval2 is CC BY-NC 4.0); point `gems bench` at your own copy:
+- GenEval `prompts/evaluation_metadata.jsonl`: one object per line with `prompt`, `tag`, `include`;
+- GenEval2 `geneval2_data.jsonl`: `prompt`, `atom_count`, `vqa_list` ([question, expected answer] atoms), `skills`;
+- DPG-Bench: a folder of `.txt` files, one prompt per file (the file name is the id);
+- a `.txt` file with one prompt per line, or `.jsonl` with `prompt` (and optional `id`, `category`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class DatasetError(ValueError):
+    """A prompt file cannot be read; the message names the file and line."""
+
+
+@dataclass
+class BenchPrompt:
+    """One benchmark item. `atoms` are GenEval2's [question, expected answer] pairs, used by Soft-TIFA."""
+
+    id: str
+    prompt: str
+    categories: list[str] = field(default_factory=list)
+    atoms: list[tuple[str, str]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path} line {number} is not JSON: {exc.msg}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise DatasetError(f"{path} line {number} has no 'prompt' string")
+        records.append(record)
+    return records
+
+
+def _geneval2(records: list[dict[str, Any]]) -> list[BenchPrompt]:
+    items = []
+    for i, record in enumerate(records):
+        atoms = [(str(q), str(a)) for q, a in record.get("vqa_list") or []]
+        skills = record.get("skills") or []
+        categories = [str(s) for s in (skills if isinstance(skills, list) else [skills])]
+        if record.get("atom_count") is not None:
+            categories.append(f"atoms={record['atom_count']}")
+        items.append(BenchPrompt(str(record.get("id", f"{i:05d}")), record["prompt"], categories, atoms))
+    return items
+
+
+def _geneval(records: list[dict[str, Any]]) -> list[BenchPrompt]:
+    return [
+        BenchPrompt(f"{i:05d}", r["prompt"], [str(r["tag"])], meta={"include": r.get("include")})
+        for i, r in enumerate(records)
+    ]
+
+
+def _plain_jsonl(records: list[dict[str, Any]]) -> list[BenchPrompt]:
+    items = []
+    for i, record in enumerate(records):
+        category = record.get("category")
+        items.append(BenchPrompt(str(record.get("id", f"{i:05d}")), record["prompt"], [category] if category else []))
+    return items
+
+
+def load_prompts(path: str | Path) -> tuple[str, list[BenchPrompt]]:
+    """Read a prompt set and tell which format it was: geneval, geneval2, dpg, jsonl or text."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise DatasetError(f"{path} has no .txt prompt files (DPG-Bench: one prompt per file)")
+        return "dpg", [BenchPrompt(f.stem, " ".join(f.read_text(encoding="utf-8").split())) for f in files]
+    if not path.is_file():
+        raise DatasetError(f"no such prompt file or folder: {path}")
+    if path.suffix == ".jsonl":
+        records = _read_jsonl(path)
+        if not records:
+            raise DatasetError(f"{path} has no prompts")
+        if "vqa_list" in records[0]:
+            return "geneval2", _geneval2(records)
+        if "tag" in records[0] and "include" in records[0]:
+            return "geneval", _geneval(records)
+        return "jsonl", _plain_jsonl(records)
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise DatasetError(f"{path} has no prompts")
+    return "text", [BenchPrompt(f"{i:05d}", p) for i, p in enumerate(prompts)]

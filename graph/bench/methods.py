@@ -1,0 +1,115 @@
+"""The methods of the paper's tables, as settings of one graph (or one call for the baselines).
+
+- `original`: one generation from the prompt as written.
+- `rewrite`: one MLLM rewrite, then one generation.
+- `search`: best-of-N by the verifier: N candidates in one round, the one passing the most criteria wins.
+- `loop`: the loop alone (the refiner sees only the last attempt; no skills, no lessons): Fig. 4's "Agent Loop".
+- `gems`: the full method, with the config's settings (`configs/ablations/` holds Fig. 4's other rows).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gems.configs import GemsSettings
+from gems.graph.bench.datasets import BenchPrompt
+
+METHODS = ("original", "rewrite", "search", "loop", "gems")
+
+REWRITE_SYSTEM = """You rewrite requests for a text-to-image model.
+Turn the request into one detailed, unambiguous prompt the model will render faithfully. Keep every object, number,
+attribute, spatial relation and quoted piece of text exactly as asked. Return only the prompt."""
+
+
+def method_settings(method: str, base: GemsSettings, search_n: int = 5) -> GemsSettings:
+    """The settings that make the graph behave as `method`."""
+    from gems.configs import ConfigError
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
+    if method == "gems":
+        return base
+    no_skills = base.skills.model_copy(update={"enabled": False})
+    if method == "loop":
+        memory = base.memory.model_copy(update={"mode": "last", "lessons": False})
+        return base.model_copy(update={"skills": no_skills, "memory": memory})
+    if method == "search":
+        loop = base.loop.model_copy(update={"max_rounds": 1, "images_per_round": search_n})
+        memory = base.memory.model_copy(update={"lessons": False})
+        return base.model_copy(update={"skills": no_skills, "memory": memory, "loop": loop})
+    return base
+
+
+def _one_shot(method: str, item: BenchPrompt, settings: GemsSettings) -> dict[str, Any]:
+    """original / rewrite: no criteria, no loop."""
+    from gems.nodes.generate import seed_for
+    from gems.nodes.generators import get_generator
+    from gems.nodes.mllm import get_mllm
+    from gems.nodes.parsing import clean_prompt
+    from gems.nodes.runtime import artifact_store
+
+    cost = {"mllm_calls": 0, "input_tokens": 0, "output_tokens": 0, "image_parts": 0, "generator_calls": 1}
+    prompt = item.prompt
+    if method == "rewrite":
+        reply = get_mllm(settings.mllm).ask(REWRITE_SYSTEM, item.prompt)
+        prompt = clean_prompt(reply.text) or item.prompt
+        cost["mllm_calls"] = 1
+        for key in ("input_tokens", "output_tokens"):
+            cost[key] = reply.usage.get(key, 0)
+    started = time.perf_counter()
+    rendered = get_generator(settings.generator).render(prompt, seed_for(settings.loop.seed, 1, 0, 1))
+    busy = time.perf_counter() - started
+    ref = artifact_store(settings).put_bytes(rendered.data, **rendered.meta, candidate=0)
+    cost["generator_busy_s"] = round(busy, 4)
+    return {
+        "criteria": [],
+        "rounds": [{"round": 1, "prompt": prompt, "image": ref, "passed": [], "failed": [], "experience": None}],
+        "final": {"round": 1, "image": ref, "passed": None, "total": None},
+        "success": None,
+        "skill": None,
+        "cost": cost,
+    }
+
+
+def _graph_run(item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str) -> dict[str, Any]:
+    from gems.graph.builder import run_config
+
+    config = run_config(settings, thread_id)
+    state = graph.get_state(config)
+    if not state.values:
+        graph.invoke({"prompt": item.prompt}, config, context=settings, durability="sync")
+    elif state.next:  # a bench killed mid-prompt: continue from the checkpoint
+        graph.invoke(None, config, context=settings, durability="sync")
+    values = graph.get_state(config).values
+    usage = values.get("usage") or {}
+    timings = values.get("timings") or {}
+    return {
+        "criteria": values.get("criteria", []),
+        "rounds": [
+            {k: r.get(k) for k in ("round", "prompt", "image", "passed", "failed", "experience")}
+            for r in values.get("rounds") or []
+        ],
+        "final": values.get("final"),
+        "success": values.get("success"),
+        "skill": values.get("skill"),
+        "cost": {
+            "mllm_calls": values.get("mllm_calls", 0),
+            "input_tokens": int(usage.get("input_tokens", 0)),
+            "output_tokens": int(usage.get("output_tokens", 0)),
+            "image_parts": int(usage.get("image_parts", 0)),
+            "generator_calls": values.get("generator_calls", 0),
+            "generator_busy_s": round(timings.get("generator_busy", timings.get("generate", 0.0)), 4),
+        },
+    }
+
+
+def run_method(method: str, item: BenchPrompt, settings: GemsSettings, graph: Any) -> dict[str, Any]:
+    """Run one prompt with one method and return its record (without score)."""
+    started = time.perf_counter()
+    if method in ("original", "rewrite"):
+        record = _one_shot(method, item, settings)
+    else:
+        record = _graph_run(item, settings, graph, f"{method}-{item.id}")
+    record["cost"]["wall_s"] = round(time.perf_counter() - started, 4)
+    return {"id": item.id, "prompt": item.prompt, "categories": item.categories, "method": method, **record}
