@@ -360,9 +360,12 @@ class GeneratorStub(_Server):
         size: int = 32,
         noise=False,
         render: Callable[[str, int], bytes] | None = None,
+        latency: float = 0.0,
     ):
         super().__init__()
         self.render = render
+        self.latency = latency  # seconds per image, one image at a time (like one GPU)
+        self.gpu = threading.Lock()
         self.size = size
         self.noise = noise
         self.fail_first = fail_first
@@ -388,6 +391,9 @@ class GeneratorStub(_Server):
         if self.block_on_call is not None and call == self.block_on_call:
             self.blocked.set()
             self.release.wait(timeout=60)
+        if self.latency:
+            with self.gpu:
+                time.sleep(self.latency)
         if self.render is not None:
             data = self.render(prompt, call)
         else:
