@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gems.configs import load_settings
 from gems.graph.bench.datasets import DatasetError, load_prompts
 from gems.graph.bench.runner import run_bench
 from gems.graph.bench.scoring import answer_probability, geometric_mean, judge_warning
 from tests.conftest import make_settings
+from tests.support.net import write_stub_config
 from tests.support.servers import OpenAIStub, user_text
 
 DATA = Path(__file__).parent / "data" / "bench"
@@ -145,12 +145,7 @@ def test_rerun_skips_finished_prompts(mllm_server, gen_server, isolated_env, tmp
 def test_killed_bench_loses_only_what_was_in_flight(mllm_server, gen_server, tmp_path):
     mllm, script = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n % 2 == 0 else "no")
     gen = gen_server(block_on_call=3)  # prompt 1 takes calls 1-2; prompt 2 blocks in its first round
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "mllm": {"base_url": mllm.base_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0},
-        "generator": {"backend": "http", "preset": None, "url": gen.url, "max_retries": 0},
-        "memory": {"lessons": False}, "skills": {"top_k": 20}, "data_dir": str(tmp_path / "data"),
-    }))  # fmt: skip
+    cfg = write_stub_config(tmp_path / "c.yaml", mllm.base_url, gen.url, data_dir=str(tmp_path / "data"))
     args = [sys.executable, "-m", "gems.graph.cli", "bench", str(DATA / "prompts.txt"), "--config", str(cfg)]
     args += ["--out", str(tmp_path / "out"), "--concurrency", "1", "--quiet", "--scorer", "verifier"]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE)

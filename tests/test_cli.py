@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
+
+from tests.support.net import free_port, write_stub_config
 
 CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]
 pytestmark = pytest.mark.slow
 
 
-def write_config(path: Path, mllm_url: str, gen_url: str, lessons: bool = False, **loop) -> Path:
-    config = {
-        "memory": {"lessons": lessons},
-        # Offer all nine bundled skills, so the CLI's subprocesses need no embedding model for retrieval.
-        "skills": {"top_k": 20},
-        "mllm": {"base_url": mllm_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0, "timeout_s": 20},
-        "generator": {"backend": "http", "preset": None, "url": gen_url, "max_retries": 0},
-        "loop": loop,
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+def write_config(path: Path, mllm_url: str, gen_url: str, lessons: bool = False) -> Path:
+    return write_stub_config(path, mllm_url, gen_url, memory={"lessons": lessons})
 
 
 def gems(*args: str, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -41,12 +32,6 @@ def gems(*args: str, env_extra: dict | None = None, timeout: float = 120) -> sub
 def error_lines(stderr: str) -> list[str]:
     assert "Traceback" not in stderr
     return [line for line in stderr.splitlines() if line.startswith("gems: error:")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_generate_writes_final_image_and_trajectory(mllm_server, gen_server, tmp_path, isolated_env):

@@ -9,13 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from langchain_core.runnables import Runnable, RunnableLambda
 from langgraph.checkpoint.memory import InMemorySaver
 
 from gems.graph import build_graph, run_config
 from gems.graph.tool import gems_tool
 from tests.conftest import make_settings
+from tests.support.net import write_stub_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ["Is there a fox?", "Is the fox red?"]
@@ -52,13 +52,7 @@ def test_tool_wrapper_runs_the_loop(mllm_server, gen_server, isolated_env):
 
 
 def write_env_config(path: Path, mllm_url: str, gen_url: str) -> dict[str, str]:
-    path.write_text(yaml.safe_dump({
-        "mllm": {"base_url": mllm_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0},
-        "generator": {"backend": "http", "preset": None, "url": gen_url, "max_retries": 0},
-        "memory": {"lessons": False},
-        "skills": {"top_k": 20},
-    }))  # fmt: skip
-    return {**os.environ, "GEMS_CONFIG": str(path)}
+    return {**os.environ, "GEMS_CONFIG": str(write_stub_config(path, mllm_url, gen_url))}
 
 
 def test_agent_example_calls_gems_and_gets_an_image(mllm_server, gen_server, tmp_path):

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from langgraph.checkpoint.memory import InMemorySaver
@@ -24,6 +21,7 @@ from gems.memory.artifacts import ArtifactStore
 from gems.memory.experiences import ExperienceStore, Lesson, StoreError, lesson_from_state
 from gems.memory.trajectory import MODE_LAYERS, context_size, refiner_context
 from tests.conftest import make_settings
+from tests.support.net import free_port, wait_until_up
 
 CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]
 
@@ -304,12 +302,6 @@ def test_memory_cli(capsys, isolated_env, tmp_path):
     assert f"{bad} line 1 is not a lesson" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_client_server_store_against_a_real_chroma_server(tmp_path):
     chroma = Path(sys.executable).with_name("chroma")
@@ -323,15 +315,7 @@ def test_client_server_store_against_a_real_chroma_server(tmp_path):
         env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "chroma server did not start"
-            time.sleep(0.2)
+        wait_until_up(f"http://127.0.0.1:{port}/api/v2/heartbeat", server)
         settings = GemsSettings(data_dir=tmp_path / "local", memory={"chroma": {"host": "127.0.0.1", "port": port}})
         store = ExperienceStore(settings)
         store.add(lesson("a cat on a mat"))

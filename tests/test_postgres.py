@@ -6,23 +6,17 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.support.net import free_port, write_stub_config
 
 CRITERIA = ["Is there a cat?", "Is the cat red?"]
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +54,9 @@ def test_postgres_run_kill_and_resume_from_another_process(postgres_dsn, mllm_se
         criteria=CRITERIA, verdict=lambda q, n: "yes" if q != "Is the cat red?" or n >= 3 else "no"
     )
     gen = gen_server(block_on_call=2)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "mllm": {"base_url": mllm.base_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0},
-        "generator": {"backend": "http", "preset": None, "url": gen.url, "max_retries": 0},
-        "memory": {"lessons": False},
-        "skills": {"top_k": 20},
-        "storage": {"checkpointer": "postgres", "postgres_dsn": postgres_dsn},
-    }))  # fmt: skip
+    cfg = write_stub_config(
+        tmp_path / "c.yaml", mllm.base_url, gen.url, storage={"checkpointer": "postgres", "postgres_dsn": postgres_dsn}
+    )
     cli = [sys.executable, "-m", "gems.graph.cli", "generate"]
     proc = subprocess.Popen([*cli, "a red cat", "--config", str(cfg), "--thread-id", "pg1"], stderr=subprocess.PIPE)
     try:

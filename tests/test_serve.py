@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -13,16 +12,11 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
+from tests.support.net import free_port, wait_until_up
 
 CRITERIA = ["Is there a cat?", "Is the cat red?"]
 KEY = "s3cret-key"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:
@@ -182,14 +176,7 @@ def test_gems_serve_command_starts(tmp_path):
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "gems serve did not start"
-                time.sleep(0.2)
+        health = wait_until_up(f"http://127.0.0.1:{port}/health", proc)
         assert health.json()["auth"] is True
         schema = httpx.get(f"http://127.0.0.1:{port}/gems/input_schema", headers={"X-API-Key": KEY}).json()
         assert set(schema["properties"]) == {"prompt", "max_rounds", "seed"}

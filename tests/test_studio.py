@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-import yaml
+
+from tests.support.net import free_port, wait_until_up, write_stub_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ["Is there a cat?", "Is the cat red?"]
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -33,13 +25,7 @@ def studio(mllm_server, gen_server, tmp_path):
         pytest.skip("langgraph-cli[inmem] is not installed (pip install -e '.[test]')")
     mllm, script = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
     gen = gen_server()
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "mllm": {"base_url": mllm.base_url, "model": "stub-vlm", "api_key": "sk-test", "max_retries": 0},
-        "generator": {"backend": "http", "preset": None, "url": gen.url, "max_retries": 0},
-        "memory": {"lessons": False},
-        "skills": {"top_k": 20},
-    }))  # fmt: skip
+    cfg = write_stub_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
     work = tmp_path / "project"  # the server writes .langgraph_api/ into its working folder
     work.mkdir()
     shutil.copy(ROOT / "langgraph.json", work / "langgraph.json")
@@ -59,16 +45,11 @@ def studio(mllm_server, gen_server, tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/ok", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("langgraph dev did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.3)
+        try:
+            wait_until_up(f"{url}/ok", server, timeout=90)
+        except AssertionError as exc:
+            log_tail = (tmp_path / "server.log").read_text()[-3000:]
+            pytest.fail(f"langgraph dev did not start ({exc}):\n{log_tail}")
         yield url, script, gen, tmp_path
     finally:
         server.terminate()
