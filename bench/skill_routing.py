@@ -107,8 +107,9 @@ def live(settings, samples) -> None:
     from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.graph import END, START, StateGraph
 
+    from gems.graph.routing import route_after_plan
     from gems.graph.state import GemsState
-    from gems.nodes.plan import plan, prepare, route_after_plan
+    from gems.nodes.plan import plan, prepare
     from gems.skills.tools import SKILL_TOOLS
 
     settings = settings.model_copy(update={"memory": settings.memory.model_copy(update={"lessons": False})})

@@ -6,6 +6,7 @@ pass run options the same way. Every field has a default; unknown keys are error
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -68,6 +69,11 @@ class GeneratorSettings(_Strict):
     cpu_offload: bool = Field(False, description="diffusers enable_model_cpu_offload for small GPUs")
     timeout_s: float = Field(600.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10, description="retries on 5xx/timeouts for remote backends")
+
+    @property
+    def model_label(self) -> str:
+        """What produced the images, for lessons and reports: the model id, else the preset name."""
+        return self.model or self.preset or ""
 
 
 class LoopSettings(_Strict):
@@ -305,6 +311,24 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
     return complete(settings.model_copy(update={"data_dir": settings.data_dir.expanduser()}))
+
+
+def cache_key(settings: BaseModel) -> str:
+    """A key for per-process client caches: the settings as JSON, secrets included (never log it)."""
+
+    def reveal(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, dict):
+            return {k: reveal(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(reveal(settings.model_dump(mode="python")), sort_keys=True, default=str)
+
+
+def is_complete(settings: GemsSettings) -> bool:
+    """True for settings from `load_settings` (every section given), False for a partial context."""
+    return settings.model_fields_set >= set(GemsSettings.model_fields)
 
 
 def complete(settings: GemsSettings) -> GemsSettings:

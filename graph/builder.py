@@ -8,7 +8,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
 
 from gems.configs import GemsSettings
-from gems.graph.routing import recursion_limit_for, route_after_critique, route_after_generate
+from gems.graph.routing import recursion_limit_for, route_after_critique, route_after_generate, route_after_plan
 from gems.graph.state import GemsInput, GemsOutput, GemsState
 from gems.nodes.compress import compress
 from gems.nodes.critique import critique, verify
@@ -16,7 +16,7 @@ from gems.nodes.decompose import decompose
 from gems.nodes.finalize import finalize
 from gems.nodes.generate import generate
 from gems.nodes.learn import learn
-from gems.nodes.plan import plan, prepare, route_after_plan
+from gems.nodes.plan import plan, prepare
 from gems.nodes.refine import refine
 from gems.nodes.review import review
 from gems.skills.tools import SKILL_TOOLS
@@ -79,6 +79,17 @@ def run_config(settings: GemsSettings, thread_id: str | None = None, **extra: An
     if thread_id is not None:
         config["configurable"] = {"thread_id": thread_id}
     return config
+
+
+def continuation(snapshot: Any, prompt: str) -> tuple[bool, dict[str, str] | None]:
+    """How to go on with a thread: `(False, None)` when it has finished, else `(True, input)`.
+
+    The input is `{"prompt": ...}` for a new thread and None to resume one that stopped part-way (a crash, a kill,
+    an interrupt), so retrying with the same thread id never redoes finished work.
+    """
+    if not snapshot.values:
+        return True, {"prompt": prompt}
+    return bool(snapshot.next), None
 
 
 # The server (langgraph dev / Agent Server) injects its own checkpointer, so this one has none.

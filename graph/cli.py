@@ -216,7 +216,7 @@ Return one paragraph, no lists.
 def cmd_skills(args: argparse.Namespace) -> int:
     """List, show, validate and scaffold skills."""
     from gems.configs import load_settings
-    from gems.skills import SkillRegistry, load_registry, parse_skill_file
+    from gems.skills import SkillRegistry, parse_skill_file, registry_for
     from gems.skills.registry import NAME_RE
 
     action = args.skills_command
@@ -251,7 +251,7 @@ def cmd_skills(args: argparse.Namespace) -> int:
             registry.add_folder(target)
     else:
         settings = load_settings(args.config)
-        registry = load_registry(tuple(settings.skills.paths))
+        registry = registry_for(settings)
     if action == "list":
         for skill in registry.skills.values():
             print(f"{skill.name:<22} {_short(skill.description, 90)}")

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
+from langchain_core.messages import AIMessage
 from langgraph.types import Send
 
 from gems.graph.state import GemsState, VerifyTask
+
+MAX_TOOL_TURNS = 6  # planner turns before planning stops calling tools
+
+
+def route_after_plan(state: GemsState) -> Literal["skills", "prepare"]:
+    """Run the planner's tool calls, or move on once it has answered in text."""
+    messages = state.get("messages") or []
+    if messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls:
+        turns = sum(1 for m in messages if isinstance(m, AIMessage))
+        if turns <= MAX_TOOL_TURNS:
+            return "skills"
+    return "prepare"
 
 
 def route_after_generate(state: GemsState) -> list[Send] | Literal["finalize"]:

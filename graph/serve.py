@@ -22,6 +22,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field
 
 from gems.configs import GemsSettings, load_settings
+from gems.graph.builder import continuation, run_config
 
 MAX_PROMPT_CHARS = 2000
 MAX_ROUNDS_CAP = 10
@@ -74,7 +75,6 @@ class GemsService(Runnable[dict, dict]):
         self.graph = build_graph(checkpointer=checkpointer)
 
     def _prepare(self, payload: Any, config: RunnableConfig | None) -> tuple[GemsSettings, dict[str, Any], str]:
-        from gems.graph.builder import run_config
 
         request = payload if isinstance(payload, GemsRequest) else GemsRequest.model_validate(payload)
         loop = self.settings.loop.model_copy(
@@ -91,16 +91,16 @@ class GemsService(Runnable[dict, dict]):
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         settings, run_cfg, prompt = self._prepare(input, config)
-        state = self.graph.get_state(run_cfg)
-        if not state.values or state.next:
-            self.graph.invoke(None if state.values else {"prompt": prompt}, run_cfg, context=settings)
+        pending, run_input = continuation(self.graph.get_state(run_cfg), prompt)
+        if pending:
+            self.graph.invoke(run_input, run_cfg, context=settings)
         return self._public(self.graph.get_state(run_cfg).values, run_cfg["configurable"]["thread_id"])
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         settings, run_cfg, prompt = self._prepare(input, config)
-        state = await self.graph.aget_state(run_cfg)
-        if not state.values or state.next:
-            await self.graph.ainvoke(None if state.values else {"prompt": prompt}, run_cfg, context=settings)
+        pending, run_input = continuation(await self.graph.aget_state(run_cfg), prompt)
+        if pending:
+            await self.graph.ainvoke(run_input, run_cfg, context=settings)
         values = (await self.graph.aget_state(run_cfg)).values
         return self._public(values, run_cfg["configurable"]["thread_id"])
 
@@ -131,9 +131,8 @@ class GemsService(Runnable[dict, dict]):
     ) -> AsyncIterator[dict[str, Any]]:
         payload = [item async for item in inputs][-1]
         settings, run_cfg, prompt = self._prepare(payload, config)
-        state = await self.graph.aget_state(run_cfg)
-        if not state.values or state.next:
-            run_input = None if state.values else {"prompt": prompt}
+        pending, run_input = continuation(await self.graph.aget_state(run_cfg), prompt)
+        if pending:
             async for chunk in _isolated(
                 self.graph.astream(run_input, run_cfg, context=settings, stream_mode="updates")
             ):
@@ -316,7 +315,7 @@ def create_app(
         return {
             "ok": True,
             "mllm": settings.mllm.model,
-            "generator": settings.generator.model or settings.generator.preset or settings.generator.backend,
+            "generator": settings.generator.model_label or settings.generator.backend,
             "auth": bool(api_key),
             "max_concurrent": max_concurrent,
         }

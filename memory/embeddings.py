@@ -7,13 +7,13 @@ model (which downloads weights on first use).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import threading
 
 from langchain_core.embeddings import Embeddings
 
 from gems.configs import ConfigError, EmbeddingSettings
+from gems.configs.settings import cache_key
 
 
 class EmbeddingError(RuntimeError):
@@ -96,7 +96,5 @@ def _cached(settings_json: str) -> Embeddings:
 
 def get_embeddings(settings: EmbeddingSettings) -> Embeddings:
     """Return the process-wide embedding model for these settings (loaded once; the local one takes ~4 s)."""
-    payload = settings.model_dump(mode="json")
-    payload["api_key"] = settings.api_key.get_secret_value() if settings.api_key else None
     with _lock:
-        return _cached(json.dumps(payload, sort_keys=True))
+        return _cached(cache_key(settings))

@@ -104,7 +104,6 @@ def lesson_from_state(state: dict[str, Any], settings: GemsSettings, thread_id: 
         if experiences:
             parts.append(f"Last insight: {experiences[-1]}")
     generator = settings.generator
-    model = generator.model or (generator.preset or "")
     return Lesson(
         prompt=state["prompt"],
         text=" ".join(parts),
@@ -114,7 +113,7 @@ def lesson_from_state(state: dict[str, Any], settings: GemsSettings, thread_id: 
         total=len(criteria),
         hard_criteria=hard,
         fixed_by=fixed_by,
-        generator_model=model,
+        generator_model=generator.model_label,
         generator_backend=generator.backend,
         skill=state.get("skill"),
         thread_id=thread_id,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
 from gems.configs import MLLMSettings
+from gems.configs.settings import cache_key
 
 
 class MLLMError(RuntimeError):
@@ -160,7 +160,5 @@ def _cached_mllm(settings_json: str) -> MLLM:
 
 def get_mllm(settings: MLLMSettings) -> MLLM:
     """Return a process-wide client for these settings (clients keep their HTTP connection pools)."""
-    payload = settings.model_dump(mode="json")
-    payload["api_key"] = settings.api_key.get_secret_value() if settings.api_key else None
     with _lock:
-        return _cached_mllm(json.dumps(payload, sort_keys=True))
+        return _cached_mllm(cache_key(settings))

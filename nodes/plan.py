@@ -10,7 +10,7 @@ Two ways to reach the same decision:
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.runtime import Runtime
@@ -20,7 +20,7 @@ from gems.graph.state import GemsState
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import clean_prompt, parse_skill_choice
 from gems.nodes.runtime import settings_of, timed, usage_update
-from gems.skills import Skill, load_registry
+from gems.skills import Skill, registry_for
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ Lessons from similar earlier requests (use what applies, ignore the rest):
 
 THOUGHT_WITH_SKILL = "First prompt written with the {name} skill from the user's request."
 THOUGHT_ORIGINAL = "First attempt uses the user's request unchanged."
-MAX_TOOL_TURNS = 6
 
 
 def format_lessons(lessons: list[dict[str, Any]]) -> str:
@@ -86,8 +85,7 @@ def recall_lessons(prompt: str, settings: GemsSettings) -> tuple[list[dict[str, 
         return [], []
     from gems.memory.experiences import ExperienceStore
 
-    generator = settings.generator
-    where = {"generator_model": generator.model or (generator.preset or "")} if memory.same_generator_only else None
+    where = {"generator_model": settings.generator.model_label} if memory.same_generator_only else None
     try:
         hits = ExperienceStore(settings).search(prompt, k=memory.top_k, min_relevance=memory.min_relevance, where=where)
     except Exception as exc:
@@ -104,7 +102,7 @@ def skill_candidates(prompt: str, settings: GemsSettings) -> list[tuple[Skill, f
     """The top-k skills for the prompt by embedding similarity (all of them when the library is that small)."""
     if not settings.skills.enabled:
         return []
-    registry = load_registry(tuple(settings.skills.paths))
+    registry = registry_for(settings)
     if not len(registry):
         return []
     if len(registry) <= settings.skills.top_k and settings.skills.min_relevance == 0:
@@ -122,7 +120,7 @@ def _manifest(candidates: list[dict[str, Any]], registry: Any) -> str:
 
 def _text_mode(state: GemsState, settings: GemsSettings, lessons_text: str, trace: dict[str, Any]) -> dict[str, Any]:
     """The paper's flow: one call names a skill or NONE, a second rewrites the prompt with the loaded body."""
-    registry = load_registry(tuple(settings.skills.paths))
+    registry = registry_for(settings)
     mllm = get_mllm(settings.mllm)
     names = [c["name"] for c in trace["offered"]]
     reply = mllm.ask(
@@ -188,7 +186,7 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
             lessons_text = format_lessons(lessons)
             if settings.skills.tool_calling == "text":
                 return {**update, **_text_mode(state, settings, lessons_text, trace), "timings": timings}
-            registry = load_registry(tuple(settings.skills.paths))
+            registry = registry_for(settings)
             system = PLANNER_SYSTEM.format(
                 max_active=settings.skills.max_active,
                 manifest=_manifest(trace["offered"], registry),
@@ -215,16 +213,6 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     usage = dict(getattr(reply, "usage_metadata", None) or {})
     new_messages = [*update.get("messages", []), reply]
     return {**update, "messages": new_messages, "mllm_calls": 1, "timings": timings, "usage": usage_update(usage)}
-
-
-def route_after_plan(state: GemsState) -> Literal["skills", "prepare"]:
-    """Run the planner's tool calls, or move on once it has answered in text."""
-    messages = state.get("messages") or []
-    if messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls:
-        turns = sum(1 for m in messages if isinstance(m, AIMessage))
-        if turns <= MAX_TOOL_TURNS:
-            return "skills"
-    return "prepare"
 
 
 def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
@@ -259,7 +247,7 @@ def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     loaded = trace.get("loaded") or []
     if not current or not loaded:
         current, thought = state["prompt"], THOUGHT_ORIGINAL
-    registry = load_registry(tuple(settings.skills.paths))
+    registry = registry_for(settings)
     verifiers = sorted({v for name in loaded if (s := registry.get(name)) for v in (s.metadata.get("verifiers") or [])})
     return {
         "current_prompt": current,

@@ -13,7 +13,7 @@ from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import clean_prompt
 from gems.nodes.plan import skill_block
 from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
-from gems.skills import load_registry
+from gems.skills import registry_for
 
 REFINE_SYSTEM = """You write the next prompt for a text-to-image model that has not yet satisfied a user's request.
 You see the original request and the attempts so far: each attempt's prompt, the image it produced, the
@@ -44,7 +44,7 @@ def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     loaded = (state.get("skill_trace") or {}).get("loaded") or []
     if settings.skills.to_refiner and loaded:
         # Off by default: in the paper only the first prompt sees the skill.
-        registry = load_registry(tuple(settings.skills.paths))
+        registry = registry_for(settings)
         skills = [skill for name in loaded if (skill := registry.get(name)) is not None]
         system = f"{REFINE_SYSTEM}\n\nExpert guidance to keep following:\n{skill_block(skills)}"
     with timed(timings, "refine"):

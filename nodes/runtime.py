@@ -11,7 +11,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, load_settings
-from gems.configs.settings import overlay
+from gems.configs.settings import is_complete, overlay
 from gems.memory.artifacts import ArtifactStore
 
 
@@ -34,7 +34,7 @@ def context_settings(context: Any) -> GemsSettings:
     if isinstance(context, dict) and context:
         context = GemsSettings.model_validate(context)
     if isinstance(context, GemsSettings):
-        return overlay(_settings_from_env(), context)
+        return context if is_complete(context) else overlay(_settings_from_env(), context)
     return _settings_from_env()
 
 

@@ -7,6 +7,15 @@ from gems.skills.registry import (
     bundled_library,
     load_registry,
     parse_skill_file,
+    registry_for,
 )
 
-__all__ = ["Skill", "SkillError", "SkillRegistry", "bundled_library", "load_registry", "parse_skill_file"]
+__all__ = [
+    "Skill",
+    "SkillError",
+    "SkillRegistry",
+    "bundled_library",
+    "load_registry",
+    "parse_skill_file",
+    "registry_for",
+]

@@ -8,9 +8,12 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from gems.configs import GemsSettings
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,11 @@ class SkillRegistry:
         """Routing text: one `- name: description` line per skill."""
         chosen = [self.skills[n] for n in (names or self.names()) if n in self.skills]
         return "\n".join(f"- {s.name}: {s.description}" for s in chosen)
+
+
+def registry_for(settings: GemsSettings) -> SkillRegistry:
+    """The registry a run uses: the bundled library plus `skills.paths`."""
+    return load_registry(tuple(settings.skills.paths))
 
 
 def load_registry(paths: list[Path] | tuple[Path, ...] = (), include_bundled: bool = True) -> SkillRegistry:

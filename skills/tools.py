@@ -8,15 +8,15 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import ToolException, tool
 from langgraph.prebuilt import ToolRuntime
 
-from gems.skills.registry import SkillRegistry, load_registry
+from gems.skills.registry import SkillRegistry, registry_for
 
 MAX_RESOURCE_CHARS = 20_000
 
 
-def registry_for(context: Any) -> SkillRegistry:
+def _registry(context: Any) -> SkillRegistry:
     from gems.nodes.runtime import context_settings
 
-    return load_registry(tuple(context_settings(context).skills.paths))
+    return registry_for(context_settings(context))
 
 
 def loaded_skills(messages: list[Any]) -> list[str]:
@@ -43,7 +43,7 @@ def load_skill(name: str, runtime: ToolRuntime[Any, Any]) -> tuple[str, dict[str
     already = loaded_skills(state.get("messages") or [])
     if name not in already and len(already) >= settings.skills.max_active:
         raise ToolException(f"only {settings.skills.max_active} skill(s) may be active; already loaded: {already}")
-    skill = registry_for(runtime.context).get(name)
+    skill = _registry(runtime.context).get(name)
     if skill is None:  # pragma: no cover - offered names come from the registry
         raise ToolException(f"unknown skill {name!r}")
     resources = skill.resources()
@@ -56,7 +56,7 @@ def read_skill_resource(name: str, path: str, runtime: ToolRuntime[Any, Any]) ->
     """Read one reference file of a loaded skill, e.g. references/palettes.md."""
     if name not in loaded_skills((runtime.state or {}).get("messages") or []):
         raise ToolException(f"load the skill {name!r} with load_skill before reading its resources")
-    skill = registry_for(runtime.context).get(name)
+    skill = _registry(runtime.context).get(name)
     if skill is None or path not in skill.resources():
         available = ", ".join(skill.resources()) if skill else ""
         raise ToolException(f"{path!r} is not a resource of {name!r}; available: {available or 'none'}")

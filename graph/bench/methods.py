@@ -73,14 +73,13 @@ def _one_shot(method: str, item: BenchPrompt, settings: GemsSettings) -> dict[st
 
 
 def _graph_run(item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str) -> dict[str, Any]:
-    from gems.graph.builder import run_config
+    from gems.graph.builder import continuation, run_config
 
     config = run_config(settings, thread_id)
-    state = graph.get_state(config)
-    if not state.values:
-        graph.invoke({"prompt": item.prompt}, config, context=settings, durability="sync")
-    elif state.next:  # a bench killed mid-prompt: continue from the checkpoint
-        graph.invoke(None, config, context=settings, durability="sync")
+    # A bench killed mid-prompt continues from the checkpoint.
+    pending, run_input = continuation(graph.get_state(config), item.prompt)
+    if pending:
+        graph.invoke(run_input, config, context=settings, durability="sync")
     values = graph.get_state(config).values
     usage = values.get("usage") or {}
     timings = values.get("timings") or {}

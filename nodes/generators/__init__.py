@@ -6,12 +6,12 @@ Backends: `diffusers` (local pipelines), `http` (the reference GEMS generator pr
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gems.configs import GeneratorSettings
+from gems.configs.settings import cache_key
 from gems.nodes.generators.presets import PRESETS, effective_settings
 
 
@@ -60,9 +60,7 @@ def _make(settings: GeneratorSettings) -> Generator:
 def get_generator(settings: GeneratorSettings) -> Generator:
     """Return the process-wide generator for these settings; a diffusers pipeline loads once and is reused."""
     resolved = effective_settings(settings)
-    payload = resolved.model_dump(mode="json")
-    payload["api_key"] = resolved.api_key.get_secret_value() if resolved.api_key else None
-    key = json.dumps(payload, sort_keys=True)
+    key = cache_key(resolved)
     with _cache_lock:
         generator = _cache.get(key)
         if generator is None:
