@@ -120,6 +120,7 @@ class GemsState(TypedDict):
     current_prompt: NotRequired[str]
     thought: NotRequired[str | None]
     max_rounds: NotRequired[int]
+    human_review: NotRequired[bool]
     round: NotRequired[int]
     candidates: NotRequired[list[ImageRef]]
     verdicts: NotRequired[Annotated[list[Verdict], operator.add]]

@@ -177,7 +177,13 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
                 "loaded": [],
                 "resources": [],
             }
-            update = {"lessons": lessons, "skill_trace": trace, "max_rounds": settings.loop.max_rounds}
+            # Run options the later steps need are kept in state, so a resumed run keeps them.
+            update = {
+                "lessons": lessons,
+                "skill_trace": trace,
+                "max_rounds": settings.loop.max_rounds,
+                "human_review": settings.loop.human_review,
+            }
             if warnings:
                 update["warnings"] = warnings
             if not candidates:

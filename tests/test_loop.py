@@ -180,3 +180,21 @@ def test_generator_failure_is_clear_and_keeps_state(mllm_server, gen_server, iso
     # The server recovers; the same thread continues from the kept state without re-planning.
     graph.invoke(None, config, context=settings, durability="sync")
     assert graph.get_state(config).values["success"] is True
+
+
+def test_human_review_pauses_before_generating_and_applies_edits(mllm_server, gen_server, isolated_env):
+    from langgraph.types import Command
+
+    mllm, _ = mllm_server(criteria=CRITERIA)
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env, loop={"human_review": True})
+    graph = build_graph(checkpointer=InMemorySaver())
+    config = run_config(settings, "r1")
+    paused = graph.invoke({"prompt": "a red cat on a mat"}, config, context=settings)
+    assert paused["__interrupt__"][0].value["criteria"] == CRITERIA and gen.prompts == []
+    again = graph.invoke(Command(resume={"colour": "red"}), config, context=settings)
+    assert "criteria and/or first_prompt" in again["__interrupt__"][0].value["error"]  # asked again, nothing lost
+    assert graph.get_state(config).next == ("review",) and gen.prompts == []
+    done = graph.invoke(Command(resume={"first_prompt": "a red cat, side view"}), config, context=settings)
+    assert gen.prompts[0] == "a red cat, side view" and done["success"] is True
+    assert done["criteria"] == CRITERIA

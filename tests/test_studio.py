@@ -108,8 +108,7 @@ def test_langgraph_dev_human_review_interrupt_and_resume(studio):
         thread["thread_id"],
         "gems",
         command={"resume": {"criteria": ["Is there a cat?"], "first_prompt": "a bright red cat, full body"}},
-        context={"loop": {"human_review": True}},
-    )
+    )  # no context this time: the run remembers that it is under review
     state = client.threads.get_state(thread["thread_id"])
     assert state["next"] == [] and state["values"]["criteria"] == ["Is there a cat?"]
     assert gen.prompts[0] == "a bright red cat, full body"
