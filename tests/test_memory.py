@@ -283,6 +283,8 @@ def test_memory_cli(capsys, isolated_env, tmp_path):
     assert gems_main(["memory", "list"]) == 0
     out = capsys.readouterr()
     assert len(out.out.splitlines()) == 3 and "3 lesson(s)" in out.err
+    assert gems_main(["memory", "list", "--config", "cpu"]) == 0  # --config after the action works too
+    assert len(capsys.readouterr().out.splitlines()) == 3
     assert gems_main(["memory", "search", "noodle soup", "-k", "1"]) == 0
     first_line = capsys.readouterr().out.splitlines()[0]
     assert "a bowl of ramen" in first_line
