@@ -163,3 +163,47 @@ def test_openai_backend_needs_url_and_model():
         get_generator(GeneratorSettings(backend="openai", preset=None, model="m"))
     with pytest.raises(GeneratorError, match=r"generator\.model is not set"):
         get_generator(GeneratorSettings(backend="openai", preset=None, url="http://127.0.0.1:9/v1"))
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    from tests.support.tiny_pipelines import tiny_qwen_image, tiny_z_image
+
+    folders = {}
+    for name, build in (("z-image", tiny_z_image), ("qwen-image", tiny_qwen_image)):
+        folder = tmp_path_factory.mktemp(name)
+        build().save_pretrained(folder)
+        folders[name] = folder
+    return folders
+
+
+def test_z_image_turbo_preset_drives_a_real_z_image_pipeline(tiny_folders):
+    settings = GeneratorSettings(
+        backend="diffusers", preset="z-image-turbo", model=str(tiny_folders["z-image"]), width=64, height=64,
+        device="cpu", call_kwargs={"max_sequence_length": 64},
+    )  # fmt: skip
+    generator = get_generator(settings)
+    rendered = generator.render("a red cube", seed=1)
+    assert type(generator.pipe).__name__ == "ZImagePipeline"
+    assert (rendered.meta["steps"], rendered.meta["guidance_scale"]) == (9, 0.0)  # the reference server's settings
+    assert Image.open(io.BytesIO(rendered.data)).size == (64, 64)
+
+
+def test_qwen_image_preset_uses_true_cfg(tiny_folders):
+    base = dict(backend="diffusers", preset="qwen-image-2512", model=str(tiny_folders["qwen-image"]), width=64,
+                height=64, steps=2, device="cpu")  # fmt: skip
+    with_cfg = get_generator(GeneratorSettings(**base, call_kwargs={"max_sequence_length": 64}))
+    assert type(with_cfg.pipe).__name__ == "QwenImagePipeline"
+    assert with_cfg.settings.call_kwargs["true_cfg_scale"] == 4.0 and with_cfg.settings.negative_prompt == " "
+    no_cfg = get_generator(GeneratorSettings(**base, call_kwargs={"max_sequence_length": 64, "true_cfg_scale": 1.0}))
+    assert no_cfg.pipe is with_cfg.pipe  # one pipeline, loaded once
+    calls = []
+    hook = with_cfg.pipe.transformer.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with_cfg.render("a red cube", seed=1)
+        guided = len(calls)
+        no_cfg.render("a red cube", seed=1)
+    finally:
+        hook.remove()
+    # Real classifier-free guidance runs the transformer twice per step (prompt and negative prompt).
+    assert (guided, len(calls) - guided) == (4, 2)

@@ -47,6 +47,12 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_off
             return _pipelines[key]
         import torch  # noqa: F401  (import errors should surface here, not mid-call)
         from diffusers import DiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        # No "Loading pipeline components" bars between the CLI's progress lines.
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
 
         torch_dtype = _pick_dtype(dtype, device)
         try:
