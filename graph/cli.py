@@ -28,13 +28,28 @@ def _short(text: str | None, width: int = 90) -> str:
 
 
 def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
-    """Human-readable progress lines for one node's state update."""
+    """Human-readable progress lines for one node's state update (none for steps that did nothing)."""
     update = update or {}
     if node == "plan":
-        skill = update.get("skill")
-        if skill:
-            return [f"plan       skill {skill}: {_short(update.get('current_prompt'))}"]
-        return ["plan       no skill; first prompt is the request as written"]
+        lines = []
+        trace = update.get("skill_trace")
+        if trace is not None:
+            offered = ", ".join(c["name"] for c in trace.get("offered", [])) or "none"
+            lessons = len(update.get("lessons") or [])
+            lines.append(f"plan       skill candidates: {offered}; {lessons} lesson(s) from earlier runs")
+        for message in update.get("messages") or []:
+            for call in getattr(message, "tool_calls", None) or []:
+                lines.append(f"plan       calls {call['name']}({', '.join(map(str, call['args'].values()))})")
+        return lines
+    if node == "skills":
+        return [
+            f"skills     {m.name}: {'error: ' + _short(str(m.content), 70) if m.status == 'error' else 'ok'}"
+            for m in update.get("messages") or []
+        ]
+    if node == "prepare":
+        if update.get("skill"):
+            return [f"prepare    skill {update['skill']}; first prompt: {_short(update.get('current_prompt'), 70)}"]
+        return ["prepare    no skill; the first prompt is the request as written"]
     if node == "decompose":
         criteria = update.get("criteria") or []
         lines = [f"decompose  {len(criteria)} criteria"]
@@ -58,15 +73,20 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
             lines.append(f"critique   round {r['round']}: {len(r.get('passed', []))}/{total} criteria passed")
         return lines
     if node == "compress":
-        rounds = update.get("rounds") or []
-        return [f"compress   {_short(r.get('experience'))}" for r in rounds]
+        return [f"compress   {_short(r.get('experience'))}" for r in update.get("rounds") or []]
     if node == "refine":
         return [f"refine     {_short(update.get('current_prompt'))}"]
     if node == "finalize":
         final = update.get("final") or {}
         verdict = "success" if update.get("success") else "best so far"
         return [f"finalize   {verdict}: round {final.get('round')} ({final.get('passed')}/{final.get('total')} passed)"]
-    return [f"{node:<10} done"]
+    if node == "learn":
+        if update.get("lesson_id"):
+            return [f"learn      lesson saved ({update['lesson_id'][:8]})"]
+        return [f"learn      {w}" for w in update.get("warnings") or []]
+    if node == "review" and update:
+        return ["review     the reviewer's edits are applied"]
+    return []
 
 
 def _write_outputs(out_dir: Path, values: dict[str, Any], trajectory: dict[str, Any], store_root: Path) -> Path:

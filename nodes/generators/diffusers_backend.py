@@ -45,24 +45,28 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_off
     with _pipelines_lock:
         if key in _pipelines:
             return _pipelines[key]
-        import torch  # noqa: F401  (import errors should surface here, not mid-call)
-        from diffusers import DiffusionPipeline
-        from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
-        # No "Loading pipeline components" bars between the CLI's progress lines.
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
-
-        torch_dtype = _pick_dtype(dtype, device)
+        # Quiet while importing and loading: transformers notes (e.g. "requires torchvision") about processors
+        # the pipeline never uses would land between the CLI's progress lines.
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
         try:
-            pipe = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype)
+            import torch  # noqa: F401  (import errors should surface here, not mid-call)
+            from diffusers import DiffusionPipeline
+            from diffusers.utils import logging as diffusers_logging
+
+            diffusers_logging.disable_progress_bar()
+            transformers_logging.disable_progress_bar()
+            pipe = DiffusionPipeline.from_pretrained(model, dtype=_pick_dtype(dtype, device))
         except (OSError, ValueError) as exc:
             first = " ".join(str(exc).split())[:160]
             raise GeneratorError(
                 f"cannot load diffusers model {model!r}: {first}; download it first "
                 f"(hf download {model}) or set generator.model to a local folder"
             ) from exc
+        finally:
+            transformers_logging.set_verbosity(verbosity)
         if cpu_offload and device != "cpu":
             pipe.enable_model_cpu_offload()
         else:
