@@ -42,8 +42,18 @@ def test_generate_writes_final_image_and_trajectory(mllm_server, gen_server, tmp
     result = gems("generate", "a red cat on a mat", "--config", str(cfg), "--out", str(out), "--seed", "7")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out / "final.png")
-    for marker in ("plan ", "decompose  3 criteria", "generate   round 1", "verify     yes", "critique   round 1: 2/3"):
+    for marker in (
+        "plan       skill candidates: ",
+        "prepare    no skill; the first prompt is the request as written",
+        "decompose  3 criteria",
+        "generate   round 1",
+        "verify     yes",
+        "critique   round 1: 2/3",
+        "refine     refined prompt 1",
+        "finalize   success: round 2 (3/3 passed)",
+    ):
         assert marker in result.stderr
+    assert "review" not in result.stderr and "done" not in result.stderr  # steps that did nothing stay quiet
     trajectory = json.loads((out / "trajectory.json").read_text())
     assert trajectory["success"] is True and trajectory["criteria"] == CRITERIA
     assert [r["failed"] for r in trajectory["rounds"]] == [["Is the cat red?"], []]
