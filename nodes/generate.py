@@ -46,10 +46,12 @@ def generate(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]
     store = artifact_store(settings)
     timings: dict[str, float] = {}
     candidates: list[ImageRef] = []
+    seeds = [seed_for(settings.loop.seed, round_no, c, count) for c in range(count)]
     with timed(timings, "generate"):
-        for candidate in range(count):
-            seed = seed_for(settings.loop.seed, round_no, candidate, count)
-            rendered = generator.render(prompt, seed)
+        # Local pipelines render all candidates in one batch; remote backends take one request per image.
+        batch = getattr(generator, "render_many", None)
+        results = batch(prompt, seeds) if batch and count > 1 else [generator.render(prompt, s) for s in seeds]
+        for candidate, rendered in enumerate(results):
             # Time the generator itself was busy (excludes waiting for a shared pipeline): bench cost accounting.
             timings["generator_busy"] = round(timings.get("generator_busy", 0.0) + rendered.meta.pop("busy_s", 0.0), 6)
             ref = store.put_bytes(rendered.data, **rendered.meta, candidate=candidate)

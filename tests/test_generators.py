@@ -207,3 +207,32 @@ def test_qwen_image_preset_uses_true_cfg(tiny_folders):
         hook.remove()
     # Real classifier-free guidance runs the transformer twice per step (prompt and negative prompt).
     assert (guided, len(calls) - guided) == (4, 2)
+
+
+def test_candidates_of_a_round_render_in_one_batch(tiny_sd_dir, mllm_server, isolated_env):
+    generator = get_generator(tiny_settings(tiny_sd_dir))
+    calls = []
+    hook = generator.pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        batch = generator.render_many("a red cube", [5, 6, 7])
+        batched_calls = len(calls)
+        single = generator.render("a red cube", seed=6)
+    finally:
+        hook.remove()
+    assert batched_calls == 2  # 2 steps for all three images together, not 6
+    assert [r.meta["seed"] for r in batch] == [5, 6, 7]
+    assert np.abs(pixels(batch[1].data) - pixels(single.data)).max() <= 1  # a batch image = its seed alone
+    assert np.abs(pixels(batch[0].data) - pixels(batch[2].data)).max() > 1
+
+    mllm, script = mllm_server(criteria=["Is there a cube?"], verdict=lambda q, n: "yes" if n == 3 else "no")
+    settings = make_settings(
+        mllm, None, isolated_env, generator=tiny_settings(tiny_sd_dir).model_dump(mode="json"),
+        loop={"seed": 100, "images_per_round": 3, "max_rounds": 1}, skills={"enabled": False},
+    )  # fmt: skip
+    graph = build_graph(checkpointer=InMemorySaver())
+    values = graph.invoke({"prompt": "a red cube"}, run_config(settings, "b"), context=settings)
+    record = values["rounds"][0]
+    assert [c["seed"] for c in record["candidates"]] == [100, 101, 102] and script.calls["verify"] == 3
+    # Parallel verifier calls arrive in any order; whichever candidate got the one "yes" must be the one kept.
+    assert values["success"] is True and record["verdicts"][0]["passed"] is True
+    assert record["verdicts"][0]["candidate"] == record["image"]["candidate"]

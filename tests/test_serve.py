@@ -47,7 +47,11 @@ def served(mllm_server, gen_server, isolated_env):
     from gems.graph.serve import create_app
 
     def start(api_key=KEY, max_concurrent=2, queue_timeout_s=30.0, **gen_options):
-        mllm, script = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n % 2 == 0 else "no")
+        # Round 1 (the request as written) fails, round 2 (a refined prompt) passes, however runs overlap.
+        mllm, script = mllm_server(
+            criteria=CRITERIA,
+            verdict_by_image=lambda q, prompt: "yes" if (prompt or "").startswith("refined") else "no",
+        )
         gen = gen_server(**gen_options)
         settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20})
         app = create_app(settings, api_key=api_key, max_concurrent=max_concurrent, queue_timeout_s=queue_timeout_s)

@@ -114,25 +114,39 @@ class DiffusersGenerator:
         return kwargs
 
     def render(self, prompt: str, seed: int) -> Rendered:
-        kwargs = self._call_kwargs(prompt, seed)
+        return self.render_many(prompt, [seed])[0]
+
+    def render_many(self, prompt: str, seeds: list[int]) -> list[Rendered]:
+        """Render one image per seed in a single batched pipeline call (one seeded generator per image)."""
+        import torch
+
+        if len(seeds) > 1 and "num_images_per_prompt" not in self._accepted:
+            return [self.render_many(prompt, [seed])[0] for seed in seeds]
+        kwargs = self._call_kwargs(prompt, seeds[0])
+        if len(seeds) > 1:
+            kwargs["generator"] = [torch.Generator(kwargs["generator"].device).manual_seed(s) for s in seeds]
+            kwargs["num_images_per_prompt"] = len(seeds)
         try:
             with self.pipe._gems_lock:
                 started = time.perf_counter()
-                image = self.pipe(**kwargs).images[0]
+                images = self.pipe(**kwargs).images
                 busy = time.perf_counter() - started
         except GeneratorError:
             raise
         except Exception as exc:
             detail = " ".join(str(exc).split())[:200]
             raise GeneratorError(f"diffusers pipeline {self.model!r} failed: {type(exc).__name__}: {detail}") from exc
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        meta = {
-            "backend": self.backend,
-            "model": self.model,
-            "seed": seed,
-            "steps": kwargs.get("num_inference_steps"),
-            "guidance_scale": kwargs.get("guidance_scale"),
-            "busy_s": busy,
-        }
-        return Rendered(data=buf.getvalue(), meta=meta)
+        rendered = []
+        for image, seed in zip(images, seeds, strict=True):
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            meta = {
+                "backend": self.backend,
+                "model": self.model,
+                "seed": seed,
+                "steps": kwargs.get("num_inference_steps"),
+                "guidance_scale": kwargs.get("guidance_scale"),
+                "busy_s": busy / len(seeds),
+            }
+            rendered.append(Rendered(data=buf.getvalue(), meta=meta))
+        return rendered

@@ -216,6 +216,15 @@ def image_urls(body: dict[str, Any]) -> list[str]:
     return urls
 
 
+def image_prompt(body: dict[str, Any]) -> str | None:
+    """The prompt `GeneratorStub` wrote into the PNG the request shows (tells which round an image is from)."""
+    urls = image_urls(body)
+    if not urls:
+        return None
+    image = Image.open(io.BytesIO(base64.b64decode(urls[-1].split(",", 1)[1])))
+    return getattr(image, "text", {}).get("prompt")
+
+
 def role_of(body: dict[str, Any]) -> str:
     """Which GEMS role sent this request, told by the first line of its system prompt."""
     from gems.graph.bench.methods import REWRITE_SYSTEM
@@ -248,6 +257,7 @@ class ScriptedMLLM:
         criteria: the decomposer's answer: a list (sent as JSON) or a raw string.
         criteria_retry: the answer to the decomposer's repair request, if it comes to that.
         verdict: `f(criterion, attempt)` -> answer text, `attempt` counting from 1 per criterion.
+        verdict_by_image: `f(criterion, prompt the image was generated from)` -> answer; use it when runs overlap.
         route: the router's answer (a skill name makes the tool-calling planner call load_skill with it).
         enhance: the enhancer's answer (the planner's turn after a tool result).
         planner: `f(turn, messages)` -> the planner's full answer, overriding route/enhance for tool mode.
@@ -269,6 +279,7 @@ class ScriptedMLLM:
         fail_verify: tuple[str, ...] = (),
         planner: Callable[[int, list[dict[str, Any]]], Any] | None = None,
         agent: Callable[[dict[str, Any]], Any] | None = None,
+        verdict_by_image: Callable[[str, str | None], str] | None = None,
         tool_skills: tuple[str, ...] = (
             "creative-drawing",
             "aesthetic-drawing",
@@ -292,6 +303,7 @@ class ScriptedMLLM:
         self.tool_skills = set(tool_skills)
         self.planner = planner
         self.agent = agent
+        self.verdict_by_image = verdict_by_image
         self.calls: Counter[str] = Counter()
         self.asked: defaultdict[str, int] = defaultdict(int)
         self.bodies: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -329,6 +341,8 @@ class ScriptedMLLM:
             criterion = user_text(body).removeprefix("Question: ").strip()
             if criterion in self.fail_verify:
                 raise HTTPFailure(500, "verifier exploded")
+            if self.verdict_by_image is not None:  # order-free: decided by what the image was made from
+                return self.verdict_by_image(criterion, image_prompt(body))
             with self.lock:
                 self.asked[criterion] += 1
                 attempt = self.asked[criterion]
