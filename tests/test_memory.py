@@ -330,3 +330,26 @@ def test_client_server_store_against_a_real_chroma_server(tmp_path):
         server.wait(30)
     with pytest.raises(StoreError, match=f"cannot use the Chroma server 127.0.0.1:{port}"):
         ExperienceStore(settings).count()
+
+
+def test_embeddings_from_an_openai_compatible_endpoint(tmp_path):
+    from gems.configs import EmbeddingSettings
+    from gems.memory.embeddings import get_embeddings
+    from tests.support.servers import OpenAIStub
+
+    server = OpenAIStub().start()
+    try:
+        settings = EmbeddingSettings(provider="openai", model="embed-small", base_url=server.base_url, api_key="sk-e")
+        embeddings = get_embeddings(settings)
+        vectors = embeddings.embed_documents(["a red cat", "a blue dog"])
+        assert len(vectors) == 2 and len(vectors[0]) == 8
+        # The same factory feeds the lesson store: similar prompts retrieve each other.
+        store = ExperienceStore(GemsSettings(data_dir=tmp_path, embeddings=settings.model_dump()))
+        store.add(lesson("a red cat on a mat"))
+        store.add(lesson("quarterly tax spreadsheet"))
+        assert store.search("red cat", k=1)[0][0].prompt == "a red cat on a mat"
+    finally:
+        server.stop()
+    requests = [r for r in server.requests if r["path"] == "/v1/embeddings"]
+    assert requests and requests[0]["body"]["model"] == "embed-small"
+    assert isinstance(requests[0]["body"]["input"][0], str)  # text, not token ids: no tiktoken download offline

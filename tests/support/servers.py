@@ -47,6 +47,15 @@ def png_bytes(color: tuple[int, int, int], size: int = 32, text: str | None = No
     return buf.getvalue()
 
 
+def fake_embedding(text: str, dims: int = 8) -> list[float]:
+    """A deterministic unit vector from the words of a text (shared words, closer vectors)."""
+    vector = [0.0] * dims
+    for word in text.lower().split():
+        vector[hashlib.sha256(word.encode()).digest()[0] % dims] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
 def color_for(text: str) -> tuple[int, int, int]:
     digest = hashlib.sha256(text.encode()).digest()
     return digest[0], digest[1], digest[2]
@@ -168,6 +177,13 @@ class OpenAIStub(_Server):
                     "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
                 }
                 self._send_json(handler, 200, payload)
+            elif path == "/v1/embeddings":
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                data = [
+                    {"object": "embedding", "index": i, "embedding": fake_embedding(t)} for i, t in enumerate(texts)
+                ]
+                self._send_json(handler, 200, {"object": "list", "data": data, "model": body.get("model"),
+                                               "usage": {"prompt_tokens": 1, "total_tokens": 1}})  # fmt: skip
             elif path == "/v1/images/generations" and self.images is not None:
                 data = self.images(body)
                 self._send_json(
