@@ -33,8 +33,8 @@ class LocalEmbeddings(Embeddings):
                     "or set embeddings.model to a sentence-transformers folder"
                 ) from None
             model = str(get_model_path())
-        # The bundled model is a local folder; never let a stray id trigger a hub download.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # A local folder loads without the hub. Do not set HF_HUB_OFFLINE here: it is process-wide and would stop
+        # the diffusers backend from downloading generator weights later in the same run.
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 

@@ -353,3 +353,12 @@ def test_embeddings_from_an_openai_compatible_endpoint(tmp_path):
     requests = [r for r in server.requests if r["path"] == "/v1/embeddings"]
     assert requests and requests[0]["body"]["model"] == "embed-small"
     assert isinstance(requests[0]["body"]["input"][0], str)  # text, not token ids: no tiktoken download offline
+
+
+def test_local_embedding_model_leaves_the_hub_setting_alone(monkeypatch):
+    from gems.memory.embeddings import LocalEmbeddings
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    embeddings = LocalEmbeddings()  # the bundled folder loads without the hub...
+    assert len(embeddings.embed_query("a cat")) == 384
+    assert "HF_HUB_OFFLINE" not in os.environ  # ...and later downloads of generator weights stay possible
