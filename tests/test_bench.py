@@ -98,6 +98,7 @@ def test_gems_bench_scores_reports_and_costs(mllm_server, gen_server, isolated_e
     assert "| pass rate |" in report and "| count |" in report and "generator_busy_s" in report
     gallery = (tmp_path / "out" / "report.html").read_text()
     assert gallery.count("<img") == sum(len(r["rounds"]) for r in results.values()) and "✓" in gallery
+    assert "Criteria pass rate by round: " in gallery and " MLLM calls (" in gallery and '{"mllm_calls"' not in gallery
     for record in results.values():
         for r in record["rounds"]:
             assert (tmp_path / "out" / "images" / f"{r['image']['sha256']}.png").exists()

@@ -111,6 +111,18 @@ CSS = """body{font:14px system-ui,sans-serif;margin:2em;background:#fafafa;color
 .ok{color:#2a7}.no{color:#c33}.small{font-size:12px;color:#555}ul{padding-left:1.1em;margin:.3em 0}"""
 
 
+def _cost_line(cost: dict[str, Any]) -> str:
+    def n(key: str) -> str:  # counts: whole for one prompt, one decimal for an average
+        value = cost.get(key, 0) or 0
+        return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+    return (
+        f"{n('mllm_calls')} MLLM calls ({n('input_tokens')} in / {n('output_tokens')} out tokens, "
+        f"{n('image_parts')} images sent) · {n('generator_calls')} generations "
+        f"({cost.get('generator_busy_s', 0):.2f}s busy) · {cost.get('wall_s', 0):.2f}s wall"
+    )
+
+
 def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Path) -> str:
     """A gallery: every prompt with every round's image, criteria ticks and experiences; images copied alongside."""
     images = out / "images"
@@ -120,14 +132,20 @@ def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Pat
     parts = [
         f"<!doctype html><meta charset=utf-8><title>{title}</title><style>{CSS}</style><h1>{title}</h1>",
         f"<p>score {esc(_fmt(summary['score']))} ({esc(str(summary['scorer']))}), success rate "
-        f"{esc(_fmt(summary['success_rate']))}, {summary['finished']}/{summary['prompts']} prompts.</p>",
+        f"{esc(_fmt(summary['success_rate']))}, {summary['finished']}/{summary['prompts']} prompts, "
+        f"{esc(_fmt(summary['rounds_used']))} rounds per prompt. Criteria pass rate by round: "
+        + " → ".join(esc(_fmt(v)) for v in summary["round_pass_rate"])
+        + f".</p><p class=small>per prompt: {esc(_cost_line(summary['cost_per_prompt']))}</p>",
     ]
     for record in records:
         final_round = (record.get("final") or {}).get("round")
         score = (record.get("score") or {}).get("score")
         parts.append(f"<div class=item><h3>{esc(record['id'])}: {esc(record['prompt'])}</h3>")
-        parts.append(f"<p class=small>score {esc(_fmt(score))} · skill {esc(str(record.get('skill')))} · "
-                     f"{esc(json.dumps(record.get('cost') or {}))}</p><div class=rounds>")  # fmt: skip
+        skill = f"skill {record['skill']}" if record.get("skill") else "no skill"
+        parts.append(
+            f"<p class=small>score {esc(_fmt(score))} · {esc(skill)} · {esc(_cost_line(record.get('cost') or {}))}</p>"
+            "<div class=rounds>"
+        )
         for r in record.get("rounds") or []:
             image = r.get("image") or {}
             name = f"{image.get('sha256', 'missing')}.png"
