@@ -236,7 +236,7 @@ Return one paragraph, no lists.
 def cmd_skills(args: argparse.Namespace) -> int:
     """List, show, validate and scaffold skills."""
     from gems.configs import load_settings
-    from gems.skills import SkillRegistry, parse_skill_file, registry_for
+    from gems.skills import SkillRegistry, registry_for
     from gems.skills.registry import NAME_RE
 
     action = args.skills_command
@@ -256,17 +256,9 @@ def cmd_skills(args: argparse.Namespace) -> int:
         target = Path(args.path)
         registry = SkillRegistry()
         if target.is_file():
-            try:
-                skill = parse_skill_file(target)
-                registry.skills[skill.name] = skill
-            except Exception as exc:
-                registry.errors.append(str(exc))
+            registry.add_file(target)
         elif (target / "SKILL.md").is_file():
-            try:
-                skill = parse_skill_file(target / "SKILL.md")
-                registry.skills[skill.name] = skill
-            except Exception as exc:
-                registry.errors.append(str(exc))
+            registry.add_file(target / "SKILL.md")
         else:
             registry.add_folder(target)
     else:

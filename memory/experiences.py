@@ -193,13 +193,12 @@ class ExperienceStore:
         )
 
     def add(self, lesson: Lesson) -> str:
-        """Write (or replace) one lesson in a single call, so a killed run leaves no partial record."""
-        vector = self._embed([lesson.prompt])
-        with self._collection() as col:
-            col.upsert(ids=[lesson.id], embeddings=vector, documents=[lesson.prompt], metadatas=[lesson.metadata()])
+        """Write (or replace) one lesson in a single upsert, so a killed run leaves no partial record."""
+        self.add_many([lesson])
         return lesson.id
 
     def add_many(self, lessons: list[Lesson]) -> int:
+        """Write (or replace) lessons in one upsert."""
         if not lessons:
             return 0
         vectors = self._embed([item.prompt for item in lessons])

@@ -107,16 +107,20 @@ class SkillRegistry:
             self.errors.append(f"{root}: skills folder does not exist")
             return
         for skill_md in sorted(root.glob("*/SKILL.md")):
-            try:
-                skill = parse_skill_file(skill_md)
-            except SkillError as exc:
-                self.errors.append(str(exc))
-                continue
-            if skill.name in self.skills:
-                other = self.skills[skill.name].path
-                self.errors.append(f"{skill_md}: duplicate skill name {skill.name!r} (already loaded from {other})")
-                continue
-            self.skills[skill.name] = skill
+            self.add_file(skill_md)
+
+    def add_file(self, skill_md: Path) -> None:
+        """Load one SKILL.md; a bad file or a duplicate name is recorded in `errors`, never raised."""
+        try:
+            skill = parse_skill_file(skill_md)
+        except SkillError as exc:
+            self.errors.append(str(exc))
+            return
+        if skill.name in self.skills:
+            other = self.skills[skill.name].path
+            self.errors.append(f"{skill_md}: duplicate skill name {skill.name!r} (already loaded from {other})")
+            return
+        self.skills[skill.name] = skill
 
     def get(self, name: str) -> Skill | None:
         return self.skills.get(name)
