@@ -84,12 +84,18 @@ def run_config(settings: GemsSettings, thread_id: str | None = None, **extra: An
 def continuation(snapshot: Any, prompt: str) -> tuple[bool, dict[str, str] | None]:
     """How to go on with a thread: `(False, None)` when it has finished, else `(True, input)`.
 
-    The input is `{"prompt": ...}` for a new thread and None to resume one that stopped part-way (a crash, a kill,
-    an interrupt), so retrying with the same thread id never redoes finished work.
+    A thread has finished only when `finalize` has written its result and nothing is left to run. Otherwise the
+    input is None to resume from the last checkpoint (a crash, a kill, an interrupt), or `{"prompt": ...}` to start
+    over when no step ever completed (a run killed right after its first checkpoint has `next == ()` and only the
+    `__start__` task), so retrying with the same thread id never redoes finished work and never skips a prompt.
     """
     if not snapshot.values:
         return True, {"prompt": prompt}
-    return bool(snapshot.next), None
+    if snapshot.next:
+        return True, None
+    if snapshot.values.get("final"):
+        return False, None
+    return True, {"prompt": snapshot.values.get("prompt") or prompt}
 
 
 # The server (langgraph dev / Agent Server) injects its own checkpointer, so this one has none.
