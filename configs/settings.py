@@ -45,6 +45,24 @@ class MLLMSettings(_Strict):
         return os.environ.get("GEMS_MLLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
 
 
+class JudgeSettings(MLLMSettings):
+    """`gems bench`: the VQA model that scores images with Soft-TIFA, kept apart from the loop's `mllm`."""
+
+    model: str = Field("Qwen/Qwen3-VL-8B-Instruct", description="GenEval2's official judge")
+    top_logprobs: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="logprobs requested for the answer token: the most the server allows (OpenAI and vLLM's "
+        "default cap: 20; vLLM raises it with --max-logprobs); tokens outside the top-k count as probability 0",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="hub id or folder of the judge's tokenizer, to take each answer's first token exactly as "
+        "GenEval2's evaluation.py does; unset: Qwen-style pre-tokenization (the official judge is Qwen3-VL)",
+    )
+
+
 GeneratorBackend = Literal["diffusers", "http", "openai"]
 
 
@@ -178,7 +196,7 @@ class GemsSettings(_Strict):
     skills: SkillSettings = Field(default_factory=SkillSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
-    judge: MLLMSettings | None = Field(
+    judge: JudgeSettings | None = Field(
         None, description="gems bench: the VQA model that scores images (Soft-TIFA); keep it apart from mllm"
     )
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -311,6 +329,23 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
     return complete(settings.model_copy(update={"data_dir": settings.data_dir.expanduser()}))
+
+
+def configured_value(
+    path: str | os.PathLike[str] | list[str | os.PathLike[str]] | None, dotted: str, env: dict[str, str] | None = None
+) -> Any:
+    """The value the config files themselves give a dotted key (None when no file sets it; defaults don't count)."""
+    env = os.environ if env is None else env
+    chosen = path if path is not None else env.get("GEMS_CONFIG") or None
+    data: dict[str, Any] = {}
+    for one in [] if chosen is None else chosen if isinstance(chosen, list) else [chosen]:
+        data = _deep_merge(data, read_config_file(resolve_config_path(one)))
+    node: Any = data
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
 
 
 def cache_key(settings: BaseModel) -> str:

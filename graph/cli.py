@@ -115,6 +115,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     # Heavy imports only after the arguments and config are known to be good.
     from gems.graph import build_graph, run_config
+    from gems.graph.builder import continuation
     from gems.memory.checkpoint import open_checkpointer
     from gems.memory.trajectory import build_trajectory
 
@@ -132,16 +133,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 raise UsageError(f"no run with thread id {thread_id!r} in {_where(settings)}")
             if prompt and prompt != existing.values.get("prompt"):
                 raise UsageError(f"thread {thread_id} was started with a different prompt; drop the prompt to resume")
-            run_input = None
+            pending, run_input = continuation(existing, existing.values.get("prompt") or "")
             say(f"resuming thread {thread_id}: {_short(existing.values.get('prompt'))}")
         else:
             if existing.values:
                 raise UsageError(f"thread {thread_id} already exists; continue it with --resume {thread_id}")
-            run_input = {"prompt": prompt}
+            pending, run_input = True, {"prompt": prompt}
             say(f"thread {thread_id}: {_short(prompt)}")
 
         try:
-            if run_input is not None or existing.next:
+            if pending:
                 for node_updates in graph.stream(
                     run_input, config, context=settings, stream_mode="updates", durability="sync"
                 ):
@@ -310,7 +311,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark prompt set with one method and write results and reports."""
     from gems.configs import load_settings
+    from gems.configs.settings import configured_value
     from gems.graph.bench.datasets import DatasetError
+    from gems.graph.bench.report import headline
     from gems.graph.bench.runner import run_bench
 
     settings = load_settings(args.config, overrides={"loop.max_rounds": args.max_rounds, "loop.seed": args.seed})
@@ -322,18 +325,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.out,
             concurrency=args.concurrency,
             limit=args.limit,
+            first=args.first,
+            sample_seed=args.sample_seed,
             scorer=args.scorer,
             search_n=args.search_n,
+            images_per_prompt=args.images_per_prompt,
+            # Bench runs are the paper's method: lessons across prompts only when a config file turns them on.
+            lessons=configured_value(args.config, "memory.lessons") is True,
+            force_new=args.force_new,
             progress=not args.quiet,
         )
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
     print(
-        f"{summary['method']} on {summary['dataset']}: {summary['finished']}/{summary['prompts']} prompts, "
-        f"score {summary['score']} ({summary['scorer']}), success rate {summary['success_rate']}, "
-        f"report {Path(args.out) / 'report.html'}"
+        f"{summary['method']} on {summary['dataset']}: {summary['finished']}/{summary['prompts']} prompts; "
+        f"{headline(summary)}; report {Path(args.out) / 'report.html'}"
     )
     return EXIT_ERROR if summary["errors"] else 0
+
+
+def cmd_bench_export(args: argparse.Namespace) -> int:
+    """Write a bench run's images in the layout a benchmark's official script reads."""
+    from gems.graph.bench.export import export_run
+
+    count = export_run(args.run_dir, args.format, args.to, images_per_prompt=args.images_per_prompt)
+    print(f"{count} prompts written to {args.to} in the {args.format} layout")
+    return 0
 
 
 def _where(settings: Any) -> str:
@@ -423,21 +440,43 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue-timeout", type=float, default=30.0, help="seconds a request waits before 429")
     serve.set_defaults(func=cmd_serve)
 
+    from gems.graph.bench.export import FORMATS
     from gems.graph.bench.methods import METHODS
+    from gems.graph.bench.scoring import SCORERS
 
-    bench = sub.add_parser("bench", help="run a benchmark prompt set (GenEval, GenEval2, DPG, text, JSONL)")
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark prompt set (GenEval, GenEval2, DPG, text, JSONL); 'bench export' for official scripts",
+        description="Run a prompt set with one method. `gems bench export RUN_DIR --format F --to DIR` writes a "
+        "run's images in the layout the benchmark's own scoring script reads.",
+    )
     bench.add_argument("prompts", help="prompt file or folder (GenEval/GenEval2 .jsonl, DPG folder, .txt, .jsonl)")
     bench.add_argument("--config", action="append", help="YAML config or preset; repeat to merge (ablations/...)")
     bench.add_argument("--method", choices=METHODS, default="gems", help="method from the paper's tables")
     bench.add_argument("--out", required=True, help="output folder (re-run to continue an interrupted bench)")
     bench.add_argument("--concurrency", type=int, default=4, help="prompts in flight at once (default 4)")
-    bench.add_argument("--limit", type=int, help="only the first K prompts")
-    bench.add_argument("--scorer", default="auto", help="auto, soft-tifa, verifier or none (default auto)")
+    bench.add_argument("--limit", type=int, help="a stratified sample of K prompts (by atom count / tag / category)")
+    bench.add_argument("--first", type=int, help="the first K prompts of the file instead")
+    bench.add_argument("--sample-seed", type=int, default=0, help="seed of the --limit sample (default 0)")
+    bench.add_argument("--scorer", choices=SCORERS, default="auto", help="default auto: Soft-TIFA for GenEval2")
     bench.add_argument("--search-n", type=int, default=5, help="candidates for --method search (default 5)")
+    bench.add_argument("--images-per-prompt", type=int, default=1, help="samples per prompt (GenEval uses 4)")
     bench.add_argument("--max-rounds", type=int, help="override loop.max_rounds")
-    bench.add_argument("--seed", type=int, help="base seed")
+    bench.add_argument("--seed", type=int, help="base seed (default: drawn once and kept in run.json)")
+    bench.add_argument("--force-new", action="store_true", help="clear a folder that holds another run")
     bench.add_argument("--quiet", action="store_true", help="no progress line")
     bench.set_defaults(func=cmd_bench)
+
+    export = sub.add_parser(
+        "bench-export", help=argparse.SUPPRESS, prog="gems bench export", description=cmd_bench_export.__doc__
+    )
+    export.add_argument("run_dir", help="a gems bench --out folder")
+    export.add_argument("--format", required=True, choices=FORMATS, help="the official script's layout")
+    export.add_argument("--to", required=True, help="folder to write")
+    export.add_argument("--images-per-prompt", type=int, default=1, help="images per prompt (GenEval: 4; DPG: 1 or 4)")
+    export.set_defaults(func=cmd_bench_export)
+    # Reached as `gems bench export`; Python 3.11's argparse lists a SUPPRESSed sub-command as "==SUPPRESS==".
+    sub._choices_actions = [a for a in sub._choices_actions if a.dest != "bench-export"]
     return parser
 
 
@@ -467,6 +506,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `gems` console script."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "export"]:  # `gems bench export RUN_DIR`: bench's other positional is a prompt file
+        argv = ["bench-export", *argv[2:]]
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

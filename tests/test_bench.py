@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import subprocess
 import sys
@@ -12,9 +14,10 @@ import pytest
 from gems.configs import load_settings
 from gems.graph.bench.datasets import DatasetError, load_prompts
 from gems.graph.bench.runner import run_bench
-from gems.graph.bench.scoring import answer_probability, geometric_mean, judge_warning
+from gems.graph.bench.scoring import judge_warning
 from tests.conftest import make_settings
 from tests.support.net import write_stub_config
+from tests.support.official import official_soft_tifa, qwen_like_first_token
 from tests.support.servers import OpenAIStub, user_text
 
 DATA = Path(__file__).parent / "data" / "bench"
@@ -23,13 +26,15 @@ CRITERIA = ["Is the main object there?", "Are the colours right?"]
 
 def test_prompt_set_formats():
     fmt, items = load_prompts(DATA / "geneval2_data.jsonl")
-    assert fmt == "geneval2" and len(items) == 3 and items[0].id == "00000"
-    assert items[0].atoms[1] == ("How many apples are there?", "2")
-    assert items[0].categories == ["count", "color", "atoms=3"]
+    assert fmt == "geneval2" and len(items) == 4 and items[0].id == "00000"
+    assert items[0].atoms[0] == ("How many apples are in the image?", "two")
+    assert items[0].categories == ["count", "attribute"]
+    assert items[0].meta == {"skills": ["count", "attribute", "attribute"], "atom_count": 3}
     fmt, items = load_prompts(DATA / "evaluation_metadata.jsonl")
     assert (
         fmt == "geneval" and items[1].categories == ["two_object"] and items[1].prompt == "a photo of a cup and a book"
     )
+    assert items[1].meta["record"]["include"][1] == {"class": "book", "count": 1}
     fmt, items = load_prompts(DATA / "dpg")
     assert fmt == "dpg" and [i.id for i in items] == ["desk", "harbour"]
     fmt, items = load_prompts(DATA / "prompts.txt")
@@ -47,24 +52,13 @@ def test_bad_prompt_files(tmp_path):
         load_prompts(bad)
 
 
-def test_soft_tifa_arithmetic():
-    top = [
-        {"token": "Yes", "logprob": -0.1053605},
-        {"token": " yes", "logprob": -3.0},
-        {"token": "No", "logprob": -2.5},
-    ]
-    assert answer_probability(top, "yes") == pytest.approx(0.9 + 0.0497871, abs=1e-4)
-    assert answer_probability([{"token": "two", "logprob": -0.2231436}], "2") == pytest.approx(0.8, abs=1e-6)
-    assert geometric_mean([0.9, 0.5]) == pytest.approx(0.6708204) and geometric_mean([0.9, 0.0]) == 0.0
-
-
 def judge_server(prob_by_question: dict[str, float]) -> OpenAIStub:
     """A VQA judge answering with logprobs: the expected answer gets the scripted probability."""
 
     def chat(body):
-        question = user_text(body)
+        question = user_text(body).removesuffix(" Answer in one word.")
         p = prob_by_question.get(question, 0.5)
-        answer = "2" if question.startswith("How many") else "Yes"
+        answer = "two" if question.startswith("How many") else "Yes"
         return {"content": answer, "top_logprobs": [(answer, p), ("No", 1 - p)]}
 
     return OpenAIStub(chat=chat).start()
@@ -73,13 +67,13 @@ def judge_server(prob_by_question: dict[str, float]) -> OpenAIStub:
 def test_gems_bench_scores_reports_and_costs(mllm_server, gen_server, isolated_env, tmp_path):
     mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
     gen = gen_server()
-    judge = judge_server({"Are there apples?": 0.9, "How many apples are there?": 0.5})
+    judge = judge_server({"Are the apples red?": 0.9, "How many apples are in the image?": 0.5})
     try:
         settings = make_settings(
             mllm, gen, isolated_env, skills={"top_k": 20},
             judge={"base_url": judge.base_url, "model": "judge-vlm", "api_key": "sk-j", "max_retries": 0},
         )  # fmt: skip
-        summary = run_bench(DATA / "geneval2_data.jsonl", settings, "gems", tmp_path / "out", concurrency=2)
+        summary = run_bench(DATA / "geneval2_data.jsonl", settings, "gems", tmp_path / "out", concurrency=2, first=3)
     finally:
         judge.stop()
     assert summary["finished"] == 3 and summary["errors"] == [] and summary["scorer"] == "soft-tifa"
@@ -87,18 +81,22 @@ def test_gems_bench_scores_reports_and_costs(mllm_server, gen_server, isolated_e
     first = results["00000"]["score"]
     assert first["gm"] == pytest.approx((0.9 * 0.5 * 0.5) ** (1 / 3), abs=1e-4)
     assert first["am"] == pytest.approx((0.9 + 0.5 + 0.5) / 3, abs=1e-4)
-    assert summary["by_category"]["count"]["n"] == 1 and summary["by_category"]["color"]["n"] == 2
+    assert summary["by_skill"]["count"]["atoms"] == 1 and summary["by_skill"]["attribute"]["atoms"] == 4
+    assert list(summary["by_atom_count"]) == ["3", "4"] and summary["by_atom_count"]["3"]["prompts"] == 2
     # The criteria each pass on their 2nd attempt: the 3 prompts race, but every prompt succeeds.
-    assert summary["success_rate"] == 1.0 and len(summary["round_pass_rate"]) == 5
-    assert summary["round_pass_rate"][-1] == 1.0
+    check = summary["self_check"]
+    assert check["success_rate"] == 1.0 and len(check["round_pass_rate"]) == 5 and check["round_pass_rate"][-1] == 1.0
     cost = summary["cost_total"]
+    assert cost["judge_calls"] == 3 + 4 + 3  # one call per atom (the start-up probe is not a prompt's cost)
     assert cost["generator_calls"] == len(gen.prompts) and cost["mllm_calls"] > 0 and cost["image_parts"] > 0
     assert cost["generator_busy_s"] > 0 and summary["cost_per_prompt"]["wall_s"] > 0
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| pass rate |" in report and "| count |" in report and "generator_busy_s" in report
+    assert "Soft-TIFA (GenEval2's official metric): soft_tifa_gm" in report and "judge_calls" in report
     gallery = (tmp_path / "out" / "report.html").read_text()
     assert gallery.count("<img") == sum(len(r["rounds"]) for r in results.values()) and "✓" in gallery
-    assert "Criteria pass rate by round: " in gallery and " MLLM calls (" in gallery and '{"mllm_calls"' not in gallery
+    assert "Criteria pass rate by round (self-check" in gallery and " MLLM calls (" in gallery
+    assert "<h2>Soft-TIFA GM per atom count</h2>" in gallery and '{"mllm_calls"' not in gallery
     for record in results.values():
         for r in record["rounds"]:
             assert (tmp_path / "out" / "images" / f"{r['image']['sha256']}.png").exists()
@@ -117,7 +115,7 @@ def test_baseline_methods(mllm_server, gen_server, isolated_env, tmp_path, metho
     mllm, script = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
     gen = gen_server()
     settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20})
-    summary = run_bench(DATA / "prompts.txt", settings, method, tmp_path / "out", limit=1, search_n=3, concurrency=1)
+    summary = run_bench(DATA / "prompts.txt", settings, method, tmp_path / "out", first=1, search_n=3, concurrency=1)
     assert summary["finished"] == 1 and len(gen.prompts) == generator_calls
     assert {k: v for k, v in script.calls.items() if v} == roles
     if method == "rewrite":
@@ -134,7 +132,7 @@ def test_rerun_skips_finished_prompts(mllm_server, gen_server, isolated_env, tmp
     gen = gen_server()
     settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20})
     out = tmp_path / "out"
-    assert run_bench(DATA / "dpg", settings, "gems", out, limit=1)["finished"] == 1
+    assert run_bench(DATA / "dpg", settings, "gems", out, first=1)["finished"] == 1
     assert len(gen.prompts) == 1
     assert run_bench(DATA / "dpg", settings, "gems", out)["finished"] == 2
     assert len(gen.prompts) == 2
@@ -143,27 +141,41 @@ def test_rerun_skips_finished_prompts(mllm_server, gen_server, isolated_env, tmp
 
 
 @pytest.mark.slow
-def test_killed_bench_loses_only_what_was_in_flight(mllm_server, gen_server, tmp_path):
-    mllm, script = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n % 2 == 0 else "no")
-    gen = gen_server(block_on_call=3)  # prompt 1 takes calls 1-2; prompt 2 blocks in its first round
+def test_killed_bench_loses_nothing(mllm_server, gen_server, tmp_path):
+    # Kill 1: prompt 2 is generating (prompt 1 finished). Kill 2: prompt 3 is decomposing (prompt 2 finished on
+    # resume). Then the bench finishes: every prompt has its image, only the generation in flight was redone.
+    mllm, script = mllm_server(criteria=CRITERIA, block_at=("decompose", 3))
+    gen = gen_server(block_on_call=2)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("p one\np two\np three\n")
     cfg = write_stub_config(tmp_path / "c.yaml", mllm.base_url, gen.url, data_dir=str(tmp_path / "data"))
-    args = [sys.executable, "-m", "gems.graph.cli", "bench", str(DATA / "prompts.txt"), "--config", str(cfg)]
+    args = [sys.executable, "-m", "gems.graph.cli", "bench", str(prompts), "--config", str(cfg)]
     args += ["--out", str(tmp_path / "out"), "--concurrency", "1", "--quiet", "--scorer", "verifier"]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE)
-    try:
-        assert gen.blocked.wait(90)
-        proc.kill()
-    finally:
-        proc.wait(30)
-    assert [p.name for p in (tmp_path / "out" / "results").glob("*.json")] == ["00000.json"]
-    decompositions = script.calls["decompose"]
-    gen.block_on_call = None
-    gen.release.set()
+    results = tmp_path / "out" / "results"
+    for blocked in (gen.blocked, script.blocked):
+        proc = subprocess.Popen(args, stderr=subprocess.PIPE)
+        try:
+            assert blocked.wait(90)
+            proc.kill()
+        finally:
+            proc.wait(30)
+        gen.block_on_call = None
+        gen.release.set()
+    assert sorted(p.name for p in results.glob("*.json")) == ["00000.json", "00001.json"]
+    script.block_at = None
+    script.release.set()
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "text: 2/2 prompts" in result.stdout.replace("gems on ", "")
-    assert script.calls["decompose"] == decompositions  # prompt 2 continued from its checkpoint
-    assert gen.prompts.count("a red cube") == 1  # prompt 1 was not run again
+    assert gen.prompts.count("p one") == 1 and gen.prompts.count("p three") == 1
+    assert gen.prompts.count("p two") == 2  # the generation in flight at the first kill, and no other repeat
+    assert script.calls["decompose"] == 4  # one per prompt, plus the one in flight at the second kill
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    files = sorted(results.glob("*.json"))
+    assert summary["finished"] == summary["prompts"] == summary["scored"] == len(files) == 3
+    for path in files:
+        assert Path(json.loads(path.read_text())["final"]["image"]["path"]).is_file()
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert len(run["resumed_at"]) == 2 and run["finished_at"]
 
 
 def test_judge_warning_and_ablation_configs(tmp_path):
@@ -192,3 +204,230 @@ def test_bench_cli_errors(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2 and "gems: error: no such prompt file or folder" in result.stderr
+
+
+# ---- the benchmarks' own numbers ----
+
+# Full next-token distributions per question (every token the judge could emit; they sum to 1).
+DISTRIBUTIONS = {
+    # "two": the official sums two, Two, " two", " Two", "2" and the first token of " 2" (a lone space).
+    "How many apples are in the image?": {"two": 0.5, " two": 0.1, "2": 0.2, " ": 0.05, "three": 0.15},
+    # YES and "Yes." are not in the official list: only "Yes" counts here.
+    "Are the apples red?": {"YES": 0.6, "Yes.": 0.3, "Yes": 0.1},
+    # A tiny probability must survive (no rounding): the prompt's GM is small, not 0.
+    "Is the plate blue?": {"No": 1 - 1e-8, "Yes": 1e-8},
+    # "ten": the first token of "10" is "1"; a whole "10" token is ignored, as the official does.
+    "How many cups are in the image?": {"1": 0.4, "ten": 0.3, "10": 0.2, "No": 0.1},
+    "How many books are in the image?": {"one": 0.6, "1": 0.3, "One": 0.1},
+    "Is the cat sleeping?": {"No": 1.0},  # an atom at 0 zeroes its prompt's GM
+}
+DEFAULT_DISTRIBUTION = {"Yes": 0.7, " yes": 0.1, "yes": 0.05, "No": 0.15}
+
+
+def distribution_judge() -> OpenAIStub:
+    def chat(body):
+        question = user_text(body).removesuffix(" Answer in one word.")
+        dist = DISTRIBUTIONS.get(question, DEFAULT_DISTRIBUTION)
+        top = sorted(dist.items(), key=lambda kv: -kv[1])
+        return {"content": top[0][0], "top_logprobs": [(t, p) for t, p in top if p > 0] or [("No", 1.0)]}
+
+    return OpenAIStub(chat=chat).start()
+
+
+def test_soft_tifa_equals_the_official_formulas(mllm_server, gen_server, isolated_env, tmp_path):
+    from gems.graph.bench.scoring import qwen_first_token
+
+    for text in ("Yes", " yes", "two", " Two", "2", " 2", "10", " 10", "other", " other"):
+        assert qwen_first_token(text) == qwen_like_first_token(text)
+    mllm, _ = mllm_server()
+    gen = gen_server()
+    judge = distribution_judge()
+    try:
+        settings = make_settings(mllm, gen, isolated_env, judge={"base_url": judge.base_url, "model": "j"})
+        summary = run_bench(DATA / "geneval2_data.jsonl", settings, "original", tmp_path / "out", concurrency=2)
+    finally:
+        judge.stop()
+    records = [json.loads(line) for line in (DATA / "geneval2_data.jsonl").read_text().splitlines()]
+    official = official_soft_tifa(records, lambda q: DISTRIBUTIONS.get(q, DEFAULT_DISTRIBUTION))
+    assert summary["scorer"] == "soft-tifa" and summary["metric"] == "Soft-TIFA (GenEval2's official metric)"
+    assert summary["scores"]["soft_tifa_gm"] == pytest.approx(official["soft_tifa_gm"], abs=1e-9)
+    assert summary["scores"]["soft_tifa_am"] == pytest.approx(official["soft_tifa_am"], abs=1e-9)
+    assert {k: v["soft_tifa_am"] for k, v in summary["by_skill"].items()} == pytest.approx(
+        official["by_skill"], abs=1e-9
+    )
+    assert list(summary["by_skill"]) == ["object", "attribute", "count", "position", "verb"]
+    assert summary["by_skill"]["count"]["atoms"] == 3 and summary["by_skill"]["object"]["atoms"] == 4
+    assert list(summary["by_atom_count"]) == ["3", "4", "10"]  # numeric order
+    assert {k: v["soft_tifa_gm"] for k, v in summary["by_atom_count"].items()} == pytest.approx(
+        official["by_atom_count"]
+    )
+    # The request is evaluation.py's: one user turn, the image first, then the question; one token, logprobs.
+    body = judge.requests[-1]["body"]
+    assert [m["role"] for m in body["messages"]] == ["user"]
+    content = body["messages"][0]["content"]
+    assert [p["type"] for p in content] == ["image_url", "text"] and content[1]["text"].endswith(" Answer in one word.")
+    assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_completion_tokens"] == 1
+    # The image goes as the file is, not downscaled.
+    result = json.loads((tmp_path / "out" / "results" / "00000.json").read_text())
+    assert 0 < result["score"]["gm"] < 1e-2 and result["score"]["atoms"][2]["p"] == pytest.approx(1e-8)  # not rounded
+    sent = content[0]["image_url"]["url"].split(",", 1)[1]
+    finals = [json.loads(p.read_text())["final"]["image"]["path"] for p in (tmp_path / "out" / "results").iterdir()]
+    assert sent in {base64.b64encode(Path(path).read_bytes()).decode() for path in finals}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Soft-TIFA AM per skill (over atoms)" in report and "| 10 |" in report
+
+
+def test_scorer_refusals_happen_before_the_first_prompt(mllm_server, gen_server, isolated_env, tmp_path):
+    from gems.graph.bench.scoring import ScorerError
+
+    mllm, _ = mllm_server(criteria=CRITERIA)
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20})
+    with pytest.raises(ScorerError, match="needs a judge"):
+        run_bench(DATA / "geneval2_data.jsonl", settings, "gems", tmp_path / "a")
+    with pytest.raises(ScorerError, match="needs \\[question, answer\\] atoms"):
+        run_bench(DATA / "prompts.txt", settings.model_copy(update={"judge": settings.mllm}), "gems", tmp_path / "b",
+                  scorer="soft-tifa")  # fmt: skip
+    with pytest.raises(ScorerError, match="method 'original' has none"):
+        run_bench(DATA / "prompts.txt", settings, "original", tmp_path / "c", scorer="verifier")
+    no_logprobs = OpenAIStub(chat=lambda body: "Yes").start()
+    try:
+        judged = make_settings(mllm, gen, isolated_env, judge={"base_url": no_logprobs.base_url, "model": "j"})
+        with pytest.raises(ScorerError, match="returned no logprobs"):
+            run_bench(DATA / "geneval2_data.jsonl", judged, "original", tmp_path / "d")
+    finally:
+        no_logprobs.stop()
+    assert gen.prompts == []  # nothing was generated for any of them
+
+
+def test_self_check_is_labelled_everywhere(mllm_server, gen_server, isolated_env, tmp_path, capsys):
+    from gems.graph.cli import main
+
+    mllm, _ = mllm_server(criteria=CRITERIA)
+    gen = gen_server()
+    cfg = write_stub_config(tmp_path / "c.yaml", mllm.base_url, gen.url, data_dir=str(isolated_env))
+    args = ["bench", str(DATA / "geneval2_data.jsonl"), "--config", str(cfg), "--out", str(tmp_path / "out")]
+    assert main([*args, "--first", "1", "--quiet", "--scorer", "verifier"]) == 0
+    label = "self-check (not the benchmark's metric)"
+    assert label in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["metric"] == label and summary["scores"] == {"self_check": 100.0}
+    assert label in (tmp_path / "out" / "report.md").read_text()
+    assert label in html.unescape((tmp_path / "out" / "report.html").read_text())
+
+
+def test_bench_lessons_stay_off_or_inside_the_run_folder(mllm_server, gen_server, isolated_env, tmp_path):
+    mllm, _ = mllm_server(criteria=CRITERIA)
+    gen = gen_server()
+    embeddings = {"provider": "openai", "base_url": mllm.base_url, "model": "emb", "api_key": "sk-e"}
+    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": True}, embeddings=embeddings)
+    run_bench(DATA / "prompts.txt", settings, "gems", tmp_path / "off", concurrency=1)
+    assert not (isolated_env / "chroma").exists() and not (tmp_path / "off" / "lessons").exists()
+    assert json.loads((tmp_path / "off" / "summary.json").read_text())["lessons"]["enabled"] is False
+    summary = run_bench(DATA / "prompts.txt", settings, "gems", tmp_path / "on", concurrency=1, lessons=True)
+    assert summary["lessons"] == {"enabled": True, "store": str(tmp_path / "on" / "lessons")}
+    assert (tmp_path / "on" / "lessons").is_dir() and not (isolated_env / "chroma").exists()
+    assert "order matters" in (tmp_path / "on" / "report.md").read_text()
+
+
+def test_a_run_folder_belongs_to_one_run(mllm_server, gen_server, isolated_env, tmp_path):
+    from gems.graph.bench.runner import BenchMismatch
+
+    mllm, _ = mllm_server(criteria=CRITERIA)
+    gen = gen_server()
+    from pydantic import SecretStr
+
+    settings = make_settings(mllm, gen, isolated_env)
+    settings = settings.model_copy(
+        update={"mllm": settings.mllm.model_copy(update={"api_key": SecretStr("sk-sec-123")})}
+    )
+    out = tmp_path / "out"
+    run_bench(DATA / "prompts.txt", settings, "original", out, first=1)
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "original" and run["scorer"] == "none" and run["config_digest"]
+    assert run["models"]["mllm"] == "stub-vlm" and isinstance(run["base_seed"], int) and run["gems_version"]
+    assert run["started_at"] and run["finished_at"] and run["wall_s"] > 0
+    assert "sk-sec-123" not in (out / "run.json").read_text()
+    with pytest.raises(BenchMismatch, match="method=original, not rewrite; use --force-new"):
+        run_bench(DATA / "prompts.txt", settings, "rewrite", out)
+    run_bench(DATA / "prompts.txt", settings, "loop", tmp_path / "loop", first=1, scorer="verifier")
+    with pytest.raises(BenchMismatch, match="scorer=verifier, not none"):
+        run_bench(DATA / "prompts.txt", settings, "loop", tmp_path / "loop", scorer="none")
+    other = settings.model_copy(update={"generator": settings.generator.model_copy(update={"steps": 3})})
+    with pytest.raises(BenchMismatch, match=r"generator\.steps differ"):
+        run_bench(DATA / "prompts.txt", other, "original", out)
+    # The same run continues: the recorded seed is reused and wall time accumulates.
+    run_bench(DATA / "prompts.txt", settings, "original", out)
+    again = json.loads((out / "run.json").read_text())
+    assert again["base_seed"] == run["base_seed"] and again["wall_s"] >= run["wall_s"] and len(again["resumed_at"]) == 1
+    assert gen.prompts.count("a red cube") == 2 and gen.prompts.count("a blue sphere") == 1  # 1 by loop, 1 here
+    summary = run_bench(DATA / "prompts.txt", settings, "rewrite", out, force_new=True)
+    assert summary["method"] == "rewrite" and summary["finished"] == 2
+
+
+def test_limit_is_a_stratified_sample():
+    from gems.graph.bench.datasets import BenchPrompt
+    from gems.graph.bench.runner import select_items
+
+    items = [BenchPrompt(f"{i:05d}", f"p{i}", meta={"atom_count": 3 + i // 10}) for i in range(40)]  # sorted by count
+    chosen, selection = select_items(items, 8, None, seed=0)
+    assert sorted(int(i.meta["atom_count"]) for i in chosen) == [3, 3, 4, 4, 5, 5, 6, 6]
+    assert [i.id for i in chosen] == sorted(i.id for i in chosen) and selection["kind"] == "stratified"
+    assert select_items(items, 8, None, seed=0)[0] == chosen and select_items(items, 8, None, seed=1)[0] != chosen
+    assert [i.id for i in select_items(items, None, 3, seed=0)[0]] == ["00000", "00001", "00002"]
+    with pytest.raises(ValueError, match="not both"):
+        select_items(items, 3, 3, seed=0)
+
+
+def test_export_writes_the_official_layouts(mllm_server, gen_server, isolated_env, tmp_path):
+    from PIL import Image
+
+    from gems.graph.bench.export import ExportError, export_run
+
+    mllm, _ = mllm_server()
+    gen = gen_server()
+    settings = make_settings(mllm, gen, isolated_env)
+    run_bench(DATA / "geneval2_data.jsonl", settings, "original", tmp_path / "g2", scorer="none")
+    assert export_run(tmp_path / "g2", "geneval2", tmp_path / "x2") == 4
+    mapping = json.loads((tmp_path / "x2" / "geneval2_images.json").read_text())
+    assert next(iter(mapping)) == "two red apples on a blue plate" and all(Path(p).is_file() for p in mapping.values())
+
+    run_bench(DATA / "evaluation_metadata.jsonl", settings, "original", tmp_path / "ge", images_per_prompt=2)
+    assert export_run(tmp_path / "ge", "geneval", tmp_path / "xe", images_per_prompt=2) == 2
+    assert json.loads((tmp_path / "xe" / "00001" / "metadata.jsonl").read_text())["tag"] == "two_object"
+    assert sorted(p.name for p in (tmp_path / "xe" / "00001" / "samples").iterdir()) == ["0000.png", "0001.png"]
+    with pytest.raises(ExportError, match="--images-per-prompt 4"):
+        export_run(tmp_path / "ge", "geneval", tmp_path / "xe4", images_per_prompt=4)
+
+    run_bench(DATA / "dpg", settings, "original", tmp_path / "dpg", images_per_prompt=4)
+    from gems.graph.cli import main
+
+    assert main(["bench", "export", str(tmp_path / "dpg"), "--format", "dpg", "--to", str(tmp_path / "xd"),
+                 "--images-per-prompt", "4"]) == 0  # fmt: skip
+    assert Image.open(tmp_path / "xd" / "desk.png").size == (64, 64)  # four 32x32 tiles, 2x2
+    seeds = {json.loads(p.read_text())["seed"] for p in (tmp_path / "dpg" / "results").glob("desk*.json")}
+    assert len(seeds) == 4  # each sample its own seed
+
+
+def test_continuation_after_only_the_first_checkpoint():
+    from types import SimpleNamespace
+
+    from gems.graph.builder import continuation
+
+    assert continuation(SimpleNamespace(values={}, next=()), "p") == (True, {"prompt": "p"})
+    # Killed right after the first checkpoint: values exist, nothing is next, nothing was finalized.
+    assert continuation(SimpleNamespace(values={"prompt": "p", "rounds": []}, next=()), "p") == (True, {"prompt": "p"})
+    assert continuation(SimpleNamespace(values={"prompt": "p"}, next=("generate",)), "p") == (True, None)
+    assert continuation(SimpleNamespace(values={"prompt": "p", "final": {"round": 1}}, next=()), "p") == (False, None)
+
+
+def test_lessons_in_a_bench_only_when_a_config_file_turns_them_on(tmp_path):
+    from gems.configs.settings import configured_value
+
+    on = tmp_path / "on.yaml"
+    on.write_text("memory: {lessons: true}\n")
+    assert configured_value(None, "memory.lessons", env={}) is None  # the default (true) does not count
+    assert configured_value(["cpu"], "memory.lessons", env={}) is None
+    assert configured_value(["cpu", str(on)], "memory.lessons", env={}) is True
+    assert configured_value(["cpu", "ablations/gems-lessons"], "memory.lessons", env={}) is True
+    assert configured_value(["ablations/skill"], "memory.lessons", env={}) is False

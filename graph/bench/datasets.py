@@ -10,6 +10,7 @@ No benchmark data ships with gems (GenEval2 is CC BY-NC 4.0); point `gems bench`
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,11 @@ class DatasetError(ValueError):
 
 @dataclass
 class BenchPrompt:
-    """One benchmark item. `atoms` are GenEval2's [question, expected answer] pairs, used by Soft-TIFA."""
+    """One benchmark item.
+
+    `atoms` are GenEval2's [question, expected answer] pairs, used by Soft-TIFA; `meta` keeps what the official
+    scorers need: GenEval2's per-atom `skills` and `atom_count`, GenEval's whole metadata `record`.
+    """
 
     id: str
     prompt: str
@@ -50,18 +55,15 @@ def _geneval2(records: list[dict[str, Any]]) -> list[BenchPrompt]:
     for i, record in enumerate(records):
         atoms = [(str(q), str(a)) for q, a in record.get("vqa_list") or []]
         skills = record.get("skills") or []
-        categories = [str(s) for s in (skills if isinstance(skills, list) else [skills])]
-        if record.get("atom_count") is not None:
-            categories.append(f"atoms={record['atom_count']}")
-        items.append(BenchPrompt(str(record.get("id", f"{i:05d}")), record["prompt"], categories, atoms))
+        skills = [str(s) for s in (skills if isinstance(skills, list) else [skills])]
+        categories = list(dict.fromkeys(skills))
+        meta = {"skills": skills, "atom_count": record.get("atom_count", len(atoms))}
+        items.append(BenchPrompt(str(record.get("id", f"{i:05d}")), record["prompt"], categories, atoms, meta))
     return items
 
 
 def _geneval(records: list[dict[str, Any]]) -> list[BenchPrompt]:
-    return [
-        BenchPrompt(f"{i:05d}", r["prompt"], [str(r["tag"])], meta={"include": r.get("include")})
-        for i, r in enumerate(records)
-    ]
+    return [BenchPrompt(f"{i:05d}", r["prompt"], [str(r["tag"])], meta={"record": r}) for i, r in enumerate(records)]
 
 
 def _plain_jsonl(records: list[dict[str, Any]]) -> list[BenchPrompt]:
@@ -96,3 +98,31 @@ def load_prompts(path: str | Path) -> tuple[str, list[BenchPrompt]]:
     if not prompts:
         raise DatasetError(f"{path} has no prompts")
     return "text", [BenchPrompt(f"{i:05d}", p) for i, p in enumerate(prompts)]
+
+
+def stratum(item: BenchPrompt) -> str:
+    """The group a stratified sample keeps in proportion: GenEval2's atom count, else the first category."""
+    if "atom_count" in item.meta:
+        return f"atoms={item.meta['atom_count']}"
+    return item.categories[0] if item.categories else "all"
+
+
+def stratified_sample(items: list[BenchPrompt], k: int, seed: int) -> list[BenchPrompt]:
+    """`k` items drawn per stratum in proportion to its size (largest remainder), seeded, in file order.
+
+    GenEval2's file is sorted by atom count, so its first 100 prompts are all 3-atom prompts; this keeps every
+    atom count (or GenEval tag, or category) represented as in the whole set.
+    """
+    if k >= len(items):
+        return list(items)
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(stratum(item), []).append(index)
+    quotas = {name: k * len(members) / len(items) for name, members in groups.items()}
+    counts = {name: int(q) for name, q in quotas.items()}
+    by_remainder = sorted(groups, key=lambda name: (-(quotas[name] - counts[name]), name))
+    for name in by_remainder[: k - sum(counts.values())]:
+        counts[name] += 1
+    rng = random.Random(seed)
+    chosen = [i for name in sorted(groups) for i in rng.sample(groups[name], counts[name])]
+    return [items[i] for i in sorted(chosen)]

@@ -4,7 +4,8 @@
 - `rewrite`: one MLLM rewrite, then one generation.
 - `search`: best-of-N by the verifier: N candidates in one round, the one passing the most criteria wins.
 - `loop`: the loop alone (the refiner sees only the last attempt; no skills, no lessons): Fig. 4's "Agent Loop".
-- `gems`: the full method, with the config's settings (`configs/ablations/` holds Fig. 4's other rows).
+- `gems`: the full method, with the config's settings (`configs/ablations/` holds Fig. 4's other rows); in a bench,
+  lessons from other prompts only when a config file turns them on (see `runner.run_bench`).
 """
 
 from __future__ import annotations
@@ -103,12 +104,14 @@ def _graph_run(item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id:
     }
 
 
-def run_method(method: str, item: BenchPrompt, settings: GemsSettings, graph: Any) -> dict[str, Any]:
+def run_method(
+    method: str, item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str | None = None
+) -> dict[str, Any]:
     """Run one prompt with one method and return its record (without score)."""
     started = time.perf_counter()
     if method in ("original", "rewrite"):
         record = _one_shot(method, item, settings)
     else:
-        record = _graph_run(item, settings, graph, f"{method}-{item.id}")
+        record = _graph_run(item, settings, graph, thread_id or f"{method}-{item.id}")
     record["cost"]["wall_s"] = round(time.perf_counter() - started, 4)
     return {"id": item.id, "prompt": item.prompt, "categories": item.categories, "method": method, **record}

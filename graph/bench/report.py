@@ -1,4 +1,8 @@
-"""Bench reports: `summary.json`, `report.md` and a self-contained `report.html` gallery."""
+"""Bench reports: `summary.json`, `report.md` and a self-contained `report.html` gallery.
+
+Every number says what it is: GenEval2's Soft-TIFA tables on the official 0-100 scale, or the loop's own verdict
+labelled "self-check (not the benchmark's metric)", or no score at all (export and run the official script).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,18 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-COST_KEYS = ("mllm_calls", "input_tokens", "output_tokens", "image_parts", "generator_calls", "wall_s",
-             "generator_busy_s")  # fmt: skip
+from gems.graph.bench.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
+
+# Additive costs: their total is meaningful. Per-prompt `wall_s` overlaps under concurrency, so only its mean is
+# shown; the run's real elapsed time is the summary's `wall_s`.
+COST_KEYS = ("mllm_calls", "input_tokens", "output_tokens", "image_parts", "generator_calls", "generator_busy_s",
+             "judge_calls", "judge_input_tokens", "judge_output_tokens")  # fmt: skip
+SKILL_ORDER = ("object", "attribute", "count", "position", "verb")  # soft_tifa_analysis.py's order
+
+Table = tuple[str, list[str], list[list[str]]]
+
+
+# ---- numbers ----
 
 
 def round_pass_rates(records: list[dict[str, Any]], max_rounds: int) -> list[float | None]:
@@ -27,42 +41,93 @@ def round_pass_rates(records: list[dict[str, Any]], max_rounds: int) -> list[flo
     return [round(mean(v), 4) if v else None for v in per_round]
 
 
-def build_summary(
-    records: list[dict[str, Any]],
-    *,
-    dataset: str,
-    method: str,
-    total: int,
-    errors: list[str],
-    wall_s: float,
-    max_rounds: int,
-) -> dict[str, Any]:
-    scored = [r for r in records if isinstance(r.get("score"), dict)]
-    by_category: dict[str, list[float]] = {}
+def soft_tifa_tables(scored: list[dict[str, Any]]) -> dict[str, Any]:
+    """GenEval2's numbers on its 0-100 scale, as evaluation.py and soft_tifa_analysis.py compute them.
+
+    `soft_tifa_gm` / `soft_tifa_am`: 100 x the mean over prompts of each prompt's GM / AM of atom probabilities.
+    `by_skill`: per skill, 100 x the AM over every atom with that skill. `by_atom_count`: per atom count,
+    100 x the mean of the prompts' GMs, in numeric order.
+    """
+    gms = [r["score"]["gm"] for r in scored]
+    ams = [r["score"]["am"] for r in scored]
+    skill_sum: dict[str, float] = {}
+    skill_n: dict[str, int] = {}
+    by_count: dict[int, list[float]] = {}
     for record in scored:
+        probs = [a["p"] for a in record["score"]["atoms"]]
+        for skill, p in zip(record.get("atom_skills") or [], probs, strict=False):
+            skill_sum[skill] = skill_sum.get(skill, 0.0) + p
+            skill_n[skill] = skill_n.get(skill, 0) + 1
+        if record.get("atom_count") is not None:
+            by_count.setdefault(int(record["atom_count"]), []).append(record["score"]["gm"])
+    skills = [s for s in SKILL_ORDER if s in skill_n] + sorted(set(skill_n) - set(SKILL_ORDER))
+    return {
+        "scores": {"soft_tifa_gm": 100 * sum(gms) / len(gms), "soft_tifa_am": 100 * sum(ams) / len(ams)},
+        "by_skill": {s: {"soft_tifa_am": 100 * skill_sum[s] / skill_n[s], "atoms": skill_n[s]} for s in skills},
+        "by_atom_count": {
+            str(n): {"soft_tifa_gm": 100 * sum(v) / len(v), "prompts": len(v)} for n, v in sorted(by_count.items())
+        },
+    }
+
+
+def self_check_tables(scored: list[dict[str, Any]]) -> dict[str, Any]:
+    """The loop's own pass rate (0-100), overall and per category: a self-check, not a benchmark's metric."""
+    values = [r for r in scored if r["score"].get("self_check") is not None]
+    by_category: dict[str, list[float]] = {}
+    for record in values:
         for category in record.get("categories") or ["all"]:
-            by_category.setdefault(category, []).append(record["score"]["score"])
+            by_category.setdefault(category, []).append(record["score"]["self_check"])
+    return {
+        "scores": {"self_check": 100 * mean(r["score"]["self_check"] for r in values)} if values else {},
+        "by_category": {k: {"self_check": 100 * mean(v), "prompts": len(v)} for k, v in sorted(by_category.items())},
+    }
+
+
+def build_summary(records: list[dict[str, Any]], *, run: dict[str, Any], total: int, errors: list[str]) -> dict:
+    """The run's numbers: the scorer's own tables, the loop's self-check figures, cost and time."""
+    scorer = run.get("scorer")
+    # Only this run's scorer: results from different scorers are never averaged together.
+    scored = [r for r in records if scorer and r.get("scorer") == scorer and isinstance(r.get("score"), dict)]
+    complete = bool(scorer) and len(scored) == total
+    tables: dict[str, Any] = {}
+    if scored:
+        tables = soft_tifa_tables(scored) if scorer == "soft-tifa" else self_check_tables(scored)
     checked = [r for r in records if r.get("criteria")]
     costs = {key: round(sum((r.get("cost") or {}).get(key, 0) or 0 for r in records), 4) for key in COST_KEYS}
+    per_prompt = {k: round(v / len(records), 4) for k, v in costs.items()} if records else {}
+    if records:
+        per_prompt["wall_s"] = round(mean((r.get("cost") or {}).get("wall_s", 0) or 0 for r in records), 4)
+    lessons = run.get("lessons") or {}
+    max_rounds = ((run.get("config") or {}).get("loop") or {}).get("max_rounds", 5)
     return {
-        "dataset": dataset,
-        "method": method,
+        "dataset": run.get("dataset"),
+        "method": run.get("method"),
+        "scorer": scorer,
+        "metric": {"soft-tifa": SOFT_TIFA_LABEL, "verifier": SELF_CHECK_LABEL}.get(scorer or ""),
         "prompts": total,
         "finished": len(records),
+        "scored": len(scored),
         "errors": errors,
-        "scorer": scored[0].get("scorer") if scored else None,
-        "score": round(mean(r["score"]["score"] for r in scored), 4) if scored else None,
-        "score_am": round(mean(r["score"]["am"] for r in scored if "am" in r["score"]), 4)
-        if any("am" in r["score"] for r in scored)
-        else None,
-        "by_category": {k: {"score": round(mean(v), 4), "n": len(v)} for k, v in sorted(by_category.items())},
-        "success_rate": round(mean(1.0 if r.get("success") else 0.0 for r in checked), 4) if checked else None,
+        # The official scripts need every prompt: a partial mean is kept apart and labelled.
+        "scores": tables.get("scores") if complete else None,
+        "partial_scores": None if complete or not scored else tables.get("scores"),
+        "by_skill": tables.get("by_skill", {}),
+        "by_atom_count": tables.get("by_atom_count", {}),
+        "by_category": tables.get("by_category", {}),
+        "self_check": {
+            "label": SELF_CHECK_LABEL,
+            "success_rate": round(mean(1.0 if r.get("success") else 0.0 for r in checked), 4) if checked else None,
+            "round_pass_rate": round_pass_rates(records, max_rounds),
+        },
         "rounds_used": round(mean(len(r.get("rounds") or []) for r in records), 3) if records else None,
-        "round_pass_rate": round_pass_rates(records, max_rounds),
+        "lessons": {"enabled": bool(lessons.get("enabled")), "store": lessons.get("store")},
         "cost_total": costs,
-        "cost_per_prompt": {k: round(v / len(records), 4) for k, v in costs.items()} if records else {},
-        "bench_wall_s": round(wall_s, 3),
+        "cost_per_prompt": per_prompt,
+        "wall_s": run.get("wall_s"),
     }
+
+
+# ---- text ----
 
 
 def _fmt(value: Any) -> str:
@@ -73,42 +138,103 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """One line saying what the number is: the benchmark's metric, a labelled self-check, or none."""
+    scores, partial, scorer = summary.get("scores"), summary.get("partial_scores"), summary.get("scorer")
+    if scorer is None:
+        return "no score computed by gems: export the images (gems bench export) and run the benchmark's own script"
+    label = summary.get("metric")
+    if scores is None:
+        shown = (
+            "; partial (not comparable): " + ", ".join(f"{k} {_num(v)}" for k, v in partial.items()) if partial else ""
+        )
+        return f"{label}: incomplete, {summary['scored']} of {summary['prompts']} prompts scored{shown}"
+    if scorer == "soft-tifa":
+        return f"{label}: soft_tifa_gm {_num(scores['soft_tifa_gm'])}, soft_tifa_am {_num(scores['soft_tifa_am'])}"
+    return f"{label}: {_num(scores.get('self_check'))}% of criteria passed by the final images"
+
+
+def score_tables(summary: dict[str, Any]) -> list[Table]:
+    """The per-skill, per-atom-count and per-category tables as (title, header, rows), for Markdown and HTML."""
+    tables: list[Table] = []
+    if summary["by_skill"]:
+        rows = [[k, _num(v["soft_tifa_am"]), str(v["atoms"])] for k, v in summary["by_skill"].items()]
+        tables.append(("Soft-TIFA AM per skill (over atoms)", ["skill", "soft_tifa_am", "atoms"], rows))
+    if summary["by_atom_count"]:
+        rows = [[k, _num(v["soft_tifa_gm"]), str(v["prompts"])] for k, v in summary["by_atom_count"].items()]
+        tables.append(("Soft-TIFA GM per atom count", ["atoms", "soft_tifa_gm", "prompts"], rows))
+    if summary["by_category"]:
+        rows = [[k, _num(v["self_check"]), str(v["prompts"])] for k, v in summary["by_category"].items()]
+        tables.append((f"{summary['metric']} per category", ["category", "self_check", "prompts"], rows))
+    return tables
+
+
+def _markdown_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def _html_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<h2>{esc(title)}</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def _lessons_line(summary: dict[str, Any]) -> str:
+    lessons = summary["lessons"]
+    if lessons["enabled"]:
+        return f"on (store {lessons['store']}; each prompt may use lessons of earlier ones, so order matters)"
+    return "off (the paper's method: nothing carried between prompts)"
+
+
 def report_markdown(summary: dict[str, Any]) -> str:
+    check = summary["self_check"]
+    rates = check["round_pass_rate"]
     lines = [
         f"# gems bench: {summary['method']} on {summary['dataset']}",
         "",
+        f"- **{headline(summary)}**",
         f"- prompts: {summary['finished']}/{summary['prompts']} finished"
         + (f", {len(summary['errors'])} failed" if summary["errors"] else ""),
-        f"- score ({summary['scorer'] or 'none'}): {_fmt(summary['score'])}"
-        + (f" (atom mean {_fmt(summary['score_am'])})" if summary.get("score_am") is not None else ""),
-        f"- success rate (all criteria passed): {_fmt(summary['success_rate'])}",
+        f"- cross-prompt lessons: {_lessons_line(summary)}",
+        f"- wall time: {_fmt(summary['wall_s'])} s (real elapsed, all sessions)",
         f"- rounds used per prompt: {_fmt(summary['rounds_used'])}",
+        f"- success rate, {check['label']}: {_fmt(check['success_rate'])}",
         "",
-        "## Pass rate of the criteria per round",
+        *(line for table in score_tables(summary) for line in _markdown_table(*table)),
+        f"## Pass rate of the criteria per round, {check['label']}",
         "",
-        "| round | " + " | ".join(str(i + 1) for i in range(len(summary["round_pass_rate"]))) + " |",
-        "|---|" + "---|" * len(summary["round_pass_rate"]),
-        "| pass rate | " + " | ".join(_fmt(v) for v in summary["round_pass_rate"]) + " |",
+        "| round | " + " | ".join(str(i + 1) for i in range(len(rates))) + " |",
+        "|---|" + "---|" * len(rates),
+        "| pass rate | " + " | ".join(_fmt(v) for v in rates) + " |",
         "",
+        "## Cost",
+        "",
+        "| | total | per prompt |",
+        "|---|---|---|",
     ]
-    if summary["by_category"]:
-        lines += ["## Score per category", "", "| category | score | prompts |", "|---|---|---|"]
-        lines += [f"| {k} | {_fmt(v['score'])} | {v['n']} |" for k, v in summary["by_category"].items()]
-        lines.append("")
-    lines += ["## Cost", "", "| | total | per prompt |", "|---|---|---|"]
     lines += [
         f"| {k} | {_fmt(v)} | {_fmt(summary['cost_per_prompt'].get(k))} |" for k, v in summary["cost_total"].items()
     ]
+    lines.append(f"| wall_s | {_fmt(summary['wall_s'])} elapsed | {_fmt(summary['cost_per_prompt'].get('wall_s'))} |")
     if summary["errors"]:
         lines += ["", "## Failed prompts", ""] + [f"- {e}" for e in summary["errors"]]
     return "\n".join(lines) + "\n"
 
 
+# ---- gallery ----
+
 CSS = """body{font:14px system-ui,sans-serif;margin:2em;background:#fafafa;color:#222}
 .item{background:#fff;border:1px solid #ddd;border-radius:8px;margin:1.5em 0;padding:1em}
 .rounds{display:flex;gap:1em;overflow-x:auto}.round{min-width:220px;max-width:260px}
 .round img{width:100%;border-radius:4px;border:3px solid #ccc}.round.final img{border-color:#2a7}
-.ok{color:#2a7}.no{color:#c33}.small{font-size:12px;color:#555}ul{padding-left:1.1em;margin:.3em 0}"""
+.ok{color:#2a7}.no{color:#c33}.small{font-size:12px;color:#555}ul{padding-left:1.1em;margin:.3em 0}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"""
 
 
 def _cost_line(cost: dict[str, Any]) -> str:
@@ -116,11 +242,21 @@ def _cost_line(cost: dict[str, Any]) -> str:
         value = cost.get(key, 0) or 0
         return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
+    judge = f" · {n('judge_calls')} judge calls" if cost.get("judge_calls") else ""
     return (
         f"{n('mllm_calls')} MLLM calls ({n('input_tokens')} in / {n('output_tokens')} out tokens, "
         f"{n('image_parts')} images sent) · {n('generator_calls')} generations "
-        f"({cost.get('generator_busy_s', 0):.2f}s busy) · {cost.get('wall_s', 0):.2f}s wall"
+        f"({cost.get('generator_busy_s', 0):.2f}s busy){judge} · {cost.get('wall_s', 0):.2f}s wall"
     )
+
+
+def _record_score(record: dict[str, Any]) -> str:
+    score = record.get("score") or {}
+    if record.get("scorer") == "soft-tifa":
+        return f"Soft-TIFA GM {100 * score['gm']:.2f} / AM {100 * score['am']:.2f}"
+    if score.get("self_check") is not None:
+        return f"self-check {100 * score['self_check']:.0f}%"
+    return "not scored"
 
 
 def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Path) -> str:
@@ -128,23 +264,24 @@ def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Pat
     images = out / "images"
     images.mkdir(exist_ok=True)
     esc = html.escape
+    check = summary["self_check"]
     title = f"gems bench: {esc(summary['method'])} on {esc(summary['dataset'])}"
     parts = [
         f"<!doctype html><meta charset=utf-8><title>{title}</title><style>{CSS}</style><h1>{title}</h1>",
-        f"<p>score {esc(_fmt(summary['score']))} ({esc(str(summary['scorer']))}), success rate "
-        f"{esc(_fmt(summary['success_rate']))}, {summary['finished']}/{summary['prompts']} prompts, "
-        f"{esc(_fmt(summary['rounds_used']))} rounds per prompt. Criteria pass rate by round: "
-        + " → ".join(esc(_fmt(v)) for v in summary["round_pass_rate"])
+        f"<p><b>{esc(headline(summary))}</b></p><p>{summary['finished']}/{summary['prompts']} prompts, "
+        f"{esc(_fmt(summary['rounds_used']))} rounds per prompt, cross-prompt lessons {esc(_lessons_line(summary))}. "
+        f"Criteria pass rate by round ({esc(check['label'])}): "
+        + " → ".join(esc(_fmt(v)) for v in check["round_pass_rate"])
         + f".</p><p class=small>per prompt: {esc(_cost_line(summary['cost_per_prompt']))}</p>",
+        *(_html_table(*table) for table in score_tables(summary)),
     ]
     for record in records:
         final_round = (record.get("final") or {}).get("round")
-        score = (record.get("score") or {}).get("score")
         parts.append(f"<div class=item><h3>{esc(record['id'])}: {esc(record['prompt'])}</h3>")
         skill = f"skill {record['skill']}" if record.get("skill") else "no skill"
         parts.append(
-            f"<p class=small>score {esc(_fmt(score))} · {esc(skill)} · {esc(_cost_line(record.get('cost') or {}))}</p>"
-            "<div class=rounds>"
+            f"<p class=small>{esc(_record_score(record))} · {esc(skill)} · "
+            f"{esc(_cost_line(record.get('cost') or {}))}</p><div class=rounds>"
         )
         for r in record.get("rounds") or []:
             image = r.get("image") or {}

@@ -1,27 +1,45 @@
 """Run a prompt set with one method: concurrent, resumable, scored, with a progress line.
 
-Each finished prompt is written at once to `DIR/results/<id>.json`; a re-run skips those. Runs in flight have
-checkpoint threads `<method>-<id>` in `DIR/checkpoints.sqlite`, so a killed bench loses at most the steps in
-flight. Several prompts run at once, so the generator keeps working while other prompts wait on MLLM calls.
+A run folder belongs to one run. `run.json` records what produced it (method, scorer, the resolved config with
+secrets masked and its digest, models, base seed, selection, gems version, git commit, times); continuing into a
+folder made with another method, scorer or config is refused. Each finished prompt is written at once to
+`DIR/results/<id>.json`, and only when its final image (and score, when a scorer runs) exist; a re-run skips
+those. Runs in flight have checkpoint threads `<method>-<id>` in `DIR/checkpoints.sqlite`, so a killed bench
+continues each unfinished prompt from its last checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gems.configs import GemsSettings
-from gems.graph.bench.datasets import BenchPrompt, load_prompts
+from gems.configs import ConfigError, GemsSettings
+from gems.graph.bench.datasets import BenchPrompt, load_prompts, stratified_sample
 from gems.graph.bench.methods import method_settings, run_method
 from gems.graph.bench.report import build_summary, write_reports
-from gems.graph.bench.scoring import judge_warning, make_scorer
+from gems.graph.bench.scoring import judge_warning, make_scorer, resolve_scorer
+
+# Settings that cannot change what a run produces: they may differ between a run and its continuation.
+_DIGEST_IGNORES = {"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency", "chroma"}
+_RUN_ARTIFACTS = ("results", "checkpoints.sqlite", "checkpoints.sqlite-wal", "checkpoints.sqlite-shm", "lessons",
+                  "images", "summary.json", "report.md", "report.html", "run.json")  # fmt: skip
+SAMPLE_SEED_STRIDE = 1000  # sample k of a prompt starts at base seed + k * 1000, clear of its rounds' seeds
+
+
+class BenchMismatch(ConfigError):
+    """The run folder holds results of a different run (method, scorer or config)."""
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -30,6 +48,10 @@ def _write_json(path: Path, data: Any) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1, ensure_ascii=False)
     os.replace(tmp, path)  # a result file is whole or absent, never half-written
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _duration(seconds: float) -> str:
@@ -68,6 +90,99 @@ class Progress:
             print(file=sys.stderr)
 
 
+# ---- what a run is: identity, provenance ----
+
+
+def _strip(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _strip(v) for k, v in data.items() if k not in _DIGEST_IGNORES}
+    return data
+
+
+def config_digest(settings: GemsSettings) -> str:
+    """sha256 of the settings that decide what a run produces (endpoints, models, loop, memory, skills, judge)."""
+    text = json.dumps(_strip(settings.model_dump(mode="json")), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gems-agent")
+    except PackageNotFoundError:
+        return None
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _check_same_run(out: Path, previous: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to mix runs in one folder; the message names what differs and the two ways out."""
+    fix = "use --force-new to start this folder over, or a new --out"
+    for key in ("dataset", "method", "scorer", "images_per_prompt", "search_n"):
+        if key == "search_n" and current["method"] != "search":
+            continue
+        if previous.get(key) != current[key]:
+            raise BenchMismatch(f"{out} holds a run with {key}={previous.get(key)}, not {current[key]}; {fix}")
+    if previous.get("config_digest") != current["config_digest"]:
+        keys = _differences(_strip(previous.get("config") or {}), _strip(current["config"]))
+        what = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "") if keys else "the config"
+        raise BenchMismatch(f"{out} holds a run made with another config ({what} differ); {fix}")
+
+
+def _clear(out: Path) -> None:
+    for name in _RUN_ARTIFACTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def select_items(
+    items: list[BenchPrompt], limit: int | None, first: int | None, seed: int
+) -> tuple[list[BenchPrompt], dict[str, Any]]:
+    """The prompts to run: all, the first K, or a seeded stratified sample of K; plus a record of the choice."""
+    if limit is not None and first is not None:
+        raise ConfigError("give --limit K (a stratified sample) or --first K (the first K prompts), not both")
+    if first is not None:
+        chosen, kind = items[:first], "first"
+    elif limit is not None:
+        chosen, kind = stratified_sample(items, limit, seed), "stratified"
+    else:
+        chosen, kind = items, "all"
+    selection: dict[str, Any] = {"kind": kind, "k": len(chosen), "of": len(items)}
+    if kind == "stratified":
+        selection.update(seed=seed, ids=[item.id for item in chosen])
+    return chosen, selection
+
+
+def result_name(item_id: str, sample: int) -> str:
+    return item_id if sample == 0 else f"{item_id}-s{sample}"
+
+
+# ---- the run ----
+
+
 def run_bench(
     prompts: str | Path,
     settings: GemsSettings,
@@ -76,71 +191,157 @@ def run_bench(
     *,
     concurrency: int = 4,
     limit: int | None = None,
+    first: int | None = None,
+    sample_seed: int = 0,
     scorer: str = "auto",
     search_n: int = 5,
+    images_per_prompt: int = 1,
+    lessons: bool = False,
+    force_new: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run (or continue) a benchmark and write `summary.json`, `report.md` and `report.html` into `out`.
+    """Run (or continue) a benchmark and write `run.json`, `summary.json`, `report.md` and `report.html` into `out`.
+
+    Args:
+        prompts: a prompt file or folder (see `datasets.load_prompts`).
+        settings: the resolved config.
+        method: one of `methods.METHODS`.
+        out: the run folder; re-run with the same arguments to continue an interrupted bench.
+        concurrency: prompts in flight at once.
+        limit: a stratified sample of this many prompts (seeded by `sample_seed`).
+        first: the first K prompts instead.
+        scorer: auto, soft-tifa, verifier or none (see `scoring.resolve_scorer`).
+        search_n: candidates for the search method.
+        images_per_prompt: independent samples per prompt (seed + k * 1000), e.g. 4 for GenEval's layout.
+        lessons: carry cross-run lessons between this bench's prompts (store inside `out`); off is the paper.
+        force_new: clear a folder that holds another run instead of refusing.
+        progress: print a progress line on stderr.
 
     Returns:
         The summary dict.
+
+    Raises:
+        BenchMismatch: `out` holds a run with another method, scorer or config.
+        ScorerError: the scorer cannot run (before the first prompt).
     """
     from gems.graph.builder import build_graph
     from gems.memory.checkpoint import open_checkpointer
 
     out = Path(out)
-    dataset, items = load_prompts(prompts)
-    items = items[:limit] if limit else items
-    run_settings = method_settings(method, settings, search_n)
-    judge = make_scorer(scorer, settings, dataset)
-    warning = judge_warning(settings) if judge is not None and judge.name == "soft-tifa" else None
-    if warning:
-        print(warning, file=sys.stderr)
-    results_dir = out / "results"
-    finished = {p.stem for p in results_dir.glob("*.json")} if results_dir.is_dir() else set()
-    todo = [item for item in items if item.id not in finished]
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "run.json", {"prompts": str(prompts), "dataset": dataset, "method": method, "limit": limit,
-                                   "scorer": judge.name if judge else None, "search_n": search_n})  # fmt: skip
+    dataset, all_items = load_prompts(prompts)
+    items, selection = select_items(all_items, limit, first, sample_seed)
+    scorer_name = resolve_scorer(scorer, settings, dataset, method, items)
+    previous = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").is_file() else None
+    if force_new and out.exists():
+        _clear(out)
+        previous = None
 
-    bench_storage = run_settings.storage.model_copy(
+    # Step 1: the settings of this run: the method's, no lessons unless asked, a recorded base seed.
+    run_settings = method_settings(method, settings, search_n)
+    memory = run_settings.memory.model_copy(update={"lessons": lessons})
+    if lessons:  # the store lives in the run folder, so nothing comes from or goes to other runs
+        chroma = memory.chroma.model_copy(update={"path": out / "lessons", "host": None})
+        memory = memory.model_copy(update={"chroma": chroma})
+    base_seed = run_settings.loop.seed
+    if base_seed is None:
+        base_seed = (previous or {}).get("base_seed")
+        base_seed = random.randrange(2**31) if base_seed is None else base_seed
+    loop = run_settings.loop.model_copy(update={"seed": base_seed})
+    storage = run_settings.storage.model_copy(
         update={"checkpointer": "sqlite", "sqlite_path": out / "checkpoints.sqlite"}
     )
-    run_settings = run_settings.model_copy(update={"storage": bench_storage})
+    run_settings = run_settings.model_copy(update={"memory": memory, "loop": loop, "storage": storage})
+
+    # Step 2: one run per folder.
+    identity = {
+        "dataset": dataset,
+        "method": method,
+        "scorer": scorer_name,
+        "images_per_prompt": images_per_prompt,
+        "search_n": search_n if method == "search" else None,
+        "config_digest": config_digest(run_settings),
+        "config": run_settings.model_dump(mode="json"),  # SecretStr fields dump masked
+    }
+    if previous is not None:
+        _check_same_run(out, previous, identity)
+    judge = make_scorer(scorer_name, run_settings)
+    if judge is not None:
+        judge.check()
+        warning = judge_warning(settings) if judge.name == "soft-tifa" else None
+        if warning:
+            print(warning, file=sys.stderr)
+
+    results_dir = out / "results"
+    work = [(item, k) for item in items for k in range(images_per_prompt)]
+    done = {p.stem for p in results_dir.glob("*.json")} if results_dir.is_dir() else set()
+    todo = [(item, k) for item, k in work if result_name(item.id, k) not in done]
+    out.mkdir(parents=True, exist_ok=True)
+    run_info = {
+        **(previous or {}),
+        **identity,
+        "prompts": str(prompts),
+        "selection": selection,
+        "base_seed": base_seed,
+        "lessons": {"enabled": lessons, "store": str(out / "lessons") if lessons else None},
+        "models": {
+            "mllm": run_settings.mllm.model,
+            "generator": run_settings.generator.model_label,
+            "generator_backend": run_settings.generator.backend,
+            "judge": run_settings.judge.model if run_settings.judge and scorer_name == "soft-tifa" else None,
+        },
+        "gems_version": _version(),
+        "git_commit": _git_commit(),
+        "started_at": (previous or {}).get("started_at") or _now(),
+        "resumed_at": [*(previous or {}).get("resumed_at", []), _now()] if previous else [],
+        "finished_at": None,
+        "wall_s": (previous or {}).get("wall_s", 0.0),
+    }
+    _write_json(out / "run.json", run_info)
+
     meter = Progress(len(todo), enabled=progress)
-    if finished and progress:
-        print(
-            f"{len(items) - len(todo)} of {len(items)} prompts already done in {out}; running the rest", file=sys.stderr
-        )
+    if len(todo) < len(work) and progress:
+        print(f"{len(work) - len(todo)} of {len(work)} images already done in {out}; running the rest", file=sys.stderr)
     started = time.perf_counter()
     errors: list[str] = []
 
-    def one(item: BenchPrompt, graph: Any) -> None:
-        record = run_method(method, item, run_settings, graph)
+    def one(item: BenchPrompt, sample: int, graph: Any) -> None:
+        sample_settings = run_settings
+        if sample:
+            loop = run_settings.loop.model_copy(update={"seed": base_seed + sample * SAMPLE_SEED_STRIDE})
+            sample_settings = run_settings.model_copy(update={"loop": loop})
+        name = result_name(item.id, sample)
+        record = run_method(method, item, sample_settings, graph, thread_id=f"{method}-{name}")
+        record.update(sample=sample, seed=sample_settings.loop.seed)
+        if "skills" in item.meta:  # GenEval2's per-atom skills and atom count, for the official analysis tables
+            record.update(atom_skills=item.meta["skills"], atom_count=item.meta["atom_count"])
         image = (record.get("final") or {}).get("image") or {}
-        if judge is not None and image.get("sha256"):
-            record["score"] = judge.score(item, record, Path(image["path"]))
-            record["scorer"] = judge.name
-        _write_json(results_dir / f"{item.id}.json", record)
+        if not image.get("path") or not Path(image["path"]).is_file():
+            raise RuntimeError("the run finished without a final image")
+        if judge is not None:
+            score = judge.score(item, record, Path(image["path"]))
+            record["cost"].update(score.pop("cost", {}))
+            record["score"], record["scorer"] = score, judge.name
+        _write_json(results_dir / f"{name}.json", record)
 
     with open_checkpointer(run_settings) as saver:
         graph = build_graph(checkpointer=saver)
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            futures = {pool.submit(one, item, graph): item for item in todo}
+            futures = {pool.submit(one, item, k, graph): result_name(item.id, k) for item, k in todo}
             for future in as_completed(futures):
-                item = futures[future]
+                name = futures[future]
                 exc = future.exception()
                 if exc is not None:
-                    errors.append(f"{item.id}: {' '.join(str(exc).split())[:200]}")
-                meter.tick(exc is None, f"({item.id})")
+                    errors.append(f"{name}: {' '.join(str(exc).split())[:200]}")
+                meter.tick(exc is None, f"({name})")
     meter.close()
 
     records = []
-    for item in items:
-        path = results_dir / f"{item.id}.json"
+    for item, k in work:
+        path = results_dir / f"{result_name(item.id, k)}.json"
         if path.exists():
             records.append(json.loads(path.read_text(encoding="utf-8")))
-    summary = build_summary(records, dataset=dataset, method=method, total=len(items), errors=errors,
-                            wall_s=time.perf_counter() - started, max_rounds=run_settings.loop.max_rounds)  # fmt: skip
+    run_info.update(finished_at=_now(), wall_s=round(run_info["wall_s"] + time.perf_counter() - started, 3))
+    _write_json(out / "run.json", run_info)
+    summary = build_summary(records, run=run_info, total=len(work), errors=errors)
     write_reports(out, summary, records)
     return summary

@@ -1,73 +1,152 @@
-"""Scorers for `gems bench`. Pluggable: anything with `name` and `score(item, record, image_path) -> dict | None`.
+"""Scorers for `gems bench`: GenEval2's Soft-TIFA exactly as its official code computes it, and the loop's self-check.
 
-- `soft-tifa` (GenEval2's metric): a VQA model answers each [question, expected answer] atom about the image with
-  one token; the atom's score is the probability the model gives the expected answer (from the endpoint's
-  logprobs). A prompt's scores are the atoms' arithmetic mean (AM) and geometric mean (GM, what papers report).
-  The judge endpoint is `judge` in the config, separate from the loop's `mllm`.
-- `verifier`: the loop's own verdict on its final image (criteria passed / total). Free, but it is the loop grading
-  itself: use it for smoke runs, not for numbers to publish.
+- `soft-tifa` (GenEval2's metric, facebookresearch/GenEval2 `evaluation.py`): for each [question, expected answer]
+  atom, the judge gets one user turn, the image first and then `"{question} Answer in one word."`, no system
+  message, and generates one token. The atom's score is the sum, over a fixed list of answer strings, of the
+  probability of each string's first token: `Yes`, `yes`, ` yes`, ` Yes` for every question, or for "How many"
+  questions the expected word, capitalised, with a leading space, and its digit with and without a space. Nothing
+  is case-folded, de-duplicated, clipped or rounded. A prompt's `soft_tifa_am` is the mean of its atoms and
+  `soft_tifa_gm` their geometric mean (0 when any atom is 0); a dataset's score is 100 x the mean over prompts.
+  Through an OpenAI-compatible endpoint only the top-k logprobs are visible (`judge.top_logprobs`): a token outside
+  them counts 0 where the official script, reading the whole vocabulary, would add a small probability.
+- `verifier`: the loop's own verdict on its final image (criteria passed / total). It is the loop grading itself,
+  labelled "self-check (not the benchmark's metric)" wherever it is shown.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import math
-import re
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from gems.configs import GemsSettings, MLLMSettings
+from gems.configs import ConfigError, GemsSettings, JudgeSettings
 from gems.graph.bench.datasets import BenchPrompt
 
-NUMBER_WORDS = {
-    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+# evaluation.py's return_numeric_string: exactly these lower-case words, anything else maps to "other".
+NUMBER_DIGITS = {
+    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }  # fmt: skip
-JUDGE_SYSTEM = "Answer the question about the image with a single word or number."
+YES_ANSWERS = ("Yes", "yes", " yes", " Yes")
+JUDGE_SUFFIX = " Answer in one word."
+SELF_CHECK_LABEL = "self-check (not the benchmark's metric)"
+SOFT_TIFA_LABEL = "Soft-TIFA (GenEval2's official metric)"
+# Qwen2/Qwen3's pre-tokenizer pattern: BPE never merges across these pieces, so an answer's first token is
+# (at most) its first piece; for the short answers used here Qwen's vocabulary holds each piece whole.
+QWEN_PRETOKENIZE = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+class ScorerError(ConfigError):
+    """A scorer cannot run for this bench (no judge, no logprobs, no atoms); raised before the first prompt."""
 
 
 class Scorer(Protocol):
     name: str
+    label: str
 
-    def score(self, item: BenchPrompt, record: dict[str, Any], image_path: Path) -> dict[str, Any] | None: ...
+    def check(self) -> None: ...
 
-
-def normalise_answer(text: str) -> str:
-    word = re.sub(r"[^\w]", "", text.strip().lower())
-    return NUMBER_WORDS.get(word, word)
+    def score(self, item: BenchPrompt, record: dict[str, Any], image_path: Path) -> dict[str, Any]: ...
 
 
-def answer_probability(top_logprobs: list[dict[str, Any]], expected: str) -> float:
-    """Probability mass the first generated token puts on the expected answer (case, spaces, 'two'/'2' folded)."""
-    want = normalise_answer(expected)
-    return min(1.0, sum(math.exp(t["logprob"]) for t in top_logprobs if normalise_answer(t["token"]) == want))
+# ---- Soft-TIFA arithmetic (pure, tested against the official formulas) ----
+
+
+def answer_strings(question: str, expected: str) -> list[str]:
+    """The answer list evaluation.py builds for one atom (duplicates kept: the official sums each entry)."""
+    if question.startswith("How many"):
+        digit = NUMBER_DIGITS.get(expected, "other")
+        return [expected, expected.capitalize(), " " + expected, " " + expected.capitalize(), digit, " " + digit]
+    return list(YES_ANSWERS)
+
+
+@cache
+def _qwen_pattern() -> Any:
+    import regex  # a dependency of transformers; Python's re has no \p{L}
+
+    return regex.compile(QWEN_PRETOKENIZE)
+
+
+def qwen_first_token(text: str) -> str:
+    """The first token Qwen's tokenizer makes of `text` (`" 2"` -> `" "`, `"10"` -> `"1"`, `" yes"` -> `" yes"`)."""
+    match = _qwen_pattern().match(text)
+    return match.group(0) if match else text[:1]
+
+
+@cache
+def _hf_first_token(tokenizer: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    # As the official script: the first id of encode(answer), special tokens as the tokenizer adds them.
+    return lambda text: tok.decode([tok.encode(text)[0]])
+
+
+def first_token_fn(tokenizer: str | None) -> Any:
+    return _hf_first_token(tokenizer) if tokenizer else qwen_first_token
+
+
+def token_probability(top_logprobs: list[dict[str, Any]], token: str) -> float:
+    """exp(logprob) of the first entry whose token string is exactly `token`; 0 when the top-k does not show it."""
+    for entry in top_logprobs:
+        if entry.get("token") == token:
+            return math.exp(entry["logprob"])
+    return 0.0
+
+
+def atom_probability(top_logprobs: list[dict[str, Any]], question: str, expected: str, first_token: Any) -> float:
+    """One atom's Soft-TIFA score: the summed probability of each answer string's first token."""
+    return sum(token_probability(top_logprobs, first_token(a)) for a in answer_strings(question, expected))
 
 
 def geometric_mean(values: list[float]) -> float:
-    if not values or any(v <= 0 for v in values):
+    """scipy.stats.gmean for non-negative values: exp(mean(log)), 0 when any value is 0."""
+    if not values:
+        return float("nan")
+    if any(v <= 0 for v in values):
         return 0.0
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+# ---- scorers ----
+
+
 class VerifierScorer:
-    """The loop's own final pass rate."""
+    """The loop's own final pass rate: a self-check, never the benchmark's metric."""
 
     name = "verifier"
+    label = SELF_CHECK_LABEL
 
-    def score(self, item: BenchPrompt, record: dict[str, Any], image_path: Path) -> dict[str, Any] | None:
+    def check(self) -> None:
+        return None
+
+    def score(self, item: BenchPrompt, record: dict[str, Any], image_path: Path) -> dict[str, Any]:
         final = record.get("final") or {}
         total = final.get("total") or 0
-        return {"score": (final.get("passed") or 0) / total} if total else None
+        return {"self_check": (final.get("passed") or 0) / total if total else None}
+
+
+def _png_data_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 class SoftTIFAScorer:
     """GenEval2's Soft-TIFA through an OpenAI-compatible VQA endpoint that returns logprobs."""
 
     name = "soft-tifa"
+    label = SOFT_TIFA_LABEL
 
-    def __init__(self, judge: MLLMSettings, top_logprobs: int = 20):
+    def __init__(self, judge: JudgeSettings, concurrency: int = 8):
         from langchain_openai import ChatOpenAI
 
         self.judge = judge
+        self.concurrency = concurrency
+        self.first_token = first_token_fn(judge.tokenizer)
         self.chat = ChatOpenAI(
             model=judge.model,
             base_url=judge.base_url,
@@ -78,32 +157,60 @@ class SoftTIFAScorer:
             temperature=0,
             max_completion_tokens=1,
             logprobs=True,
-            top_logprobs=top_logprobs,
+            top_logprobs=judge.top_logprobs,
+            extra_body=judge.extra_body or None,
         )
 
-    def atom(self, data_url: str, question: str, expected: str) -> float:
-        from langchain_core.messages import HumanMessage, SystemMessage
+    def _messages(self, data_url: str, question: str) -> list[Any]:
+        from langchain_core.messages import HumanMessage
 
-        message = HumanMessage(
-            content=[{"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": data_url}}]
-        )
-        reply = self.chat.invoke([SystemMessage(content=JUDGE_SYSTEM), message])
+        content = [
+            {"type": "image_url", "image_url": {"url": data_url}},
+            {"type": "text", "text": question + JUDGE_SUFFIX},
+        ]
+        return [HumanMessage(content=content)]
+
+    def _top(self, reply: Any) -> list[dict[str, Any]]:
         content = (reply.response_metadata.get("logprobs") or {}).get("content") or []
         if not content:
-            raise RuntimeError(f"judge endpoint {self.judge.base_url} returned no logprobs; it must support them")
-        return answer_probability(content[0].get("top_logprobs") or [content[0]], expected)
+            raise ScorerError(
+                f"the judge {self.judge.model} at {self.judge.base_url} returned no logprobs; Soft-TIFA needs an "
+                "endpoint that returns them (vLLM, SGLang and OpenAI do with logprobs=true)"
+            )
+        return content[0].get("top_logprobs") or [content[0]]
 
-    def score(self, item: BenchPrompt, record: dict[str, Any], image_path: Path) -> dict[str, Any] | None:
-        if not item.atoms:
-            return None
-        from gems.memory.artifacts import ArtifactStore
+    def check(self) -> None:
+        """One request on a small grey image: the judge answers, with logprobs (fails before the first prompt)."""
+        from PIL import Image
 
-        store = ArtifactStore(image_path.parent)
-        data_url = store.data_url(image_path.stem, self.judge.image_max_side)
-        probs = [round(self.atom(data_url, q, a), 6) for q, a in item.atoms]
-        atoms = [{"question": q, "expected": a, "p": p} for (q, a), p in zip(item.atoms, probs, strict=True)]
-        gm = geometric_mean(probs)
-        return {"score": gm, "am": sum(probs) / len(probs), "gm": gm, "atoms": atoms}
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (128, 128, 128)).save(buf, format="PNG")
+        try:
+            reply = self.chat.invoke(self._messages(_png_data_url(buf.getvalue()), "Is this image grey?"))
+        except ScorerError:
+            raise
+        except Exception as exc:
+            raise ScorerError(
+                f"the judge {self.judge.model} at {self.judge.base_url} did not answer: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            ) from None
+        self._top(reply)
+
+    def score(self, item: BenchPrompt, record: dict[str, Any], image_path: Path) -> dict[str, Any]:
+        # The image file as it is: the official script hands the file to the judge's processor unresized.
+        data_url = _png_data_url(image_path.read_bytes())
+        requests = [self._messages(data_url, question) for question, _ in item.atoms]
+        replies = self.chat.batch(requests, config={"max_concurrency": self.concurrency})
+        atoms, usage = [], {"judge_calls": len(replies), "judge_input_tokens": 0, "judge_output_tokens": 0}
+        for (question, expected), reply in zip(item.atoms, replies, strict=True):
+            top = self._top(reply)
+            p = atom_probability(top, question, expected, self.first_token)
+            atoms.append({"question": question, "expected": expected, "p": p, "argmax": top[0].get("token")})
+            meta = getattr(reply, "usage_metadata", None) or {}
+            usage["judge_input_tokens"] += int(meta.get("input_tokens", 0))
+            usage["judge_output_tokens"] += int(meta.get("output_tokens", 0))
+        probs = [a["p"] for a in atoms]
+        return {"am": sum(probs) / len(probs), "gm": geometric_mean(probs), "atoms": atoms, "cost": usage}
 
 
 def judge_warning(settings: GemsSettings) -> str | None:
@@ -117,18 +224,48 @@ def judge_warning(settings: GemsSettings) -> str | None:
     return None
 
 
-def make_scorer(name: str, settings: GemsSettings, dataset: str) -> Scorer | None:
-    """Pick a scorer: `auto` is Soft-TIFA for GenEval2 when a judge is configured, else the loop's own verdict."""
-    from gems.configs import ConfigError
+SCORERS = ("auto", "soft-tifa", "verifier", "none")
+VERIFIED_METHODS = ("search", "loop", "gems")  # the methods whose final image has criteria and verdicts
 
-    if name == "none":
-        return None
+
+def resolve_scorer(name: str, settings: GemsSettings, dataset: str, method: str, items: list[BenchPrompt]) -> str:
+    """Which scorer `name` means for this bench, or a ScorerError saying why it cannot run.
+
+    `auto` is Soft-TIFA for GenEval2 with a judge; GenEval2 without a judge is refused for the verifier-based
+    methods (their only number would be the loop grading itself) unless `--scorer verifier` asks for it; elsewhere
+    `auto` is the self-check for those methods and none for original/rewrite.
+    """
+    if name not in SCORERS:
+        raise ScorerError(f"unknown scorer {name!r}; use one of: {', '.join(SCORERS)}")
     if name == "auto":
-        name = "soft-tifa" if dataset == "geneval2" and settings.judge is not None else "verifier"
-    if name == "verifier":
-        return VerifierScorer()
+        if dataset == "geneval2" and settings.judge is not None:
+            name = "soft-tifa"
+        elif dataset == "geneval2" and method in VERIFIED_METHODS:
+            raise ScorerError(
+                "GenEval2's metric is Soft-TIFA and needs a judge: add a judge: section (base_url, model) to the "
+                "config, or pass --scorer verifier for a self-check (not the benchmark's metric) or --scorer none"
+            )
+        else:
+            name = "verifier" if method in VERIFIED_METHODS else "none"
     if name == "soft-tifa":
         if settings.judge is None:
-            raise ConfigError("the soft-tifa scorer needs a judge section in the config (base_url, model)")
-        return SoftTIFAScorer(settings.judge)
-    raise ConfigError(f"unknown scorer {name!r}; use auto, soft-tifa, verifier or none")
+            raise ScorerError("the soft-tifa scorer needs a judge: section in the config (base_url, model)")
+        missing = [item.id for item in items if not item.atoms]
+        if missing:
+            raise ScorerError(
+                f"the soft-tifa scorer needs [question, answer] atoms (GenEval2's vqa_list); "
+                f"{len(missing)} prompt(s) have none, e.g. {missing[0]}"
+            )
+    if name == "verifier" and method not in VERIFIED_METHODS:
+        raise ScorerError(f"the verifier scorer needs criteria; method {method!r} has none (use --scorer none)")
+    return name
+
+
+def make_scorer(name: str, settings: GemsSettings) -> Scorer | None:
+    """Build a resolved scorer (see `resolve_scorer`)."""
+    if name == "none":
+        return None
+    if name == "verifier":
+        return VerifierScorer()
+    assert settings.judge is not None  # resolve_scorer checked it
+    return SoftTIFAScorer(settings.judge)

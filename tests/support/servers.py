@@ -280,6 +280,7 @@ class ScriptedMLLM:
         agent: `f(body)` -> the answer to requests from no GEMS role (an agent calling gems as a tool).
         refine: `f(n)` -> the n-th refined prompt; reasoning: sent as `reasoning_content` by the refiner.
         fail_verify: criteria whose verifier call answers HTTP 500.
+        block_at: `(role, n)`: the n-th call of that role waits until `release` is set (a test kills its client).
     """
 
     def __init__(
@@ -296,6 +297,7 @@ class ScriptedMLLM:
         planner: Callable[[int, list[dict[str, Any]]], Any] | None = None,
         agent: Callable[[dict[str, Any]], Any] | None = None,
         verdict_by_image: Callable[[str, str | None], str] | None = None,
+        block_at: tuple[str, int] | None = None,
         tool_skills: tuple[str, ...] = (
             "creative-drawing",
             "aesthetic-drawing",
@@ -320,6 +322,9 @@ class ScriptedMLLM:
         self.planner = planner
         self.agent = agent
         self.verdict_by_image = verdict_by_image
+        self.block_at = block_at
+        self.blocked = threading.Event()
+        self.release = threading.Event()
         self.calls: Counter[str] = Counter()
         self.asked: defaultdict[str, int] = defaultdict(int)
         self.bodies: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -346,6 +351,9 @@ class ScriptedMLLM:
             self.calls[role] += 1
             self.bodies[role].append(body)
             count = self.calls[role]
+        if self.block_at == (role, count):
+            self.blocked.set()
+            self.release.wait(timeout=60)
         if role == "route":
             return self.route
         if role == "enhance":
