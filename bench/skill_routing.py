@@ -108,7 +108,7 @@ def live(settings, samples) -> None:
     from langgraph.graph import END, START, StateGraph
 
     from gems.graph.routing import route_after_plan
-    from gems.graph.state import GemsState
+    from gems.memory.state import GemsState
     from gems.nodes.plan import plan, prepare
     from gems.skills.tools import SKILL_TOOLS
 

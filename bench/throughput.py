@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support, the offline server kit
 
 from gems.configs import GemsSettings
-from gems.graph.bench.runner import run_bench
+from gems.interfaces.bench.runner import run_bench
 from tests.support.servers import GeneratorStub, OpenAIStub, ScriptedMLLM
 
 TARGET = 1.15

@@ -1,9 +1,9 @@
-"""Configuration: the `GemsSettings` model, YAML presets and env overrides."""
+"""Configuration: the `GemsSettings` model, YAML presets, env overrides, and the `GemsError` family."""
 
+from gems.configs.errors import ConfigError, GemsError, UsageError
 from gems.configs.settings import (
     ENV_OVERRIDES,
     ChromaSettings,
-    ConfigError,
     EmbeddingSettings,
     GemsSettings,
     GeneratorSettings,
@@ -13,6 +13,7 @@ from gems.configs.settings import (
     MLLMSettings,
     SkillSettings,
     StorageSettings,
+    context_settings,
     load_settings,
     resolve_config_path,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "ChromaSettings",
     "ConfigError",
     "EmbeddingSettings",
+    "GemsError",
     "GemsSettings",
     "GeneratorSettings",
     "JudgeSettings",
@@ -30,6 +32,8 @@ __all__ = [
     "MemorySettings",
     "SkillSettings",
     "StorageSettings",
+    "UsageError",
+    "context_settings",
     "load_settings",
     "resolve_config_path",
 ]

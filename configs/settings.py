@@ -6,6 +6,7 @@ pass run options the same way. Every field has a default; unknown keys are error
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from importlib import resources
@@ -15,9 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid; the message is one line naming what to fix."""
+from gems.configs.errors import ConfigError
 
 
 class _Strict(BaseModel):
@@ -381,3 +380,22 @@ def overlay(base: BaseModel, partial: BaseModel) -> Any:
             overlay(current, value) if isinstance(value, BaseModel) and isinstance(current, BaseModel) else value
         )
     return base.model_copy(update=updates)
+
+
+@functools.lru_cache(maxsize=1)
+def settings_from_env() -> GemsSettings:
+    """Settings from `GEMS_CONFIG` and `GEMS_*`, read once per process (servers that pass no whole context)."""
+    return load_settings()
+
+
+def context_settings(context: Any) -> GemsSettings:
+    """The run's settings from a graph context value (a `GemsSettings`, a dict from a server, or None).
+
+    A partial context (say `{"loop": {"max_rounds": 2}}` sent to the Agent Server) overlays the settings from
+    `GEMS_CONFIG` and `GEMS_*`; settings from `load_settings` are whole and used as they are.
+    """
+    if isinstance(context, dict) and context:
+        context = GemsSettings.model_validate(context)
+    if isinstance(context, GemsSettings):
+        return context if is_complete(context) else overlay(settings_from_env(), context)
+    return settings_from_env()

@@ -14,7 +14,7 @@ from langchain.agents import create_agent
 from langchain_openai import ChatOpenAI
 
 from gems.configs import load_settings
-from gems.graph.tool import gems_tool
+from gems.interfaces.tool import gems_tool
 
 
 def main(request: str) -> None:

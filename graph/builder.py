@@ -9,7 +9,8 @@ from langgraph.prebuilt import ToolNode
 
 from gems.configs import GemsSettings
 from gems.graph.routing import recursion_limit_for, route_after_critique, route_after_generate, route_after_plan
-from gems.graph.state import GemsInput, GemsOutput, GemsState
+from gems.graph.state import GemsInput, GemsOutput
+from gems.memory.state import GemsState
 from gems.nodes.compress import compress
 from gems.nodes.critique import critique, verify
 from gems.nodes.decompose import decompose

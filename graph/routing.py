@@ -7,7 +7,7 @@ from typing import Literal
 from langchain_core.messages import AIMessage
 from langgraph.types import Send
 
-from gems.graph.state import GemsState, VerifyTask
+from gems.memory.state import GemsState, VerifyTask
 
 MAX_TOOL_TURNS = 6  # planner turns before planning stops calling tools
 

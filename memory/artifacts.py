@@ -12,10 +12,12 @@ from typing import Any
 
 from PIL import Image
 
+from gems.configs.errors import GemsError
+
 IMAGE_REF_KEYS = ("sha256", "path", "width", "height", "seed", "backend", "model", "steps", "guidance_scale")
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(GemsError, RuntimeError):
     """An artifact is missing or unreadable."""
 
 

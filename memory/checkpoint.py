@@ -1,22 +1,43 @@
-"""Checkpointer factories: SQLite by default, Postgres for shared use, in-memory for tests."""
+"""The one checkpointer factory: SQLite by default, Postgres for shared use, in-memory for tests; sync or async.
+
+`open_checkpointer(settings)` is a context manager for the CLI and the bench; `open_checkpointer(settings,
+asynchronous=True)` an async one for `gems serve` and, through `server_checkpointer`, the Agent Server
+(`langgraph.json` -> `checkpointer.path`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
-from gems.configs import ConfigError, GemsSettings
+from gems.configs import ConfigError, GemsSettings, load_settings
 
-if TYPE_CHECKING:
-    from langgraph.checkpoint.base import BaseCheckpointSaver
+
+def open_checkpointer(settings: GemsSettings, *, asynchronous: bool = False, sqlite_path: Path | None = None) -> Any:
+    """The checkpointer `storage.checkpointer` asks for, as a context manager that closes its connection.
+
+    Args:
+        settings: `storage.checkpointer` (sqlite, postgres, memory), `storage.sqlite_path`, `storage.postgres_dsn`.
+        asynchronous: an async context manager yielding an async saver (for servers and `ainvoke`).
+        sqlite_path: another SQLite file than the settings' (servers keep their threads apart from the CLI's).
+
+    Raises:
+        ConfigError: the database cannot be opened, or postgres is asked for without its DSN or extra.
+    """
+    kind = settings.storage.checkpointer
+    path = sqlite_path or settings.sqlite_path
+    if kind == "postgres" and settings.storage.postgres_dsn is None:
+        raise ConfigError("storage.checkpointer is postgres but storage.postgres_dsn is not set")
+    if asynchronous:
+        return _async_saver(kind, path, settings)
+    return _sync_saver(kind, path, settings)
 
 
 @contextlib.contextmanager
-def open_checkpointer(settings: GemsSettings) -> Iterator[BaseCheckpointSaver]:
-    """Yield the checkpointer the settings ask for, closing its connection afterwards."""
-    kind = settings.storage.checkpointer
+def _sync_saver(kind: str, path: Path, settings: GemsSettings) -> Iterator[Any]:
     if kind == "memory":
         from langgraph.checkpoint.memory import InMemorySaver
 
@@ -24,7 +45,6 @@ def open_checkpointer(settings: GemsSettings) -> Iterator[BaseCheckpointSaver]:
     elif kind == "sqlite":
         from langgraph.checkpoint.sqlite import SqliteSaver
 
-        path = settings.sqlite_path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(str(path), check_same_thread=False)
@@ -37,36 +57,57 @@ def open_checkpointer(settings: GemsSettings) -> Iterator[BaseCheckpointSaver]:
             yield saver
         finally:
             conn.close()
-    elif kind == "postgres":
-        dsn = settings.storage.postgres_dsn
-        if dsn is None:
-            raise ConfigError("storage.checkpointer is postgres but storage.postgres_dsn is not set")
-        try:
-            from langgraph.checkpoint.postgres import PostgresSaver
-        except ImportError:
-            raise ConfigError(
-                "storage.checkpointer: postgres needs the postgres extra: pip install 'gems-agent[postgres]'"
-            ) from None
-        with PostgresSaver.from_conn_string(dsn.get_secret_value()) as saver:
+    else:
+        saver_cls = _postgres("PostgresSaver")
+        with saver_cls.from_conn_string(settings.storage.postgres_dsn.get_secret_value()) as saver:  # type: ignore[union-attr]
             saver.setup()
             yield saver
-    else:  # pragma: no cover - pydantic rejects other values
-        raise ConfigError(f"unknown storage.checkpointer: {kind}")
 
 
 @contextlib.asynccontextmanager
-async def server_checkpointer():
-    """The Agent Server's checkpointer (`langgraph.json` → `checkpointer.path`): async SQLite under the data dir.
+async def _async_saver(kind: str, path: Path, settings: GemsSettings) -> AsyncIterator[Any]:
+    if kind == "memory":
+        from langgraph.checkpoint.memory import InMemorySaver
 
-    `langgraph dev` would otherwise keep threads in pickle files in the working folder; this puts them next to
-    the CLI's checkpoints, in `<data_dir>/server-checkpoints.sqlite`.
+        yield InMemorySaver()
+    elif kind == "sqlite":
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+            yield saver
+    else:
+        saver_cls = _postgres("AsyncPostgresSaver")
+        async with saver_cls.from_conn_string(settings.storage.postgres_dsn.get_secret_value()) as saver:  # type: ignore[union-attr]
+            await saver.setup()
+            yield saver
+
+
+def _postgres(name: str) -> Any:
+    # The postgres extra is optional: psycopg and its driver load only when asked for.
+    try:
+        if name == "PostgresSaver":
+            from langgraph.checkpoint.postgres import PostgresSaver
+
+            return PostgresSaver
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        return AsyncPostgresSaver
+    except ImportError:
+        raise ConfigError(
+            "storage.checkpointer: postgres needs the postgres extra: pip install 'gems-agent[postgres]'"
+        ) from None
+
+
+@contextlib.asynccontextmanager
+async def server_checkpointer() -> AsyncIterator[Any]:
+    """The Agent Server's checkpointer (`langgraph.json` -> `checkpointer.path`), from `GEMS_CONFIG` / `GEMS_*`.
+
+    `langgraph dev` would otherwise keep threads in pickle files in the working folder; with SQLite this puts
+    them next to the CLI's checkpoints, in `<data_dir>/server-checkpoints.sqlite`.
     """
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-    from gems.configs import load_settings
-
     settings = load_settings()
-    path = settings.data_dir / "server-checkpoints.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+    async with open_checkpointer(
+        settings, asynchronous=True, sqlite_path=settings.data_dir / "server-checkpoints.sqlite"
+    ) as saver:
         yield saver

@@ -12,11 +12,11 @@ import threading
 
 from langchain_core.embeddings import Embeddings
 
-from gems.configs import ConfigError, EmbeddingSettings
-from gems.configs.settings import cache_key
+from gems.configs import ConfigError, EmbeddingSettings, GemsError
+from gems.configs.settings import cache_key, settings_from_env
 
 
-class EmbeddingError(RuntimeError):
+class EmbeddingError(GemsError, RuntimeError):
     """The embedding model could not be loaded or called; one line saying what to fix."""
 
 
@@ -98,3 +98,12 @@ def get_embeddings(settings: EmbeddingSettings) -> Embeddings:
     """Return the process-wide embedding model for these settings (loaded once; the local one takes ~4 s)."""
     with _lock:
         return _cached(cache_key(settings))
+
+
+def embed_texts(texts: list[str]) -> list[list[float]]:
+    """The server's embedding function (langgraph.json `store.index.embed`): the model `GEMS_CONFIG` configures.
+
+    The Agent Server then indexes lessons with the same model the CLI uses; `store.index.dims` must match it
+    (384 for the bundled all-MiniLM-L6-v2).
+    """
+    return get_embeddings(settings_from_env().embeddings).embed_documents(list(texts))

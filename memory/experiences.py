@@ -1,31 +1,28 @@
-"""The cross-run experience store: one lesson per finished run in a Chroma collection, retrieved by prompt.
+"""Cross-run lessons: one per finished run, kept in a LangGraph `BaseStore` and retrieved by prompt similarity.
 
-Embedded (`chromadb.PersistentClient` under the data dir) by default; a Chroma server (`chromadb.HttpClient`) when
-`memory.chroma.host` is set. In embedded mode every operation takes a file lock and opens a fresh client, so
-several threads and processes can share one folder without losing or overwriting each other's lessons.
+`Lesson` is what a run taught; `lesson_from_state` derives it from the trajectory; `ExperienceStore` reads and
+writes lessons through any `BaseStore` (see `gems.memory.store.ChromaStore` for the default one).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from langgraph.store.base import BaseStore, PutOp
+
 from gems.configs import GemsSettings
+from gems.memory.store import StoreError, open_store
 
 LESSON_NAMESPACE = uuid.UUID("5b0c7a52-1e7e-4c1a-9d8e-6a1f0c3e2b11")
-_thread_lock = threading.Lock()
+LESSONS = ("gems", "lessons")  # the store namespace of lessons
+MAX_LESSONS = 100_000  # listing bound for stores that page
 
-
-class StoreError(RuntimeError):
-    """The experience store cannot be used; the message says what to do."""
+__all__ = ["LESSONS", "ExperienceStore", "Lesson", "StoreError", "lesson_from_state"]
 
 
 @dataclass
@@ -51,26 +48,6 @@ class Lesson:
         if not self.id:
             # One id per thread: a resumed or repeated write replaces the lesson instead of adding a second one.
             self.id = str(uuid.uuid5(LESSON_NAMESPACE, self.thread_id or f"{self.prompt}#{self.created_at}"))
-
-    def metadata(self) -> dict[str, Any]:
-        """Chroma metadata: scalars only (lists as JSON, None as empty string)."""
-        out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
-            if key == "id":
-                continue
-            if isinstance(value, list):
-                value = json.dumps(value, ensure_ascii=False)
-            out[key] = "" if value is None else value
-        return out
-
-    @classmethod
-    def from_metadata(cls, lesson_id: str, meta: dict[str, Any]) -> Lesson:
-        data = dict(meta)
-        data["hard_criteria"] = json.loads(data.get("hard_criteria") or "[]")
-        for key in ("fixed_by", "skill"):
-            data[key] = data.get(key) or None
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(id=lesson_id, **{k: v for k, v in data.items() if k in known and k != "id"})
 
     def brief(self) -> str:
         """The lesson as one compact paragraph for a prompt."""
@@ -121,148 +98,61 @@ def lesson_from_state(state: dict[str, Any], settings: GemsSettings, thread_id: 
 
 
 class ExperienceStore:
-    """Lessons in a Chroma collection; the embeddings come from `gems.memory.embeddings`, never from Chroma."""
+    """Lessons in any LangGraph `BaseStore`, under the namespace `("gems", "lessons")`.
 
-    def __init__(self, settings: GemsSettings):
+    The store is the graph's (`runtime.store`: the Agent Server's own, or the `ChromaStore` that `gems generate`,
+    `gems serve` and `gems bench` pass), or, when none is given, the `ChromaStore` the settings describe. Search
+    needs the store's semantic index over the lesson's `prompt` (scores are cosine similarity).
+    """
+
+    def __init__(self, settings: GemsSettings, store: BaseStore | None = None):
         self.settings = settings
-        self.chroma = settings.memory.chroma
-        self.path = settings.chroma_path
-        self._embeddings = None
+        self.store = store if store is not None else open_store(settings)
 
     @property
     def where(self) -> str:
-        if self.chroma.host:
-            return f"Chroma server {self.chroma.host}:{self.chroma.port}"
-        return str(self.path)
-
-    def _embed(self, texts: list[str]) -> list[list[float]]:
-        if self._embeddings is None:
-            from gems.memory.embeddings import get_embeddings
-
-            self._embeddings = get_embeddings(self.settings.embeddings)
-        return self._embeddings.embed_documents(texts)
-
-    @contextlib.contextmanager
-    def _collection(self) -> Iterator[Any]:
-        import chromadb
-        from chromadb.config import Settings as ChromaClientSettings
-
-        client_settings = ChromaClientSettings(anonymized_telemetry=False, allow_reset=False)
-        if self.chroma.host:
-            try:
-                client = chromadb.HttpClient(
-                    host=self.chroma.host,
-                    port=self.chroma.port,
-                    ssl=self.chroma.ssl,
-                    headers=self.chroma.headers or None,
-                    settings=client_settings,
-                )
-                yield self._open_collection(client)
-            except StoreError:
-                raise
-            except Exception as exc:
-                raise StoreError(f"cannot use the {self.where}: {_one_line(exc)}") from exc
-            return
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        with _thread_lock, open(self.path / ".gems.lock", "a+") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            client = None
-            try:
-                try:
-                    client = chromadb.PersistentClient(path=str(self.path), settings=client_settings)
-                    collection = self._open_collection(client)
-                except StoreError:
-                    raise
-                except Exception as exc:
-                    raise StoreError(
-                        f"the experience store at {self.path} is unreadable ({_one_line(exc)}); "
-                        "move the folder away and gems will start a new one"
-                    ) from exc
-                yield collection
-            finally:
-                if client is not None:
-                    # A fresh client per operation: another process may have written since the last one.
-                    with contextlib.suppress(Exception):
-                        client.close()
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-    def _open_collection(self, client: Any) -> Any:
-        return client.get_or_create_collection(
-            self.chroma.collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
-        )
+        return getattr(self.store, "where", type(self.store).__name__)
 
     def add(self, lesson: Lesson) -> str:
-        """Write (or replace) one lesson in a single upsert, so a killed run leaves no partial record."""
+        """Write (or replace) one lesson in a single put, so a killed run leaves no partial record."""
         self.add_many([lesson])
         return lesson.id
 
     def add_many(self, lessons: list[Lesson]) -> int:
-        """Write (or replace) lessons in one upsert."""
-        if not lessons:
-            return 0
-        vectors = self._embed([item.prompt for item in lessons])
-        with self._collection() as col:
-            col.upsert(
-                ids=[item.id for item in lessons],
-                embeddings=vectors,
-                documents=[item.prompt for item in lessons],
-                metadatas=[item.metadata() for item in lessons],
-            )
+        """Write (or replace) lessons in one batch."""
+        if lessons:
+            self.store.batch([PutOp(LESSONS, item.id, asdict(item), ["prompt"]) for item in lessons])
         return len(lessons)
 
     def search(
         self, query: str, k: int = 3, min_relevance: float = 0.0, where: dict[str, Any] | None = None
     ) -> list[tuple[Lesson, float]]:
         """The `k` lessons whose prompts are most similar to `query`, with cosine relevance in [0, 1]."""
-        vector = self._embed([query])
-        with self._collection() as col:
-            if col.count() == 0:
-                return []
-            result = col.query(
-                query_embeddings=vector, n_results=k, where=where or None, include=["metadatas", "distances"]
-            )
-        hits = []
-        for lesson_id, meta, distance in zip(
-            result["ids"][0], result["metadatas"][0], result["distances"][0], strict=True
-        ):
-            relevance = max(0.0, 1.0 - float(distance))
-            if relevance >= min_relevance:
-                hits.append((Lesson.from_metadata(lesson_id, meta), round(relevance, 4)))
-        return hits
+        items = self.store.search(LESSONS, query=query, filter=where, limit=k)
+        hits = [(_lesson(item.value), round(item.score or 0.0, 4)) for item in items]
+        return [(lesson, score) for lesson, score in hits if score >= min_relevance]
 
     def get(self, lesson_id: str) -> Lesson | None:
-        with self._collection() as col:
-            result = col.get(ids=[lesson_id], include=["metadatas"])
-        if not result["ids"]:
-            return None
-        return Lesson.from_metadata(result["ids"][0], result["metadatas"][0])
+        item = self.store.get(LESSONS, lesson_id)
+        return _lesson(item.value) if item is not None else None
 
     def list(self, limit: int | None = None) -> list[Lesson]:
         """Every lesson, newest first."""
-        with self._collection() as col:
-            result = col.get(include=["metadatas"])
-        lessons = [Lesson.from_metadata(i, m) for i, m in zip(result["ids"], result["metadatas"], strict=True)]
+        lessons = [_lesson(item.value) for item in self.store.search(LESSONS, limit=MAX_LESSONS)]
         lessons.sort(key=lambda item: item.created_at, reverse=True)
         return lessons[:limit] if limit else lessons
 
     def count(self) -> int:
-        with self._collection() as col:
-            return col.count()
+        return len(self.store.search(LESSONS, limit=MAX_LESSONS))
 
     def delete(self, lesson_ids: list[str]) -> int:
-        with self._collection() as col:
-            present = col.get(ids=lesson_ids, include=[])["ids"]
-            if present:
-                col.delete(ids=present)
+        present = [i for i in lesson_ids if self.store.get(LESSONS, i) is not None]
+        if present:
+            self.store.batch([PutOp(LESSONS, i, None) for i in present])
         return len(present)
 
     def clear(self) -> int:
-        with self._collection() as col:
-            ids = col.get(include=[])["ids"]
-            if ids:
-                col.delete(ids=ids)
-        return len(ids)
+        return self.delete([item.key for item in self.store.search(LESSONS, limit=MAX_LESSONS)])
 
     def export(self, path: Path) -> int:
         """Write every lesson as one JSON object per line."""
@@ -284,6 +174,11 @@ class ExperienceStore:
                 except (json.JSONDecodeError, TypeError) as exc:
                     raise StoreError(f"{path} line {number} is not a lesson: {_one_line(exc)}") from exc
         return self.add_many(lessons)
+
+
+def _lesson(value: dict[str, Any]) -> Lesson:
+    known = set(Lesson.__dataclass_fields__)
+    return Lesson(**{k: v for k, v in value.items() if k in known})
 
 
 def _one_line(exc: BaseException) -> str:

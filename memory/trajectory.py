@@ -113,10 +113,15 @@ def best_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
-def build_trajectory(
+def run_result(
     state: dict[str, Any], *, thread_id: str | None = None, settings: GemsSettings | None = None
 ) -> dict[str, Any]:
-    """A JSON-ready report of a run: prompt, criteria, skill, every round, the final image, counts and timings."""
+    """A run's public result, the one shape the CLI (`trajectory.json`), the server, the bench and the tool return.
+
+    JSON-ready: prompt, criteria, skill, every round (prompt, image, passed/failed, experience, thought, verdicts),
+    the final image, lessons used, warnings, counts, token usage and timings; `settings` adds the models and the
+    loop and memory options that produced it.
+    """
     rounds = [
         {
             "round": r["round"],

@@ -6,11 +6,11 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from gems.configs import GemsSettings
-from gems.graph.state import GemsState
+from gems.configs import GemsSettings, context_settings
+from gems.memory.state import GemsState
 from gems.memory.trajectory import MODE_LAYERS, compressor_context
 from gems.nodes.mllm import get_mllm
-from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
+from gems.nodes.runtime import artifact_store, timed, usage_update
 
 COMPRESS_SYSTEM = """You keep the working notes of an image-generation agent that retries a prompt until every item
 of a checklist passes.
@@ -36,7 +36,7 @@ def compress(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]
     Returns:
         The latest round's `experience` (merged into `rounds`) and counters, or nothing.
     """
-    settings = settings_of(runtime)
+    settings = context_settings(runtime.context)
     if not MODE_LAYERS[settings.memory.mode]["experience"]:
         return {}
     latest = state["rounds"][-1]

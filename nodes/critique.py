@@ -6,11 +6,11 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from gems.configs import GemsSettings
-from gems.graph.state import GemsState, RoundRecord, Verdict, VerifyTask
+from gems.configs import GemsSettings, context_settings
+from gems.memory.state import GemsState, RoundRecord, Verdict, VerifyTask
 from gems.nodes.mllm import MLLMError, get_mllm, image_part, text_part
 from gems.nodes.parsing import parse_verdict
-from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
+from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills.verifiers import VERIFIERS, VerifierUnavailable, combine
 
 VERIFY_SYSTEM = """You check one requirement of a generated image.
@@ -30,7 +30,7 @@ def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     Returns:
         One `Verdict` appended to `verdicts`, and counters.
     """
-    settings = settings_of(runtime)
+    settings = context_settings(runtime.context)
     timings: dict[str, float] = {}
     usage: dict[str, int] = {}
     error: str | None = None

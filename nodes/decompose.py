@@ -6,11 +6,11 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from gems.configs import GemsSettings
-from gems.graph.state import GemsState
+from gems.configs import GemsSettings, context_settings
+from gems.memory.state import GemsState
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import CriteriaParseError, parse_criteria
-from gems.nodes.runtime import settings_of, timed, usage_update
+from gems.nodes.runtime import timed, usage_update
 
 DECOMPOSE_SYSTEM = """You turn an image request into a checklist for judging a generated image.
 Write one yes/no question for each visual requirement the request states: every object that must appear, every
@@ -46,7 +46,7 @@ def decompose(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any
     Raises:
         MLLMError: when the answer is still not a JSON list after the retry.
     """
-    settings = settings_of(runtime)
+    settings = context_settings(runtime.context)
     mllm = get_mllm(settings.mllm)
     prompt = state["prompt"]
     timings: dict[str, float] = {}

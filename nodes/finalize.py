@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gems.graph.state import GemsState
+from gems.memory.state import GemsState
 from gems.memory.trajectory import best_round
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from gems.configs import GemsSettings
-from gems.graph.state import GemsState, ImageRef
+from gems.configs import GemsSettings, context_settings
+from gems.memory.state import GemsState, ImageRef
 from gems.nodes.generators import get_generator
-from gems.nodes.runtime import artifact_store, settings_of, timed
+from gems.nodes.runtime import artifact_store, timed
 
 _rng = random.SystemRandom()
 
@@ -37,7 +37,7 @@ def generate(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]
     Raises:
         GeneratorError: with a one-line message; the checkpoint before this step is kept for `--resume`.
     """
-    settings = settings_of(runtime)
+    settings = context_settings(runtime.context)
     round_no = state.get("round", 0) + 1
     has_criteria = bool(state.get("criteria"))
     prompt = (state.get("current_prompt") or state["prompt"]) if has_criteria else state["prompt"]

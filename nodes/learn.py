@@ -1,4 +1,4 @@
-"""Learn: after the run, write its lesson to the cross-run experience store (one record per thread)."""
+"""Learn: after the run, write its lesson to the run's store (`runtime.store`; one record per thread)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
-from gems.configs import GemsSettings
-from gems.graph.state import GemsState
-from gems.nodes.runtime import settings_of, timed
+from gems.configs import GemsSettings, context_settings
+from gems.memory.experiences import ExperienceStore, lesson_from_state
+from gems.memory.state import GemsState
+from gems.nodes.runtime import timed
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,9 @@ def learn(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     Returns:
         `lesson_id` (or a `warnings` entry), nothing when lessons are off or there was nothing to learn.
     """
-    settings = settings_of(runtime)
+    settings = context_settings(runtime.context)
     if not settings.memory.lessons:
         return {}
-    from gems.memory.experiences import ExperienceStore, lesson_from_state
-
     thread_id = str((get_config().get("configurable") or {}).get("thread_id") or "")
     lesson = lesson_from_state(dict(state), settings, thread_id)
     if lesson is None:
@@ -37,7 +36,7 @@ def learn(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     timings: dict[str, float] = {}
     try:
         with timed(timings, "learn"):
-            lesson_id = ExperienceStore(settings).add(lesson)
+            lesson_id = ExperienceStore(settings, runtime.store).add(lesson)
     except Exception as exc:  # the image is made; losing the lesson must not lose the run
         log.warning("could not store the lesson: %s", exc)
         return {"warnings": [f"lesson not stored: {exc}"], "timings": timings}

@@ -11,11 +11,11 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
-from gems.configs import MLLMSettings
+from gems.configs import GemsError, MLLMSettings
 from gems.configs.settings import cache_key
 
 
-class MLLMError(RuntimeError):
+class MLLMError(GemsError, RuntimeError):
     """The MLLM endpoint failed or answered something unusable; the message is one line."""
 
     def __init__(self, message: str, status: int | None = None):

@@ -14,12 +14,14 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.runtime import Runtime
+from langgraph.store.base import BaseStore
 
-from gems.configs import GemsSettings
-from gems.graph.state import GemsState
+from gems.configs import GemsSettings, context_settings
+from gems.memory.experiences import ExperienceStore
+from gems.memory.state import GemsState
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import clean_prompt, parse_skill_choice
-from gems.nodes.runtime import settings_of, timed, usage_update
+from gems.nodes.runtime import timed, usage_update
 from gems.skills import Skill, registry_for
 
 log = logging.getLogger(__name__)
@@ -78,16 +80,17 @@ def skill_block(skills: list[Skill]) -> str:
     return "\n\n".join(f'<skill name="{s.name}">\n{s.body}\n</skill>' for s in skills)
 
 
-def recall_lessons(prompt: str, settings: GemsSettings) -> tuple[list[dict[str, Any]], list[str]]:
+def recall_lessons(
+    prompt: str, settings: GemsSettings, store: BaseStore | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Retrieve the top-k relevant lessons from earlier runs; a broken store becomes a warning, not a crash."""
     memory = settings.memory
     if not memory.lessons:
         return [], []
-    from gems.memory.experiences import ExperienceStore
-
     where = {"generator_model": settings.generator.model_label} if memory.same_generator_only else None
     try:
-        hits = ExperienceStore(settings).search(prompt, k=memory.top_k, min_relevance=memory.min_relevance, where=where)
+        lessons = ExperienceStore(settings, store)
+        hits = lessons.search(prompt, k=memory.top_k, min_relevance=memory.min_relevance, where=where)
     except Exception as exc:
         log.warning("lessons unavailable: %s", exc)
         return [], [f"lessons unavailable: {exc}"]
@@ -161,14 +164,14 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     Returns:
         New `messages` while the planner is calling tools; otherwise what `prepare` needs.
     """
-    settings = settings_of(runtime)
+    settings = context_settings(runtime.context)
     timings: dict[str, float] = {}
     messages = list(state.get("messages") or [])
     update: dict[str, Any] = {}
     with timed(timings, "plan"):
         if not messages:
             # Step 1: what earlier runs taught, and which skills could apply (retrieval keeps the prompt small).
-            lessons, warnings = recall_lessons(state["prompt"], settings)
+            lessons, warnings = recall_lessons(state["prompt"], settings, runtime.store)
             candidates = skill_candidates(state["prompt"], settings)
             trace: dict[str, Any] = {
                 "mode": settings.skills.tool_calling,
@@ -229,7 +232,7 @@ def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """
     from gems.skills.tools import loaded_skills
 
-    settings = settings_of(runtime)
+    settings = context_settings(runtime.context)
     trace = dict(state.get("skill_trace") or {})
     messages = state.get("messages") or []
     current = state.get("current_prompt")

@@ -6,13 +6,13 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from gems.configs import GemsSettings
-from gems.graph.state import GemsState
+from gems.configs import GemsSettings, context_settings
+from gems.memory.state import GemsState
 from gems.memory.trajectory import refiner_context
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import clean_prompt
 from gems.nodes.plan import skill_block
-from gems.nodes.runtime import artifact_store, settings_of, timed, usage_update
+from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills import registry_for
 
 REFINE_SYSTEM = """You write the next prompt for a text-to-image model that has not yet satisfied a user's request.
@@ -38,7 +38,7 @@ def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     Returns:
         `current_prompt`, `thought` and counters.
     """
-    settings = settings_of(runtime)
+    settings = context_settings(runtime.context)
     timings: dict[str, float] = {}
     system = REFINE_SYSTEM
     loaded = (state.get("skill_trace") or {}).get("loaded") or []

@@ -7,9 +7,8 @@ from typing import Any
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from gems.configs import GemsSettings
-from gems.graph.state import GemsState
-from gems.nodes.runtime import settings_of
+from gems.configs import GemsSettings, context_settings
+from gems.memory.state import GemsState
 
 REVIEW_HELP = (
     "Resume with {} (or null) to accept, or with {'criteria': [...], 'first_prompt': '...'} to replace either."
@@ -47,7 +46,7 @@ def review(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
         Replaced `criteria` and/or `current_prompt`, or nothing.
     """
     # The flag recorded at plan time: a resume that omits the option still applies the reviewer's edits.
-    if not state.get("human_review", settings_of(runtime).loop.human_review):
+    if not state.get("human_review", context_settings(runtime.context).loop.human_review):
         return {}
     payload = {
         "prompt": state["prompt"],

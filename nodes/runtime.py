@@ -1,41 +1,13 @@
-"""Helpers every node uses: the run's settings from the graph context, the artifact store, timing."""
+"""Helpers every node uses: the artifact store, timing, token usage."""
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from langgraph.runtime import Runtime
-
-from gems.configs import GemsSettings, load_settings
-from gems.configs.settings import is_complete, overlay
+from gems.configs import GemsSettings
 from gems.memory.artifacts import ArtifactStore
-
-
-@functools.lru_cache(maxsize=1)
-def _settings_from_env() -> GemsSettings:
-    return load_settings()
-
-
-def settings_of(runtime: Runtime[GemsSettings] | None) -> GemsSettings:
-    """Return the run's settings: the context if given, else settings from `GEMS_CONFIG` and `GEMS_*`."""
-    return context_settings(getattr(runtime, "context", None))
-
-
-def context_settings(context: Any) -> GemsSettings:
-    """Settings from a graph context value (a `GemsSettings`, a dict from a server, or None).
-
-    A partial context (say `{"loop": {"max_rounds": 2}}` sent to the Agent Server) overlays the settings from
-    `GEMS_CONFIG` and `GEMS_*`; settings from `load_settings` are whole and used as they are.
-    """
-    if isinstance(context, dict) and context:
-        context = GemsSettings.model_validate(context)
-    if isinstance(context, GemsSettings):
-        return context if is_complete(context) else overlay(_settings_from_env(), context)
-    return _settings_from_env()
 
 
 def artifact_store(settings: GemsSettings) -> ArtifactStore:

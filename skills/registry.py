@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from gems.configs.errors import GemsError
+
 if TYPE_CHECKING:
     from gems.configs import GemsSettings
 
@@ -23,7 +25,7 @@ MAX_DESCRIPTION = 1024
 ALLOWED_KEYS = {"name", "description", "license", "compatibility", "metadata", "allowed-tools"}
 
 
-class SkillError(ValueError):
+class SkillError(GemsError, ValueError):
     """A SKILL.md file is malformed; the message names the file and the problem."""
 
 

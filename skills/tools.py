@@ -8,14 +8,13 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import ToolException, tool
 from langgraph.prebuilt import ToolRuntime
 
+from gems.configs import context_settings
 from gems.skills.registry import SkillRegistry, registry_for
 
 MAX_RESOURCE_CHARS = 20_000
 
 
 def _registry(context: Any) -> SkillRegistry:
-    from gems.nodes.runtime import context_settings
-
     return registry_for(context_settings(context))
 
 
@@ -37,8 +36,6 @@ def load_skill(name: str, runtime: ToolRuntime[Any, Any]) -> tuple[str, dict[str
     offered = [c["name"] for c in (state.get("skill_trace") or {}).get("offered", [])]
     if name not in offered:
         raise ToolException(f"{name!r} is not one of the candidate skills: {', '.join(offered) or 'none'}")
-    from gems.nodes.runtime import context_settings
-
     settings = context_settings(runtime.context)
     already = loaded_skills(state.get("messages") or [])
     if name not in already and len(already) >= settings.skills.max_active:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gems.configs import load_settings
-from gems.graph.bench.datasets import DatasetError, load_prompts
-from gems.graph.bench.runner import run_bench
-from gems.graph.bench.scoring import judge_warning
+from gems.interfaces.bench.datasets import DatasetError, load_prompts
+from gems.interfaces.bench.runner import run_bench
+from gems.interfaces.bench.scoring import judge_warning
 from tests.conftest import make_settings
 from tests.support.net import write_stub_config
 from tests.support.official import official_soft_tifa, qwen_like_first_token
@@ -149,7 +149,7 @@ def test_killed_bench_loses_nothing(mllm_server, gen_server, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("p one\np two\np three\n")
     cfg = write_stub_config(tmp_path / "c.yaml", mllm.base_url, gen.url, data_dir=str(tmp_path / "data"))
-    args = [sys.executable, "-m", "gems.graph.cli", "bench", str(prompts), "--config", str(cfg)]
+    args = [sys.executable, "-m", "gems.interfaces.cli", "bench", str(prompts), "--config", str(cfg)]
     args += ["--out", str(tmp_path / "out"), "--concurrency", "1", "--quiet", "--scorer", "verifier"]
     results = tmp_path / "out" / "results"
     for blocked in (gen.blocked, script.blocked):
@@ -199,10 +199,8 @@ def test_judge_warning_and_ablation_configs(tmp_path):
 
 
 def test_bench_cli_errors(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "gems.graph.cli", "bench", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    args = [sys.executable, "-m", "gems.interfaces.cli", "bench", str(tmp_path / "missing.txt")]
+    result = subprocess.run([*args, "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2 and "gems: error: no such prompt file or folder" in result.stderr
 
 
@@ -235,7 +233,7 @@ def distribution_judge() -> OpenAIStub:
 
 
 def test_soft_tifa_equals_the_official_formulas(mllm_server, gen_server, isolated_env, tmp_path):
-    from gems.graph.bench.scoring import qwen_first_token
+    from gems.interfaces.bench.scoring import qwen_first_token
 
     for text in ("Yes", " yes", "two", " Two", "2", " 2", "10", " 10", "other", " other"):
         assert qwen_first_token(text) == qwen_like_first_token(text)
@@ -278,7 +276,7 @@ def test_soft_tifa_equals_the_official_formulas(mllm_server, gen_server, isolate
 
 
 def test_scorer_refusals_happen_before_the_first_prompt(mllm_server, gen_server, isolated_env, tmp_path):
-    from gems.graph.bench.scoring import ScorerError
+    from gems.interfaces.bench.scoring import ScorerError
 
     mllm, _ = mllm_server(criteria=CRITERIA)
     gen = gen_server()
@@ -301,7 +299,7 @@ def test_scorer_refusals_happen_before_the_first_prompt(mllm_server, gen_server,
 
 
 def test_self_check_is_labelled_everywhere(mllm_server, gen_server, isolated_env, tmp_path, capsys):
-    from gems.graph.cli import main
+    from gems.interfaces.cli import main
 
     mllm, _ = mllm_server(criteria=CRITERIA)
     gen = gen_server()
@@ -331,7 +329,7 @@ def test_bench_lessons_stay_off_or_inside_the_run_folder(mllm_server, gen_server
 
 
 def test_a_run_folder_belongs_to_one_run(mllm_server, gen_server, isolated_env, tmp_path):
-    from gems.graph.bench.runner import BenchMismatch
+    from gems.interfaces.bench.runner import BenchMismatch
 
     mllm, _ = mllm_server(criteria=CRITERIA)
     gen = gen_server()
@@ -366,8 +364,8 @@ def test_a_run_folder_belongs_to_one_run(mllm_server, gen_server, isolated_env, 
 
 
 def test_limit_is_a_stratified_sample():
-    from gems.graph.bench.datasets import BenchPrompt
-    from gems.graph.bench.runner import select_items
+    from gems.interfaces.bench.datasets import BenchPrompt
+    from gems.interfaces.bench.runner import select_items
 
     items = [BenchPrompt(f"{i:05d}", f"p{i}", meta={"atom_count": 3 + i // 10}) for i in range(40)]  # sorted by count
     chosen, selection = select_items(items, 8, None, seed=0)
@@ -382,7 +380,7 @@ def test_limit_is_a_stratified_sample():
 def test_export_writes_the_official_layouts(mllm_server, gen_server, isolated_env, tmp_path):
     from PIL import Image
 
-    from gems.graph.bench.export import ExportError, export_run
+    from gems.interfaces.bench.export import ExportError, export_run
 
     mllm, _ = mllm_server()
     gen = gen_server()
@@ -400,7 +398,7 @@ def test_export_writes_the_official_layouts(mllm_server, gen_server, isolated_en
         export_run(tmp_path / "ge", "geneval", tmp_path / "xe4", images_per_prompt=4)
 
     run_bench(DATA / "dpg", settings, "original", tmp_path / "dpg", images_per_prompt=4)
-    from gems.graph.cli import main
+    from gems.interfaces.cli import main
 
     assert main(["bench", "export", str(tmp_path / "dpg"), "--format", "dpg", "--to", str(tmp_path / "xd"),
                  "--images-per-prompt", "4"]) == 0  # fmt: skip

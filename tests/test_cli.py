@@ -25,7 +25,7 @@ def write_config(path: Path, mllm_url: str, gen_url: str, lessons: bool = False)
 def gems(*args: str, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "gems.graph.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "gems.interfaces.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
 
 
@@ -78,7 +78,17 @@ def test_resume_after_kill_redoes_no_completed_round(mllm_server, gen_server, tm
     cfg = write_config(tmp_path / "c.yaml", mllm.base_url, gen.url, lessons=True)
     store = ExperienceStore(GemsSettings(data_dir=isolated_env))
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "gems.graph.cli", "generate", "a red cat", "--config", str(cfg), "--thread-id", "k1"]
+    args = [
+        sys.executable,
+        "-m",
+        "gems.interfaces.cli",
+        "generate",
+        "a red cat",
+        "--config",
+        str(cfg),
+        "--thread-id",
+        "k1",
+    ]
     proc = subprocess.Popen([*args, "--out", str(out)], stderr=subprocess.PIPE, text=True)
     try:
         assert gen.blocked.wait(90), "the run never reached round 2"

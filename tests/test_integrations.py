@@ -13,7 +13,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from langgraph.checkpoint.memory import InMemorySaver
 
 from gems.graph import build_graph, run_config
-from gems.graph.tool import gems_tool
+from gems.interfaces.tool import gems_tool
 from tests.conftest import make_settings
 from tests.support.net import write_stub_config
 
@@ -48,7 +48,7 @@ def test_tool_wrapper_runs_the_loop(mllm_server, gen_server, isolated_env):
         {"type": "tool_call", "id": "c1", "name": "generate_image", "args": {"prompt": "a red fox", "max_rounds": 3}}
     )
     assert message.content.startswith("Image saved to ") and "all requirements passed: 2/2" in message.content
-    assert Path(message.artifact["image"]["path"]).exists() and len(gen.prompts) == 2
+    assert Path(message.artifact["final"]["image"]["path"]).exists() and len(gen.prompts) == 2
 
 
 def write_env_config(path: Path, mllm_url: str, gen_url: str) -> dict[str, str]:

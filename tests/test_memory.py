@@ -16,7 +16,7 @@ from PIL import Image
 
 from gems.configs import GemsSettings
 from gems.graph import build_graph, run_config
-from gems.graph.cli import main as gems_main
+from gems.interfaces.cli import main as gems_main
 from gems.memory.artifacts import ArtifactStore
 from gems.memory.experiences import ExperienceStore, Lesson, StoreError, lesson_from_state
 from gems.memory.trajectory import MODE_LAYERS, context_size, refiner_context
@@ -269,7 +269,7 @@ def test_missing_store_is_recreated_and_corrupt_store_never_fails_a_run(mllm_ser
     (settings.chroma_path / "chroma.sqlite3").write_bytes(b"this is not a database" * 100)
     values = graph.invoke({"prompt": "a cat"}, run_config(settings, "3"), context=settings)
     assert values["success"] is True and values["final"]["image"]["sha256"]
-    assert any(w.startswith("lessons unavailable: the experience store at") for w in values["warnings"])
+    assert any(w.startswith("lessons unavailable: the store at") for w in values["warnings"])
     assert any(w.startswith("lesson not stored:") for w in values["warnings"])
     with pytest.raises(StoreError, match="move the folder away and gems will start a new one"):
         ExperienceStore(settings).count()

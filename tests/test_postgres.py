@@ -57,7 +57,7 @@ def test_postgres_run_kill_and_resume_from_another_process(postgres_dsn, mllm_se
     cfg = write_stub_config(
         tmp_path / "c.yaml", mllm.base_url, gen.url, storage={"checkpointer": "postgres", "postgres_dsn": postgres_dsn}
     )
-    cli = [sys.executable, "-m", "gems.graph.cli", "generate"]
+    cli = [sys.executable, "-m", "gems.interfaces.cli", "generate"]
     proc = subprocess.Popen([*cli, "a red cat", "--config", str(cfg), "--thread-id", "pg1"], stderr=subprocess.PIPE)
     try:
         assert gen.blocked.wait(90), "the run never reached round 2"

@@ -44,7 +44,7 @@ class Served:
 @pytest.fixture
 def served(mllm_server, gen_server, isolated_env):
     pytest.importorskip("langserve")
-    from gems.graph.serve import create_app
+    from gems.interfaces.serve import create_app
 
     def start(api_key=KEY, max_concurrent=2, queue_timeout_s=30.0, **gen_options):
         # Round 1 (the request as written) fails, round 2 (a refined prompt) passes, however runs overlap.
@@ -176,7 +176,7 @@ def test_gems_serve_command_starts(tmp_path):
     port = free_port()
     env = {**os.environ, "GEMS_API_KEY": KEY, "GEMS_DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gems.graph.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "gems.interfaces.cli", "serve", "--port", str(port)],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from gems.configs import EmbeddingSettings
 from gems.graph import build_graph, run_config
-from gems.graph.cli import main as gems_main
+from gems.interfaces.cli import main as gems_main
 from gems.memory.embeddings import get_embeddings
 from gems.skills import SkillRegistry, bundled_library, load_registry
 from gems.skills.retrieval import SkillIndex, get_index

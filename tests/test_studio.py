@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +18,30 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def studio(mllm_server, gen_server, tmp_path):
-    """`langgraph dev` on a free loopback port, configured through GEMS_CONFIG to use the local stub servers."""
+def studio(request, mllm_server, gen_server, tmp_path):
+    """`langgraph dev` on a free loopback port, configured through GEMS_CONFIG to use the local stub servers.
+
+    With `indirect` param `{"lessons": True}`, lessons are on and embedded by the stub's /v1/embeddings (8 dims).
+    """
+    lessons = getattr(request, "param", {}).get("lessons", False)
     langgraph = Path(sys.executable).with_name("langgraph")
     if not langgraph.exists():
         pytest.skip("langgraph-cli[inmem] is not installed (pip install -e '.[test]')")
     mllm, script = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
     gen = gen_server()
-    cfg = write_stub_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
+    sections: dict = {}
+    if lessons:
+        sections = {"memory": {"lessons": True}, "embeddings": {"provider": "openai", "base_url": mllm.base_url,
+                                                               "model": "emb", "api_key": "sk-e"}}  # fmt: skip
+    cfg = write_stub_config(tmp_path / "c.yaml", mllm.base_url, gen.url, **sections)
     work = tmp_path / "project"  # the server writes .langgraph_api/ into its working folder
     work.mkdir()
-    shutil.copy(ROOT / "langgraph.json", work / "langgraph.json")
+    config = json.loads((ROOT / "langgraph.json").read_text())
+    index = config["store"]["index"]
+    index["embed"] = str(ROOT / index["embed"].removeprefix("./"))  # the copy lives elsewhere
+    if lessons:
+        index["dims"] = 8  # the stub's embeddings
+    (work / "langgraph.json").write_text(json.dumps(config))
     port = free_port()
     env = {
         **os.environ,
@@ -113,3 +126,20 @@ def test_langgraph_dev_human_review_interrupt_and_resume(studio):
     assert state["next"] == [] and state["values"]["criteria"] == ["Is there a cat?"]
     assert gen.prompts[0] == "a bright red cat, full body"
     assert state["values"]["success"] is True
+
+
+@pytest.mark.parametrize("studio", [{"lessons": True}], indirect=True)
+def test_langgraph_dev_keeps_lessons_in_the_servers_own_store(studio):
+    from langgraph_sdk import get_sync_client
+
+    url, _, _, tmp_path = studio
+    client = get_sync_client(url=url)
+    first = client.threads.create()
+    client.runs.wait(first["thread_id"], "gems", input={"prompt": "a red cat on a mat"})
+    items = client.store.search_items(["gems", "lessons"])["items"]
+    assert len(items) == 1 and items[0]["value"]["thread_id"] == first["thread_id"]
+    second = client.threads.create()
+    client.runs.wait(second["thread_id"], "gems", input={"prompt": "a red cat on a mat"})
+    lessons = client.threads.get_state(second["thread_id"])["values"]["lessons"]
+    assert [lesson["id"] for lesson in lessons] == [items[0]["key"]] and lessons[0]["relevance"] > 0.9
+    assert not (tmp_path / "data" / "chroma").exists()  # the server's store, not gems' own Chroma folder

@@ -10,12 +10,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gems.configs import GeneratorSettings
+from gems.configs import GemsError, GeneratorSettings
 from gems.configs.settings import cache_key
 from gems.nodes.generators.presets import PRESETS, effective_settings
 
 
-class GeneratorError(RuntimeError):
+class GeneratorError(GemsError, RuntimeError):
     """The generator failed; the message is one line saying what to fix."""
 
 

@@ -243,7 +243,7 @@ def image_prompt(body: dict[str, Any]) -> str | None:
 
 def role_of(body: dict[str, Any]) -> str:
     """Which GEMS role sent this request, told by the first line of its system prompt."""
-    from gems.graph.bench.methods import REWRITE_SYSTEM
+    from gems.interfaces.bench.methods import REWRITE_SYSTEM
     from gems.nodes.compress import COMPRESS_SYSTEM
     from gems.nodes.critique import VERIFY_SYSTEM
     from gems.nodes.decompose import DECOMPOSE_SYSTEM

@@ -21,8 +21,12 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field
 
-from gems.configs import GemsSettings, load_settings
-from gems.graph.builder import continuation, run_config
+from gems.configs import ConfigError, GemsSettings, load_settings
+from gems.graph.builder import build_graph, continuation, run_config
+from gems.memory.artifacts import ArtifactError, ArtifactStore
+from gems.memory.checkpoint import open_checkpointer
+from gems.memory.store import open_store
+from gems.memory.trajectory import run_result
 
 MAX_PROMPT_CHARS = 2000
 MAX_ROUNDS_CAP = 10
@@ -62,17 +66,12 @@ def _with_urls(value: Any) -> Any:
     return value
 
 
-PUBLIC_KEYS = ("prompt", "skill", "criteria", "rounds", "final", "success", "lessons", "warnings")
-
-
 class GemsService(Runnable[dict, dict]):
     """The Runnable LangServe serves: validates, picks the thread, runs the graph, returns JSON with image URLs."""
 
-    def __init__(self, settings: GemsSettings, checkpointer: Any):
-        from gems.graph.builder import build_graph
-
+    def __init__(self, settings: GemsSettings, checkpointer: Any, store: Any = None):
         self.settings = settings
-        self.graph = build_graph(checkpointer=checkpointer)
+        self.graph = build_graph(checkpointer=checkpointer, store=store)
 
     def _prepare(self, payload: Any, config: RunnableConfig | None) -> tuple[GemsSettings, dict[str, Any], str]:
 
@@ -85,9 +84,7 @@ class GemsService(Runnable[dict, dict]):
         return settings, run_config(settings, thread_id), request.prompt
 
     def _public(self, values: dict[str, Any], thread_id: str) -> dict[str, Any]:
-        result = {k: values.get(k) for k in PUBLIC_KEYS}
-        result["thread_id"] = thread_id
-        return _with_urls(_jsonable(result))
+        return _with_urls(_jsonable(run_result(values, thread_id=thread_id)))
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         settings, run_cfg, prompt = self._prepare(input, config)
@@ -267,13 +264,7 @@ def create_app(
         from fastapi.responses import FileResponse
         from langserve import add_routes
     except ImportError as exc:
-        from gems.configs import ConfigError
-
         raise ConfigError(f"gems serve needs the serve extra: pip install 'gems-agent[serve]' ({exc.name})") from None
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-    from gems.memory.artifacts import ArtifactError, ArtifactStore
-
     settings = settings or load_settings()
     api_key = api_key if api_key is not None else os.environ.get("GEMS_API_KEY") or None
 
@@ -281,12 +272,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
-        from gems.graph.builder import build_graph
-
-        path = settings.data_dir / "serve-checkpoints.sqlite"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-            service.graph = build_graph(checkpointer=saver)
+        sqlite_path = settings.data_dir / "serve-checkpoints.sqlite"
+        async with open_checkpointer(settings, asynchronous=True, sqlite_path=sqlite_path) as saver:
+            service.graph = build_graph(checkpointer=saver, store=open_store(settings))
             yield
 
     app = FastAPI(title="gems", description="GEMS image generation agent", lifespan=lifespan)

@@ -13,7 +13,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from gems.graph.bench.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
+from gems.interfaces.bench.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
 
 # Additive costs: their total is meaningful. Per-prompt `wall_s` overlaps under concurrency, so only its mean is
 # shown; the run's real elapsed time is the summary's `wall_s`.

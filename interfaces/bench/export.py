@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gems.configs import ConfigError
+from gems.interfaces.bench.datasets import load_prompts
+from gems.interfaces.bench.runner import select_items
 
 FORMATS = ("geneval2", "geneval", "dpg")
 
@@ -45,9 +47,6 @@ def _image(record: dict[str, Any]) -> Path:
 
 
 def _prompt_ids(run: dict[str, Any], records: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
-    from gems.graph.bench.datasets import load_prompts
-    from gems.graph.bench.runner import select_items
-
     selection = run.get("selection") or {}
     try:
         _, items = load_prompts(run["prompts"])
@@ -98,8 +97,6 @@ def export_run(run_dir: str | Path, fmt: str, to: str | Path, images_per_prompt:
             mapping[records[(i, 0)]["prompt"]] = str(target.resolve())
         (to / "geneval2_images.json").write_text(json.dumps(mapping, indent=1, ensure_ascii=False), encoding="utf-8")
     elif fmt == "geneval":
-        from gems.graph.bench.datasets import load_prompts
-
         _, items = load_prompts(run["prompts"])
         meta = {item.id: item.meta["record"] for item in items}
         for i in ids:

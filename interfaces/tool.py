@@ -9,6 +9,8 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
 from gems.configs import GemsSettings, load_settings
+from gems.graph.builder import build_graph, run_config
+from gems.memory.trajectory import run_result
 
 TOOL_DESCRIPTION = (
     "Generate an image from a detailed description. The tool plans, renders, checks the image against every "
@@ -25,22 +27,22 @@ class GenerateImageInput(BaseModel):
 
 
 def gems_tool(
-    settings: GemsSettings | None = None, *, checkpointer: Any = None, name: str = "generate_image"
+    settings: GemsSettings | None = None, *, checkpointer: Any = None, store: Any = None, name: str = "generate_image"
 ) -> BaseTool:
     """Wrap the GEMS graph as a LangChain tool.
 
     Args:
         settings: run settings (default: `load_settings()`, i.e. `GEMS_CONFIG` and `GEMS_*`).
         checkpointer: where runs are checkpointed (default: none; each call is one fresh thread).
+        store: a LangGraph store for cross-run lessons (default: the one the settings describe).
         name: the tool's name as the agent sees it.
 
     Returns:
-        A `StructuredTool` whose content is a one-line summary and whose artifact is the run's result.
+        A `StructuredTool` whose content is a one-line summary and whose artifact is the run's result
+        (`gems.memory.trajectory.run_result`).
     """
-    from gems.graph.builder import build_graph, run_config
-
     base = settings or load_settings()
-    graph = build_graph(checkpointer=checkpointer)
+    graph = build_graph(checkpointer=checkpointer, store=store)
 
     def generate_image(prompt: str, max_rounds: int | None = None) -> tuple[str, dict[str, Any]]:
         run_settings = base
@@ -55,13 +57,7 @@ def gems_tool(
             f"Image saved to {image.get('path')} ({status}: {final.get('passed')}/{final.get('total')} "
             f"requirements, round {final.get('round')})."
         )
-        artifact = {
-            "thread_id": thread_id,
-            "image": image,
-            "success": result.get("success"),
-            "criteria": result.get("criteria"),
-        }
-        return summary, artifact
+        return summary, run_result(result, thread_id=thread_id)
 
     return StructuredTool.from_function(
         func=generate_image,

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gems.configs.errors import GemsError
 
-class DatasetError(ValueError):
+
+class DatasetError(GemsError, ValueError):
     """A prompt file cannot be read; the message names the file and line."""
+
+    exit_code = 2
 
 
 @dataclass

@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from gems.configs import ConfigError, GemsSettings
-from gems.graph.bench.datasets import BenchPrompt, load_prompts, stratified_sample
-from gems.graph.bench.methods import method_settings, run_method
-from gems.graph.bench.report import build_summary, write_reports
-from gems.graph.bench.scoring import judge_warning, make_scorer, resolve_scorer
+from gems.graph.builder import build_graph
+from gems.interfaces.bench.datasets import BenchPrompt, load_prompts, stratified_sample
+from gems.interfaces.bench.methods import method_settings, run_method
+from gems.interfaces.bench.report import build_summary, write_reports
+from gems.interfaces.bench.scoring import judge_warning, make_scorer, resolve_scorer
+from gems.memory.checkpoint import open_checkpointer
+from gems.memory.store import open_store
 
 # Settings that cannot change what a run produces: they may differ between a run and its continuation.
 _DIGEST_IGNORES = {"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency", "chroma"}
@@ -224,9 +227,6 @@ def run_bench(
         BenchMismatch: `out` holds a run with another method, scorer or config.
         ScorerError: the scorer cannot run (before the first prompt).
     """
-    from gems.graph.builder import build_graph
-    from gems.memory.checkpoint import open_checkpointer
-
     out = Path(out)
     dataset, all_items = load_prompts(prompts)
     items, selection = select_items(all_items, limit, first, sample_seed)
@@ -324,7 +324,7 @@ def run_bench(
         _write_json(results_dir / f"{name}.json", record)
 
     with open_checkpointer(run_settings) as saver:
-        graph = build_graph(checkpointer=saver)
+        graph = build_graph(checkpointer=saver, store=open_store(run_settings) if lessons else None)
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             futures = {pool.submit(one, item, k, graph): result_name(item.id, k) for item, k in todo}
             for future in as_completed(futures):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gems.configs import ConfigError, GemsSettings, JudgeSettings
-from gems.graph.bench.datasets import BenchPrompt
+from gems.interfaces.bench.datasets import BenchPrompt
 
 # evaluation.py's return_numeric_string: exactly these lower-case words, anything else maps to "other".
 NUMBER_DIGITS = {

@@ -13,8 +13,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gems.configs import GemsSettings
-from gems.graph.bench.datasets import BenchPrompt
+from gems.configs import ConfigError, GemsSettings
+from gems.graph.builder import continuation, run_config
+from gems.interfaces.bench.datasets import BenchPrompt
+from gems.memory.trajectory import run_result
+from gems.nodes.generate import seed_for
+from gems.nodes.generators import get_generator
+from gems.nodes.mllm import get_mllm
+from gems.nodes.parsing import clean_prompt
+from gems.nodes.runtime import artifact_store
 
 METHODS = ("original", "rewrite", "search", "loop", "gems")
 
@@ -25,8 +32,6 @@ attribute, spatial relation and quoted piece of text exactly as asked. Return on
 
 def method_settings(method: str, base: GemsSettings, search_n: int = 5) -> GemsSettings:
     """The settings that make the graph behave as `method`."""
-    from gems.configs import ConfigError
-
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; use one of: {', '.join(METHODS)}")
     if method == "gems":
@@ -43,75 +48,61 @@ def method_settings(method: str, base: GemsSettings, search_n: int = 5) -> GemsS
 
 
 def _one_shot(method: str, item: BenchPrompt, settings: GemsSettings) -> dict[str, Any]:
-    """original / rewrite: no criteria, no loop."""
-    from gems.nodes.generate import seed_for
-    from gems.nodes.generators import get_generator
-    from gems.nodes.mllm import get_mllm
-    from gems.nodes.parsing import clean_prompt
-    from gems.nodes.runtime import artifact_store
-
-    cost = {"mllm_calls": 0, "input_tokens": 0, "output_tokens": 0, "image_parts": 0, "generator_calls": 1}
-    prompt = item.prompt
+    """original / rewrite: no criteria, no loop; the same result shape as a graph run."""
+    usage: dict[str, float] = {}
+    prompt, mllm_calls = item.prompt, 0
     if method == "rewrite":
         reply = get_mllm(settings.mllm).ask(REWRITE_SYSTEM, item.prompt)
         prompt = clean_prompt(reply.text) or item.prompt
-        cost["mllm_calls"] = 1
-        for key in ("input_tokens", "output_tokens"):
-            cost[key] = reply.usage.get(key, 0)
+        mllm_calls = 1
+        usage = {k: float(reply.usage.get(k, 0)) for k in ("input_tokens", "output_tokens")}
     started = time.perf_counter()
     rendered = get_generator(settings.generator).render(prompt, seed_for(settings.loop.seed, 1, 0, 1))
     busy = time.perf_counter() - started
     ref = artifact_store(settings).put_bytes(rendered.data, **rendered.meta, candidate=0)
-    cost["generator_busy_s"] = round(busy, 4)
-    return {
+    state = {
+        "prompt": item.prompt,
         "criteria": [],
         "rounds": [{"round": 1, "prompt": prompt, "image": ref, "passed": [], "failed": [], "experience": None}],
         "final": {"round": 1, "image": ref, "passed": None, "total": None},
         "success": None,
-        "skill": None,
-        "cost": cost,
+        "mllm_calls": mllm_calls,
+        "generator_calls": 1,
+        "usage": usage,
+        "timings": {"generator_busy": busy},
     }
+    return run_result(state)
 
 
 def _graph_run(item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str) -> dict[str, Any]:
-    from gems.graph.builder import continuation, run_config
-
     config = run_config(settings, thread_id)
     # A bench killed mid-prompt continues from the checkpoint.
     pending, run_input = continuation(graph.get_state(config), item.prompt)
     if pending:
         graph.invoke(run_input, config, context=settings, durability="sync")
-    values = graph.get_state(config).values
-    usage = values.get("usage") or {}
-    timings = values.get("timings") or {}
+    return run_result(graph.get_state(config).values, thread_id=thread_id)
+
+
+def _cost(result: dict[str, Any]) -> dict[str, Any]:
+    usage, timings, counts = result.get("usage") or {}, result.get("timings") or {}, result.get("counts") or {}
     return {
-        "criteria": values.get("criteria", []),
-        "rounds": [
-            {k: r.get(k) for k in ("round", "prompt", "image", "passed", "failed", "experience")}
-            for r in values.get("rounds") or []
-        ],
-        "final": values.get("final"),
-        "success": values.get("success"),
-        "skill": values.get("skill"),
-        "cost": {
-            "mllm_calls": values.get("mllm_calls", 0),
-            "input_tokens": int(usage.get("input_tokens", 0)),
-            "output_tokens": int(usage.get("output_tokens", 0)),
-            "image_parts": int(usage.get("image_parts", 0)),
-            "generator_calls": values.get("generator_calls", 0),
-            "generator_busy_s": round(timings.get("generator_busy", timings.get("generate", 0.0)), 4),
-        },
+        "mllm_calls": counts.get("mllm_calls", 0),
+        "input_tokens": int(usage.get("input_tokens", 0)),
+        "output_tokens": int(usage.get("output_tokens", 0)),
+        "image_parts": int(usage.get("image_parts", 0)),
+        "generator_calls": counts.get("generator_calls", 0),
+        "generator_busy_s": round(timings.get("generator_busy", timings.get("generate", 0.0)), 4),
     }
 
 
 def run_method(
     method: str, item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str | None = None
 ) -> dict[str, Any]:
-    """Run one prompt with one method and return its record (without score)."""
+    """Run one prompt with one method and return its record: the run's result plus bench fields (no score yet)."""
     started = time.perf_counter()
     if method in ("original", "rewrite"):
-        record = _one_shot(method, item, settings)
+        result = _one_shot(method, item, settings)
     else:
-        record = _graph_run(item, settings, graph, thread_id or f"{method}-{item.id}")
-    record["cost"]["wall_s"] = round(time.perf_counter() - started, 4)
-    return {"id": item.id, "prompt": item.prompt, "categories": item.categories, "method": method, **record}
+        result = _graph_run(item, settings, graph, thread_id or f"{method}-{item.id}")
+    cost = {**_cost(result), "wall_s": round(time.perf_counter() - started, 4)}
+    return {**result, "id": item.id, "categories": item.categories, "method": method, "cost": cost}

@@ -1,0 +1,104 @@
+"""The `gems` command line (click): `gems generate "PROMPT"`, `gems memory`, `gems skills`, `gems serve`, `gems bench`.
+
+Each command lives in its own module and is imported only when it runs, so `gems --help` and the light commands
+do not pay for LangGraph, torch or Chroma. Errors print one line (`gems: error: ...`) and exit 2 for input the user
+can correct, 1 otherwise; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from gems.configs.errors import GemsError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# name -> (module, attribute, one-line help): the help is here so listing commands imports none of them.
+COMMANDS = {
+    "generate": ("gems.interfaces.cli.generate", "generate", "run the loop for one prompt"),
+    "memory": ("gems.interfaces.cli.memory", "memory", "list, search and manage the lessons learned across runs"),
+    "skills": ("gems.interfaces.cli.skills", "skills", "list, show, validate and scaffold SKILL.md skills"),
+    "serve": ("gems.interfaces.cli.serve", "serve", "serve the graph over HTTP (LangServe: /gems/invoke, ...)"),
+    "bench": ("gems.interfaces.cli.bench", "bench", "run a benchmark prompt set; 'bench export' for official scripts"),
+}
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+class LazyGroup(click.Group):
+    """A group whose sub-commands are imported on use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, _, text) in COMMANDS.items()])
+
+
+@click.group(
+    cls=LazyGroup, context_settings=CONTEXT, epilog='Start with: gems generate "a red cube left of a blue sphere"'
+)
+@click.option("--debug", is_flag=True, help="show tracebacks")
+def cli(debug: bool) -> None:
+    """GEMS: plan, generate, critique and refine images with an agent loop, memory and skills."""
+
+
+def config_option(multiple: bool = False) -> Any:
+    """`--config FILE|PRESET` (repeatable where configs merge); unset: `GEMS_CONFIG`, then the defaults."""
+    text = "YAML config file or preset name (default, openai, cpu); env GEMS_CONFIG"
+    return click.option("--config", "config", multiple=multiple, help=text + ("; repeat to merge" if multiple else ""))
+
+
+def configs(value: Any) -> list[str] | str | None:
+    """A click `--config` value as `load_settings` takes it (None lets GEMS_CONFIG apply)."""
+    if isinstance(value, tuple | list):
+        return list(value) or None
+    return value or None
+
+
+def short(text: str | None, width: int = 90) -> str:
+    """One line of at most `width` characters."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def say_error(message: str) -> None:
+    click.echo(f"gems: error: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gems` console script; returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    try:
+        result = cli.main(args=args, prog_name="gems", standalone_mode=False)
+    except click.exceptions.Exit as exc:  # --help and friends
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:  # bad flags, missing arguments
+        say_error(exc.format_message())
+        return exc.exit_code
+    except Exception as exc:
+        if debug:
+            raise
+        known = isinstance(exc, GemsError)
+        say_error(str(exc) if known else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        for note in getattr(exc, "__notes__", []):
+            click.echo(f"gems: {note}", err=True)
+        if not known:
+            click.echo("gems: run again with --debug for the traceback", err=True)
+        return exc.exit_code if isinstance(exc, GemsError) else EXIT_ERROR
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,181 @@
+"""`gems generate`: run (or resume) one GEMS trajectory with live progress; write `final.png` and `trajectory.json`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gems.configs import UsageError, load_settings
+from gems.graph import build_graph, continuation, run_config
+from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short
+from gems.memory.artifacts import ArtifactStore
+from gems.memory.checkpoint import open_checkpointer
+from gems.memory.store import open_store
+from gems.memory.trajectory import run_result
+
+RESUME_HINT = "progress is saved; continue with: gems generate --resume {thread_id}{config}"
+
+
+def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
+    """Human-readable progress lines for one node's state update (none for steps that did nothing)."""
+    update = update or {}
+    if node == "plan":
+        lines = []
+        trace = update.get("skill_trace")
+        if trace is not None:
+            offered = ", ".join(c["name"] for c in trace.get("offered", [])) or "none"
+            lessons = len(update.get("lessons") or [])
+            lines.append(f"plan       skill candidates: {offered}; {lessons} lesson(s) from earlier runs")
+        for message in update.get("messages") or []:
+            for call in getattr(message, "tool_calls", None) or []:
+                lines.append(f"plan       calls {call['name']}({', '.join(map(str, call['args'].values()))})")
+        return lines
+    if node == "skills":
+        return [
+            f"skills     {m.name}: {'error: ' + short(str(m.content), 70) if m.status == 'error' else 'ok'}"
+            for m in update.get("messages") or []
+        ]
+    if node == "prepare":
+        if update.get("skill"):
+            return [f"prepare    skill {update['skill']}; first prompt: {short(update.get('current_prompt'), 70)}"]
+        return ["prepare    no skill; the first prompt is the request as written"]
+    if node == "decompose":
+        criteria = update.get("criteria") or []
+        lines = [f"decompose  {len(criteria)} criteria"]
+        lines += [f"             {i + 1}. {short(q, 80)}" for i, q in enumerate(criteria)]
+        return lines
+    if node == "generate":
+        refs = update.get("candidates") or []
+        secs = (update.get("timings") or {}).get("generate", 0.0)
+        ids = ", ".join(f"{r['path']} ({r['width']}x{r['height']}, seed {r.get('seed')})" for r in refs)
+        return [f"generate   round {update.get('round')}: {ids} ({secs:.1f}s)"]
+    if node == "verify":
+        lines = []
+        for v in update.get("verdicts") or []:
+            mark = "yes" if v["passed"] else ("ERR" if v.get("error") and not v.get("answer") else "no ")
+            lines.append(f"verify     {mark} {short(v['criterion'], 80)}")
+        return lines
+    if node == "critique":
+        lines = []
+        for r in update.get("rounds") or []:
+            total = len(r.get("passed", [])) + len(r.get("failed", []))
+            lines.append(f"critique   round {r['round']}: {len(r.get('passed', []))}/{total} criteria passed")
+        return lines
+    if node == "compress":
+        return [f"compress   {short(r.get('experience'))}" for r in update.get("rounds") or []]
+    if node == "refine":
+        return [f"refine     {short(update.get('current_prompt'))}"]
+    if node == "finalize":
+        final = update.get("final") or {}
+        verdict = "success" if update.get("success") else "best so far"
+        return [f"finalize   {verdict}: round {final.get('round')} ({final.get('passed')}/{final.get('total')} passed)"]
+    if node == "learn":
+        if update.get("lesson_id"):
+            return [f"learn      lesson saved ({update['lesson_id'][:8]})"]
+        return [f"learn      {w}" for w in update.get("warnings") or []]
+    if node == "review" and update:
+        return ["review     the reviewer's edits are applied"]
+    return []
+
+
+def _write_outputs(out_dir: Path, values: dict[str, Any], trajectory: dict[str, Any], store_root: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final_png = out_dir / "final.png"
+    image = (values.get("final") or {}).get("image") or {}
+    if image.get("sha256"):
+        shutil.copyfile(ArtifactStore(store_root).path_for(image["sha256"]), final_png)
+    (out_dir / "trajectory.json").write_text(json.dumps(trajectory, indent=2, ensure_ascii=False) + "\n")
+    return final_png
+
+
+def _config_flag(config: tuple[str, ...]) -> str:
+    return "".join(f" --config {c}" for c in config)
+
+
+def _where(settings: Any) -> str:
+    kind = settings.storage.checkpointer
+    return str(settings.sqlite_path) if kind == "sqlite" else f"the {kind} checkpointer"
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("prompt", required=False, default="")
+@config_option(multiple=True)
+@click.option("--out", help="output folder for final.png and trajectory.json (default gems-out/THREAD_ID)")
+@click.option("--max-rounds", type=int, help="generator rounds before returning the best image (default 5)")
+@click.option("--seed", type=int, help="base seed for reproducible generations")
+@click.option("--thread-id", help="id for this run's checkpoint thread (default: random)")
+@click.option("--resume", metavar="THREAD_ID", help="continue an interrupted run from its last checkpoint")
+@click.option("--quiet", is_flag=True, help="print only the final image path")
+@click.option("--debug", is_flag=True, hidden=True, help="show tracebacks")
+def generate(
+    prompt: str,
+    config: tuple[str, ...],
+    out: str | None,
+    max_rounds: int | None,
+    seed: int | None,
+    thread_id: str | None,
+    resume: str | None,
+    quiet: bool,
+    debug: bool,
+) -> int:
+    """Run (or resume) one GEMS trajectory for PROMPT (omit PROMPT with --resume)."""
+    prompt = (prompt or "").strip()
+    if resume and thread_id and resume != thread_id:
+        raise UsageError("give either --resume ID or --thread-id ID, not two different ids")
+    if not resume and not prompt:
+        raise UsageError('the prompt is empty: gems generate "a red cube left of a blue sphere"')
+    settings = load_settings(configs(config), overrides={"loop.max_rounds": max_rounds, "loop.seed": seed})
+
+    thread_id = resume or thread_id or uuid.uuid4().hex[:12]
+    out_dir = Path(out) if out else Path("gems-out") / thread_id
+    run_cfg = run_config(settings, thread_id)
+    say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    hint = RESUME_HINT.format(thread_id=thread_id, config=_config_flag(config))
+    started = time.perf_counter()
+
+    with open_checkpointer(settings) as saver:
+        graph = build_graph(checkpointer=saver, store=open_store(settings))
+        existing = graph.get_state(run_cfg)
+        if resume:
+            if not existing.values:
+                raise UsageError(f"no run with thread id {thread_id!r} in {_where(settings)}")
+            if prompt and prompt != existing.values.get("prompt"):
+                raise UsageError(f"thread {thread_id} was started with a different prompt; drop the prompt to resume")
+            pending, run_input = continuation(existing, existing.values.get("prompt") or "")
+            say(f"resuming thread {thread_id}: {short(existing.values.get('prompt'))}")
+        else:
+            if existing.values:
+                raise UsageError(f"thread {thread_id} already exists; continue it with --resume {thread_id}")
+            pending, run_input = True, {"prompt": prompt}
+            say(f"thread {thread_id}: {short(prompt)}")
+        try:
+            if pending:
+                for node_updates in graph.stream(
+                    run_input, run_cfg, context=settings, stream_mode="updates", durability="sync"
+                ):
+                    for node, update in node_updates.items():
+                        for line in describe_update(node, update):
+                            say(line)
+        except KeyboardInterrupt:
+            say(hint)
+            return EXIT_INTERRUPTED
+        except Exception as exc:
+            exc.add_note(hint)
+            raise
+        values = graph.get_state(run_cfg).values
+
+    trajectory = run_result(values, thread_id=thread_id, settings=settings)
+    trajectory["timings"]["wall_s"] = round(time.perf_counter() - started, 3)
+    final_png = _write_outputs(out_dir, values, trajectory, settings.artifacts_dir)
+    final = values.get("final") or {}
+    status = "all criteria passed" if values.get("success") else "best attempt"
+    say(f"{status}: round {final.get('round')} ({final.get('passed')}/{final.get('total')}) -> {final_png}")
+    print(final_png)
+    return 0

@@ -1,0 +1,112 @@
+"""The run's state: plain JSON types (plus the planner's messages); images are `ImageRef`s into the artifact store.
+
+The round records are the paper's working memory (raw facts per round plus the compressed experience); the reducers
+say how node updates merge. Nodes, memory helpers and the graph all read this one contract.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, NotRequired
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict
+
+
+class ImageRef(TypedDict, total=False):
+    """A stored image: where it is and what produced it."""
+
+    sha256: str
+    path: str
+    width: int
+    height: int
+    seed: int | None
+    backend: str
+    model: str | None
+    steps: int | None
+    guidance_scale: float | None
+    candidate: int
+
+
+class Verdict(TypedDict):
+    """One verifier answer for one criterion on one candidate image."""
+
+    round: int
+    candidate: int
+    index: int
+    criterion: str
+    passed: bool
+    answer: str
+    error: str | None
+    checks: NotRequired[list[dict[str, Any]]]  # results of skill-brought tools (OCR), when any ran
+    mllm_passed: NotRequired[bool]  # the MLLM's own verdict, when tools took part
+
+
+class RoundRecord(TypedDict, total=False):
+    """The factual memory of one round plus its compressed experience."""
+
+    round: int
+    prompt: str
+    thought: str | None
+    image: ImageRef
+    candidates: list[ImageRef]
+    passed: list[str]
+    failed: list[str]
+    verdicts: list[Verdict]
+    experience: str | None
+
+
+class VerifyTask(TypedDict):
+    """What one parallel verifier call receives (sent with `Send`)."""
+
+    round: int
+    candidate: int
+    index: int
+    criterion: str
+    image: ImageRef
+    verifiers: NotRequired[list[str]]
+
+
+def merge_rounds(left: list[RoundRecord] | None, right: list[RoundRecord] | None) -> list[RoundRecord]:
+    """Upsert round records by round number, so a later node can add the experience to an existing round."""
+    by_round = {r["round"]: dict(r) for r in (left or [])}
+    for record in right or []:
+        by_round.setdefault(record["round"], {}).update(record)
+    return [by_round[k] for k in sorted(by_round)]  # type: ignore[misc]
+
+
+def add_numbers(left: dict[str, float] | None, right: dict[str, float] | None) -> dict[str, float]:
+    """Sum dicts of counters or seconds key by key."""
+    out = dict(left or {})
+    for key, value in (right or {}).items():
+        out[key] = round(out.get(key, 0) + value, 6)
+    return out
+
+
+class GemsState(TypedDict):
+    """The whole state of one run (one thread)."""
+
+    prompt: str
+    skill: NotRequired[str | None]
+    skill_trace: NotRequired[dict[str, Any]]
+    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]
+    verifiers: NotRequired[list[str]]
+    lessons: NotRequired[list[dict[str, Any]]]
+    lesson_id: NotRequired[str]
+    warnings: NotRequired[Annotated[list[str], operator.add]]
+    criteria: NotRequired[list[str]]
+    current_prompt: NotRequired[str]
+    thought: NotRequired[str | None]
+    max_rounds: NotRequired[int]
+    human_review: NotRequired[bool]
+    round: NotRequired[int]
+    candidates: NotRequired[list[ImageRef]]
+    verdicts: NotRequired[Annotated[list[Verdict], operator.add]]
+    rounds: NotRequired[Annotated[list[RoundRecord], merge_rounds]]
+    final: NotRequired[dict[str, Any]]
+    success: NotRequired[bool]
+    mllm_calls: NotRequired[Annotated[int, operator.add]]
+    generator_calls: NotRequired[Annotated[int, operator.add]]
+    timings: NotRequired[Annotated[dict[str, float], add_numbers]]
+    usage: NotRequired[Annotated[dict[str, float], add_numbers]]
