@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -292,10 +293,21 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+ConfigPaths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
+
+
+def _config_files(path: ConfigPaths, env: Mapping[str, str]) -> list[str | os.PathLike[str]]:
+    """The config files to merge, in order: `path` (one or several), else `GEMS_CONFIG`, else none."""
+    chosen = path if path is not None else env.get("GEMS_CONFIG") or None
+    if chosen is None:
+        return []
+    return [chosen] if isinstance(chosen, str | os.PathLike) else list(chosen)
+
+
 def load_settings(
-    path: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
+    path: ConfigPaths = None,
     overrides: dict[str, Any] | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> GemsSettings:
     """Load settings: defaults < YAML file (`path` or `GEMS_CONFIG`) < `GEMS_*` env vars < `overrides`.
 
@@ -311,8 +323,7 @@ def load_settings(
     env = os.environ if env is None else env
     source = "(defaults)"
     data: dict[str, Any] = {}
-    chosen = path if path is not None else env.get("GEMS_CONFIG") or None
-    for one in [] if chosen is None else chosen if isinstance(chosen, list) else [chosen]:
+    for one in _config_files(path, env):
         file = resolve_config_path(one)
         source = str(file) if source == "(defaults)" else f"{source} + {file}"
         data = _deep_merge(data, read_config_file(file))
@@ -330,14 +341,10 @@ def load_settings(
     return complete(settings.model_copy(update={"data_dir": settings.data_dir.expanduser()}))
 
 
-def configured_value(
-    path: str | os.PathLike[str] | list[str | os.PathLike[str]] | None, dotted: str, env: dict[str, str] | None = None
-) -> Any:
+def configured_value(path: ConfigPaths, dotted: str, env: Mapping[str, str] | None = None) -> Any:
     """The value the config files themselves give a dotted key (None when no file sets it; defaults don't count)."""
-    env = os.environ if env is None else env
-    chosen = path if path is not None else env.get("GEMS_CONFIG") or None
     data: dict[str, Any] = {}
-    for one in [] if chosen is None else chosen if isinstance(chosen, list) else [chosen]:
+    for one in _config_files(path, os.environ if env is None else env):
         data = _deep_merge(data, read_config_file(resolve_config_path(one)))
     node: Any = data
     for key in dotted.split("."):

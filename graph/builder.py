@@ -23,7 +23,7 @@ from gems.nodes.review import review
 from gems.skills.tools import SKILL_TOOLS
 
 
-def build_builder() -> StateGraph:
+def build_builder() -> StateGraph[GemsState, GemsSettings, GemsInput, GemsOutput]:
     """Return the uncompiled graph (tests and hosts compile it with their own checkpointer/store)."""
     builder = StateGraph(GemsState, context_schema=GemsSettings, input_schema=GemsInput, output_schema=GemsOutput)
     builder.add_node("plan", plan)  # lessons, skill candidates, the planner's turn
@@ -32,7 +32,8 @@ def build_builder() -> StateGraph:
     builder.add_node("decompose", decompose)  # criteria of the original prompt, in parallel with plan
     builder.add_node("review", review)  # optional human review (interrupt) before the first generation
     builder.add_node("generate", generate)
-    builder.add_node("verify", verify)  # one Send per (candidate, criterion)
+    # One Send per (candidate, criterion): the node's input is the Send's VerifyTask, not the state.
+    builder.add_node("verify", verify)  # type: ignore[call-overload]
     builder.add_node("critique", critique)  # the round's factual record
     builder.add_node("compress", compress)  # the round's experience
     builder.add_node("refine", refine)

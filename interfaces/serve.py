@@ -169,7 +169,7 @@ async def _isolated(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
             task.cancel()
 
 
-def _batch_configs(config: Any, count: int) -> list[RunnableConfig]:
+def _batch_configs(config: Any, count: int) -> list[Any]:
     """One thread per batch item: `<header id>-<i>` when a thread id was given, fresh ids otherwise."""
     configs = config if isinstance(config, list) else [config or {}] * count
     out = []
@@ -280,7 +280,7 @@ def create_app(
     app = FastAPI(title="gems", description="GEMS image generation agent", lifespan=lifespan)
     add_routes(
         app,
-        service.with_types(input_type=GemsRequest, output_type=dict),
+        service.with_types(input_type=GemsRequest, output_type=dict),  # type: ignore[arg-type]
         path="/gems",
         per_req_config_modifier=_thread_from_header,
         enabled_endpoints=["invoke", "batch", "stream", "stream_events", "playground", "input_schema",

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ class ArtifactStore:
         ref.update(meta)
         return ref
 
-    def read_bytes(self, ref: dict[str, Any] | str) -> bytes:
+    def read_bytes(self, ref: Mapping[str, Any] | str) -> bytes:
         """Return the PNG bytes for a reference or digest."""
         digest = ref if isinstance(ref, str) else ref["sha256"]
         path = self.path_for(digest)
@@ -86,13 +87,13 @@ class ArtifactStore:
         image.load()
         return image
 
-    def data_url(self, ref: dict[str, Any] | str, max_side: int | None = None) -> str:
+    def data_url(self, ref: Mapping[str, Any] | str, max_side: int | None = None) -> str:
         """Return a base64 PNG data URL, downscaled so the longer side is at most `max_side`."""
         data = self.read_bytes(ref)
         if max_side:
-            image = Image.open(io.BytesIO(data))
-            if max(image.size) > max_side:
-                image = image.copy()
+            opened = Image.open(io.BytesIO(data))
+            if max(opened.size) > max_side:
+                image = opened.copy()
                 image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
                 buf = io.BytesIO()
                 image.save(buf, format="PNG")

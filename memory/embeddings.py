@@ -11,6 +11,7 @@ import os
 import threading
 
 from langchain_core.embeddings import Embeddings
+from pydantic import SecretStr
 
 from gems.configs import ConfigError, EmbeddingSettings, GemsError
 from gems.configs.settings import cache_key, settings_from_env
@@ -68,8 +69,8 @@ class EndpointEmbeddings(Embeddings):
             raise ConfigError("embeddings.provider is openai but embeddings.model is not set")
         key = settings.api_key.get_secret_value() if settings.api_key else os.environ.get("OPENAI_API_KEY", "EMPTY")
         # check_embedding_ctx_length=False: otherwise tiktoken downloads its tables at first use.
-        self._client = OpenAIEmbeddings(
-            model=settings.model, base_url=settings.base_url, api_key=key, check_embedding_ctx_length=False
+        self._client = OpenAIEmbeddings(  # type: ignore[call-arg]  # base_url/api_key are the fields' aliases
+            model=settings.model, base_url=settings.base_url, api_key=SecretStr(key), check_embedding_ctx_length=False
         )
         self.name = f"openai:{settings.model}"
 

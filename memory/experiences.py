@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,7 @@ class ExperienceStore:
     def count(self) -> int:
         return len(self.store.search(LESSONS, limit=MAX_LESSONS))
 
-    def delete(self, lesson_ids: list[str]) -> int:
+    def delete(self, lesson_ids: Sequence[str]) -> int:
         present = [i for i in lesson_ids if self.store.get(LESSONS, i) is not None]
         if present:
             self.store.batch([PutOp(LESSONS, i, None) for i in present])

@@ -17,7 +17,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from langgraph.store.base import (
 )
 
 from gems.configs import GemsError, GemsSettings
+from gems.memory.embeddings import get_embeddings
 
 Embed = Callable[[list[str]], list[list[float]]]
 _thread_lock = threading.Lock()
@@ -139,16 +140,16 @@ class ChromaStore(BaseStore):
     def _id(namespace: tuple[str, ...], key: str) -> str:
         return json.dumps([*namespace, key], ensure_ascii=False)
 
-    def _text(self, value: dict[str, Any], index: Any) -> str:
+    def _text(self, value: Mapping[str, Any], index: Any) -> str:
         fields = self.index_fields if index is None or index is True else tuple(index or ())
         parts = [str(value[f]) for f in fields if value.get(f) not in (None, "")]
         return " ".join(parts) or json.dumps(value, ensure_ascii=False)[:2000]
 
     @staticmethod
-    def _metadata(namespace: tuple[str, ...], key: str, value: dict[str, Any], created: float) -> dict[str, Any]:
+    def _metadata(namespace: tuple[str, ...], key: str, value: Mapping[str, Any], created: float) -> dict[str, Any]:
         meta: dict[str, Any] = {"ns": json.dumps(list(namespace)), "ns_depth": len(namespace), "key": key}
         meta |= {f"ns_{i}": part for i, part in enumerate(namespace)}
-        meta |= {"value": json.dumps(value, ensure_ascii=False), "created_at": created, "updated_at": time.time()}
+        meta |= {"value": json.dumps(dict(value), ensure_ascii=False), "created_at": created, "updated_at": time.time()}
         meta |= {f"v_{k}": v for k, v in value.items() if isinstance(v, str | int | float | bool)}
         return meta
 
@@ -250,8 +251,6 @@ def _matches(namespace: tuple[str, ...], path: tuple[str, ...], match_type: str)
 
 def open_store(settings: GemsSettings, path: Path | None = None) -> ChromaStore:
     """The lesson store the settings describe: embedded under the data dir, or `memory.chroma.host`."""
-    from gems.memory.embeddings import get_embeddings
-
     chroma = settings.memory.chroma
     embeddings = settings.embeddings
 

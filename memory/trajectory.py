@@ -6,6 +6,7 @@ only reads them. `refiner_context` is the one place that decides what the refine
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gems.configs import GemsSettings
@@ -25,7 +26,7 @@ def _bullets(items: list[str]) -> str:
     return "\n".join(f"- {q}" for q in items) if items else "- (none)"
 
 
-def refiner_context(state: dict[str, Any], settings: GemsSettings, store: ArtifactStore) -> list[dict[str, Any]]:
+def refiner_context(state: Mapping[str, Any], settings: GemsSettings, store: ArtifactStore) -> list[dict[str, Any]]:
     """Build the refiner's user message parts (text and image blocks) from the trajectory in `state`.
 
     Args:
@@ -73,7 +74,7 @@ def refiner_context(state: dict[str, Any], settings: GemsSettings, store: Artifa
     return parts
 
 
-def compressor_context(state: dict[str, Any], settings: GemsSettings, store: ArtifactStore) -> list[dict[str, Any]]:
+def compressor_context(state: Mapping[str, Any], settings: GemsSettings, store: ArtifactStore) -> list[dict[str, Any]]:
     """Build the compressor's input for the latest round: its facts, its thought, its image, earlier lessons."""
     rounds = list(state.get("rounds") or [])
     latest = rounds[-1]
@@ -104,9 +105,9 @@ def context_size(parts: list[dict[str, Any]]) -> dict[str, int]:
     return {"text_chars": chars, "image_parts": images}
 
 
-def best_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best_round(rounds: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The round that passed the most criteria; the earliest wins a tie (strict comparison, as the paper)."""
-    best: dict[str, Any] | None = None
+    best: Mapping[str, Any] | None = None
     for record in rounds:
         if best is None or len(record.get("passed") or []) > len(best.get("passed") or []):
             best = record

@@ -102,7 +102,7 @@ def critique(state: GemsState) -> dict[str, Any]:
     criteria = state.get("criteria") or []
     candidates = state.get("candidates") or []
     this_round = [v for v in state.get("verdicts") or [] if v["round"] == round_no]
-    best_c, best_passed, best_failed = 0, [], list(criteria)
+    best_c, best_passed, best_failed = 0, list[str](), list(criteria)
     for c in range(len(candidates)):
         mine = sorted((v for v in this_round if v["candidate"] == c), key=lambda v: v["index"])
         passed, failed = _score(mine, criteria)

@@ -129,7 +129,7 @@ class MLLM:
 
     def ask(self, system: str, user: str | list[dict[str, Any]]) -> Reply:
         """Send one exchange and return the reply; raises `MLLMError` with a one-line message on failure."""
-        content = user if isinstance(user, str) else list(user)
+        content: str | list[str | dict[Any, Any]] = user if isinstance(user, str) else list(user)
         messages = [SystemMessage(content=system), HumanMessage(content=content)]
         try:
             message = self.chat.invoke(messages)

@@ -17,12 +17,15 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
 from gems.configs import GemsSettings, context_settings
+from gems.memory.embeddings import get_embeddings
 from gems.memory.experiences import ExperienceStore
 from gems.memory.state import GemsState
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import clean_prompt, parse_skill_choice
 from gems.nodes.runtime import timed, usage_update
 from gems.skills import Skill, registry_for
+from gems.skills.retrieval import get_index
+from gems.skills.tools import SKILL_TOOLS, loaded_skills
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +92,16 @@ def recall_lessons(
         return [], []
     where = {"generator_model": settings.generator.model_label} if memory.same_generator_only else None
     try:
-        lessons = ExperienceStore(settings, store)
-        hits = lessons.search(prompt, k=memory.top_k, min_relevance=memory.min_relevance, where=where)
+        hits = ExperienceStore(settings, store).search(
+            prompt, k=memory.top_k, min_relevance=memory.min_relevance, where=where
+        )
     except Exception as exc:
         log.warning("lessons unavailable: %s", exc)
         return [], [f"lessons unavailable: {exc}"]
-    lessons = [
+    return [
         {"id": lesson.id, "prompt": lesson.prompt, "brief": lesson.brief(), "relevance": score}
         for lesson, score in hits
-    ]
-    return lessons, []
+    ], []
 
 
 def skill_candidates(prompt: str, settings: GemsSettings) -> list[tuple[Skill, float]]:
@@ -110,9 +113,6 @@ def skill_candidates(prompt: str, settings: GemsSettings) -> list[tuple[Skill, f
         return []
     if len(registry) <= settings.skills.top_k and settings.skills.min_relevance == 0:
         return [(skill, 1.0) for skill in registry.skills.values()]
-    from gems.memory.embeddings import get_embeddings
-    from gems.skills.retrieval import get_index
-
     index = get_index(registry, get_embeddings(settings.embeddings))
     return index.search(prompt, k=settings.skills.top_k, min_relevance=settings.skills.min_relevance)
 
@@ -205,8 +205,6 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
             update["messages"] = messages
 
         # Step 2: the planner answers, or calls load_skill / read_skill_resource (run by the `skills` node).
-        from gems.skills.tools import SKILL_TOOLS
-
         try:
             reply = get_mllm(settings.mllm).converse(messages, tools=SKILL_TOOLS)
         except MLLMError as exc:
@@ -230,8 +228,6 @@ def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     Returns:
         `current_prompt`, `thought`, `skill`, `skill_trace`, `verifiers` (tools the loaded skills bring).
     """
-    from gems.skills.tools import loaded_skills
-
     settings = context_settings(runtime.context)
     trace = dict(state.get("skill_trace") or {})
     messages = state.get("messages") or []

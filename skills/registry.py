@@ -8,14 +8,11 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from gems.configs.errors import GemsError
-
-if TYPE_CHECKING:
-    from gems.configs import GemsSettings
+from gems.configs import GemsError, GemsSettings
 
 log = logging.getLogger(__name__)
 

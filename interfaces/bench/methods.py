@@ -60,7 +60,7 @@ def _one_shot(method: str, item: BenchPrompt, settings: GemsSettings) -> dict[st
     rendered = get_generator(settings.generator).render(prompt, seed_for(settings.loop.seed, 1, 0, 1))
     busy = time.perf_counter() - started
     ref = artifact_store(settings).put_bytes(rendered.data, **rendered.meta, candidate=0)
-    state = {
+    state: dict[str, Any] = {
         "prompt": item.prompt,
         "criteria": [],
         "rounds": [{"round": 1, "prompt": prompt, "image": ref, "passed": [], "failed": [], "experience": None}],

@@ -22,6 +22,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import SecretStr
+
 from gems.configs import ConfigError, GemsSettings, JudgeSettings
 from gems.interfaces.bench.datasets import BenchPrompt
 
@@ -150,7 +152,7 @@ class SoftTIFAScorer:
         self.chat = ChatOpenAI(
             model=judge.model,
             base_url=judge.base_url,
-            api_key=judge.resolved_api_key(),
+            api_key=SecretStr(judge.resolved_api_key()),
             timeout=judge.timeout_s,
             max_retries=judge.max_retries,
             use_responses_api=False,
@@ -164,7 +166,7 @@ class SoftTIFAScorer:
     def _messages(self, data_url: str, question: str) -> list[Any]:
         from langchain_core.messages import HumanMessage
 
-        content = [
+        content: list[str | dict[Any, Any]] = [
             {"type": "image_url", "image_url": {"url": data_url}},
             {"type": "text", "text": question + JUDGE_SUFFIX},
         ]
@@ -200,8 +202,9 @@ class SoftTIFAScorer:
         # The image file as it is: the official script hands the file to the judge's processor unresized.
         data_url = _png_data_url(image_path.read_bytes())
         requests = [self._messages(data_url, question) for question, _ in item.atoms]
-        replies = self.chat.batch(requests, config={"max_concurrency": self.concurrency})
-        atoms, usage = [], {"judge_calls": len(replies), "judge_input_tokens": 0, "judge_output_tokens": 0}
+        replies = self.chat.batch(requests, config={"max_concurrency": self.concurrency})  # type: ignore[arg-type]
+        atoms: list[dict[str, Any]] = []
+        usage = {"judge_calls": len(replies), "judge_input_tokens": 0, "judge_output_tokens": 0}
         for (question, expected), reply in zip(item.atoms, replies, strict=True):
             top = self._top(reply)
             p = atom_probability(top, question, expected, self.first_token)
@@ -209,7 +212,7 @@ class SoftTIFAScorer:
             meta = getattr(reply, "usage_metadata", None) or {}
             usage["judge_input_tokens"] += int(meta.get("input_tokens", 0))
             usage["judge_output_tokens"] += int(meta.get("output_tokens", 0))
-        probs = [a["p"] for a in atoms]
+        probs = [float(a["p"]) for a in atoms]
         return {"am": sum(probs) / len(probs), "gm": geometric_mean(probs), "atoms": atoms, "cost": usage}
 
 

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from gems.configs import GeneratorSettings
-from gems.nodes.generators import GeneratorError, Rendered
+from gems.nodes.generators.base import GeneratorError, Rendered
 
 _pipelines: dict[tuple[str, str, str, bool], Any] = {}
 _pipelines_lock = threading.Lock()

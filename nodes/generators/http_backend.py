@@ -7,7 +7,7 @@ import time
 import httpx
 
 from gems.configs import GeneratorSettings
-from gems.nodes.generators import GeneratorError, Rendered
+from gems.nodes.generators.base import GeneratorError, Rendered
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 

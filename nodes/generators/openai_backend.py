@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from gems.configs import GeneratorSettings
-from gems.nodes.generators import GeneratorError, Rendered
+from gems.nodes.generators.base import GeneratorError, Rendered
 from gems.nodes.generators.http_backend import post_with_retries
 
 
@@ -41,7 +41,7 @@ class OpenAIImagesGenerator:
         if s.width and s.height:
             body["size"] = f"{s.width}x{s.height}"
         # gpt-image models always answer b64_json and refuse the parameter.
-        if not s.model.startswith("gpt-image"):
+        if not (s.model or "").startswith("gpt-image"):
             body["response_format"] = "b64_json"
         if not self.hosted_openai:
             body["seed"] = seed
