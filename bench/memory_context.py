@@ -1,7 +1,7 @@
 """What each memory mode costs: the refiner's input after every round of a scripted 5-round trajectory.
 
 Runs offline in a second: builds one trajectory (prompts, 512x512 images, failed criteria, thoughts, experiences),
-then asks `gems.memory.trajectory.refiner_context` for the refiner's message in each mode, exactly as the refine
+then asks `gems.nodes.prompts.refine.refiner_parts` for the refiner's message in each mode, exactly as the refine
 node would. Prints text characters, image parts and payload bytes per refine call, and each mode's total relative
 to the paper's default (`experience`).
 
@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw
 
 from gems.configs import GemsSettings
 from gems.memory.artifacts import ArtifactStore
-from gems.memory.trajectory import MODE_LAYERS, context_size, refiner_context
+from gems.memory.trajectory import MODE_LAYERS, context_size
+from gems.nodes.prompts.refine import refiner_parts
 
 CRITERIA = [
     "Is there a red bicycle?",
@@ -75,7 +76,7 @@ def main() -> None:
             cells = []
             for mode in modes:
                 settings = GemsSettings(memory={"mode": mode, "image_window": args.image_window})
-                parts = refiner_context(partial, settings, store)
+                parts = refiner_parts(partial, settings, store)
                 size = context_size(parts)
                 payload = sum(len(p.get("text", "")) + len(p.get("image_url", {}).get("url", "")) for p in parts)
                 totals[mode] += payload

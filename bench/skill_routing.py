@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gems.configs import load_settings
 from gems.memory.embeddings import get_embeddings
-from gems.nodes.plan import PLANNER_SYSTEM
+from gems.nodes.prompts.plan import PLANNER_SYSTEM
 from gems.skills import SkillRegistry, bundled_library
 from gems.skills.retrieval import SkillIndex
 

@@ -1,7 +1,7 @@
-"""Trajectory memory: the per-round facts and experiences in state, turned into model context or a report.
+"""Trajectory memory: which layers each memory mode keeps, the best round, and a run's public result.
 
 The round records live in graph state (so checkpoints, `get_state_history` and resume carry them); this module
-only reads them. `refiner_context` is the one place that decides what the refiner sees for each memory mode.
+only reads them. `MODE_LAYERS` decides what the refiner sees in each mode (`gems.nodes.prompts.refine`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gems.configs import GemsSettings
-from gems.memory.artifacts import ArtifactStore
 
 # Which layers of memory each mode gives the refiner (the paper's ablation rows).
 MODE_LAYERS: dict[str, dict[str, bool]] = {
@@ -20,82 +19,6 @@ MODE_LAYERS: dict[str, dict[str, bool]] = {
     "thought": {"history": True, "images": True, "thought": True, "experience": False},
     "experience": {"history": True, "images": True, "thought": False, "experience": True},
 }
-
-
-def _bullets(items: list[str]) -> str:
-    return "\n".join(f"- {q}" for q in items) if items else "- (none)"
-
-
-def refiner_context(state: Mapping[str, Any], settings: GemsSettings, store: ArtifactStore) -> list[dict[str, Any]]:
-    """Build the refiner's user message parts (text and image blocks) from the trajectory in `state`.
-
-    Args:
-        state: graph state with `prompt` and `rounds`.
-        settings: `memory.mode` picks the layers; `memory.image_window` bounds how many latest rounds send images.
-        store: where round images are read from.
-
-    Returns:
-        OpenAI chat content parts, oldest round first.
-    """
-    layers = MODE_LAYERS[settings.memory.mode]
-    rounds = list(state.get("rounds") or [])
-    if not layers["history"]:
-        rounds = rounds[-1:]
-    window = settings.memory.image_window
-    with_image = {r["round"] for r in (rounds[-window:] if window is not None and window > 0 else rounds)}
-    if window == 0:
-        with_image = set()
-
-    parts: list[dict[str, Any]] = [
-        {"type": "text", "text": f"Original request (the intent every prompt must serve):\n{state['prompt']}"}
-    ]
-    lessons = state.get("lessons") or []
-    if lessons and settings.memory.lessons_to_refiner:
-        items = "\n".join(f"- {item['brief']}" for item in lessons)
-        parts.append({"type": "text", "text": f"\nLessons from similar earlier requests:\n{items}"})
-    for record in rounds:
-        lines = [f"\n## Attempt {record['round']}"]
-        if layers["experience"] and record.get("experience"):
-            lines.append(f"Lesson from this attempt: {record['experience']}")
-        if layers["thought"] and record.get("thought"):
-            lines.append(f"Reasoning behind this prompt: {record['thought']}")
-        lines.append(f"Prompt used:\n{record.get('prompt', '')}")
-        parts.append({"type": "text", "text": "\n".join(lines)})
-        if layers["images"] and record["round"] in with_image and record.get("image", {}).get("sha256"):
-            parts.append({"type": "text", "text": "Image it produced:"})
-            parts.append(
-                {
-                    "type": "image_url",
-                    "image_url": {"url": store.data_url(record["image"], settings.mllm.image_max_side)},
-                }
-            )
-        parts.append({"type": "text", "text": f"Requirements it failed:\n{_bullets(record.get('failed') or [])}"})
-    parts.append({"type": "text", "text": "\nWrite the next prompt."})
-    return parts
-
-
-def compressor_context(state: Mapping[str, Any], settings: GemsSettings, store: ArtifactStore) -> list[dict[str, Any]]:
-    """Build the compressor's input for the latest round: its facts, its thought, its image, earlier lessons."""
-    rounds = list(state.get("rounds") or [])
-    latest = rounds[-1]
-    earlier = [f"Attempt {r['round']}: {r['experience']}" for r in rounds[:-1] if r.get("experience")]
-    text = (
-        f"Earlier lessons:\n{chr(10).join(earlier) if earlier else '(none yet)'}\n\n"
-        f"Attempt {latest['round']} prompt:\n{latest.get('prompt', '')}\n\n"
-        f"Reasoning behind this prompt:\n{latest.get('thought') or '(not available)'}\n\n"
-        f"Requirements met:\n{_bullets(latest.get('passed') or [])}\n\n"
-        f"Requirements failed:\n{_bullets(latest.get('failed') or [])}\n\n"
-        "The image from this attempt:"
-    )
-    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
-    if latest.get("image", {}).get("sha256"):
-        parts.append(
-            {
-                "type": "image_url",
-                "image_url": {"url": store.data_url(latest["image"], settings.mllm.image_max_side)},
-            }
-        )
-    return parts
 
 
 def context_size(parts: list[dict[str, Any]]) -> dict[str, int]:

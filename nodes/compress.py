@@ -8,16 +8,10 @@ from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState
-from gems.memory.trajectory import MODE_LAYERS, compressor_context
+from gems.memory.trajectory import MODE_LAYERS
 from gems.nodes.mllm import get_mllm
+from gems.nodes.prompts.compress import COMPRESS_SYSTEM, compressor_parts
 from gems.nodes.runtime import artifact_store, timed, usage_update
-
-COMPRESS_SYSTEM = """You keep the working notes of an image-generation agent that retries a prompt until every item
-of a checklist passes.
-Distil the latest attempt into a short lesson for the next attempt: which parts of the prompt worked, which
-requirements failed and the likely reason you can see in the image, and what to change next. Build on the earlier
-lessons instead of repeating them.
-Write at most {max_words} words of plain prose, with no heading and no preamble."""
 
 
 def truncate_words(text: str, max_words: int) -> str:
@@ -42,7 +36,7 @@ def compress(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]
     latest = state["rounds"][-1]
     timings: dict[str, float] = {}
     with timed(timings, "compress"):
-        parts = compressor_context(state, settings, artifact_store(settings))
+        parts = compressor_parts(state, settings, artifact_store(settings))
         system = COMPRESS_SYSTEM.format(max_words=settings.loop.experience_max_words)
         reply = get_mllm(settings.mllm).ask(system, parts)
     experience = truncate_words(reply.text, settings.loop.experience_max_words)

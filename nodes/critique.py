@@ -10,14 +10,9 @@ from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, RoundRecord, Verdict, VerifyTask
 from gems.nodes.mllm import MLLMError, get_mllm, image_part, text_part
 from gems.nodes.parsing import parse_verdict
+from gems.nodes.prompts.verify import VERIFY_SYSTEM, VERIFY_USER
 from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills.verifiers import VERIFIERS, VerifierUnavailable, combine
-
-VERIFY_SYSTEM = """You check one requirement of a generated image.
-Look at the image and answer the question with one word, yes or no. Answer yes only when the image clearly
-satisfies the question."""
-
-VERIFY_USER = "Question: {criterion}"
 
 
 def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, Any]:

@@ -10,25 +10,8 @@ from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import CriteriaParseError, parse_criteria
+from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM, DECOMPOSE_USER, REPAIR_USER
 from gems.nodes.runtime import timed, usage_update
-
-DECOMPOSE_SYSTEM = """You turn an image request into a checklist for judging a generated image.
-Write one yes/no question for each visual requirement the request states: every object that must appear, every
-count, every attribute (colour, material, size, style), every spatial relation or action, and every piece of text
-that must be written. A correct image earns "yes" to every question.
-Ask only about what the request states. Do not invent requirements, and do not ask about quality or beauty unless
-the request does. Each question must stand on its own and be answerable by looking at the image.
-Answer with a JSON array of strings and nothing else, for example:
-["Is there a red apple?", "Is the apple on a white plate?"]"""
-
-DECOMPOSE_USER = "Request: {prompt}"
-
-REPAIR_USER = """Request: {prompt}
-
-Your previous answer could not be read as a JSON array of strings:
-{bad}
-
-Answer again with only the JSON array of yes/no questions."""
 
 CRITERIA_ERROR = "the decomposer did not return a JSON list of questions after one retry ({detail}); check mllm.model"
 

@@ -22,65 +22,23 @@ from gems.memory.experiences import ExperienceStore
 from gems.memory.state import GemsState
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import clean_prompt, parse_skill_choice
+from gems.nodes.prompts import format_lessons, skill_block
+from gems.nodes.prompts.plan import (
+    ENHANCE_SYSTEM,
+    ENHANCE_USER,
+    PLANNER_SYSTEM,
+    PLANNER_USER,
+    ROUTER_SYSTEM,
+    ROUTER_USER,
+    THOUGHT_ORIGINAL,
+    THOUGHT_WITH_SKILL,
+)
 from gems.nodes.runtime import timed, usage_update
 from gems.skills import Skill, registry_for
 from gems.skills.retrieval import get_index
 from gems.skills.tools import SKILL_TOOLS, loaded_skills
 
 log = logging.getLogger(__name__)
-
-PLANNER_SYSTEM = """You prepare the first prompt for a text-to-image model.
-Below are candidate expert skills, each with a description of when it applies and when it does not. Use a skill
-only when the request plainly matches its description and the skill would clearly make the image better.
-- If one clearly fits, call load_skill with its exact name, follow the instructions it returns to rewrite the
-  request, and answer with only the rewritten prompt.
-- Otherwise call no tool and answer with exactly NONE.
-You may load at most {max_active} skill(s).
-
-Candidate skills:
-{manifest}
-{lessons}"""
-
-ROUTER_SYSTEM = """You decide which expert skill, if any, should shape a text-to-image request.
-Each skill below has a name and a description of when it applies and when it does not. Choose a skill only when
-the request plainly matches its description and the skill would clearly make the image better; in every other
-case choose NONE.
-Reply with exactly one skill name from the list, or NONE. Write nothing else."""
-
-ROUTER_USER = """Skills:
-{manifest}
-{lessons}
-Request:
-{prompt}"""
-
-ENHANCE_SYSTEM = """You rewrite text-to-image prompts with the help of an expert skill.
-Follow the skill's instructions below. Keep every object, number, attribute, relation and quoted piece of text the
-user asked for; add only detail that serves the request. Return only the rewritten prompt: no title, no notes, no
-surrounding quotes.
-
-{skills}"""
-
-ENHANCE_USER = """{lessons}User request:
-{prompt}"""
-
-LESSONS_BLOCK = """
-Lessons from similar earlier requests (use what applies, ignore the rest):
-{items}
-"""
-
-THOUGHT_WITH_SKILL = "First prompt written with the {name} skill from the user's request."
-THOUGHT_ORIGINAL = "First attempt uses the user's request unchanged."
-
-
-def format_lessons(lessons: list[dict[str, Any]]) -> str:
-    """The lessons block for a prompt, empty when there are none (so prompts match the paper's)."""
-    if not lessons:
-        return ""
-    return LESSONS_BLOCK.format(items="\n".join(f"- {item['brief']}" for item in lessons))
-
-
-def skill_block(skills: list[Skill]) -> str:
-    return "\n\n".join(f'<skill name="{s.name}">\n{s.body}\n</skill>' for s in skills)
 
 
 def recall_lessons(
@@ -201,7 +159,10 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
                 manifest=_manifest(trace["offered"], registry),
                 lessons=lessons_text,
             )
-            messages = [SystemMessage(content=system), HumanMessage(content=f"Request:\n{state['prompt']}")]
+            messages = [
+                SystemMessage(content=system),
+                HumanMessage(content=PLANNER_USER.format(prompt=state["prompt"])),
+            ]
             update["messages"] = messages
 
         # Step 2: the planner answers, or calls load_skill / read_skill_resource (run by the `skills` node).

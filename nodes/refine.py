@@ -8,22 +8,11 @@ from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState
-from gems.memory.trajectory import refiner_context
 from gems.nodes.mllm import MLLMError, get_mllm
 from gems.nodes.parsing import clean_prompt
-from gems.nodes.plan import skill_block
+from gems.nodes.prompts.refine import refine_system, refiner_parts
 from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills import registry_for
-
-REFINE_SYSTEM = """You write the next prompt for a text-to-image model that has not yet satisfied a user's request.
-You see the original request and the attempts so far: each attempt's prompt, the image it produced, the
-requirements it failed, and any lessons drawn from it.
-Write one new prompt that
-1. makes every failed requirement impossible to miss,
-2. keeps what already worked, so nothing that passed breaks,
-3. applies the lessons,
-4. uses clear, concrete wording without contradictions,
-and stays faithful to the original request. Return only the new prompt text."""
 
 EMPTY_PROMPT_ERROR = "the refiner returned an empty prompt; check mllm.model and mllm.max_tokens"
 
@@ -40,15 +29,15 @@ def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """
     settings = context_settings(runtime.context)
     timings: dict[str, float] = {}
-    system = REFINE_SYSTEM
     loaded = (state.get("skill_trace") or {}).get("loaded") or []
+    skills = []
     if settings.skills.to_refiner and loaded:
         # Off by default: in the paper only the first prompt sees the skill.
         registry = registry_for(settings)
         skills = [skill for name in loaded if (skill := registry.get(name)) is not None]
-        system = f"{REFINE_SYSTEM}\n\nExpert guidance to keep following:\n{skill_block(skills)}"
+    system = refine_system(skills)
     with timed(timings, "refine"):
-        parts = refiner_context(state, settings, artifact_store(settings))
+        parts = refiner_parts(state, settings, artifact_store(settings))
         reply = get_mllm(settings.mllm).ask(system, parts)
     new_prompt = clean_prompt(reply.text)
     if not new_prompt:

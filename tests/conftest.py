@@ -74,6 +74,28 @@ def gen_server():
         server.stop()
 
 
+class Stubs:
+    """A test's scripted MLLM server (`mllm`, its `script`) and generator server (`gen`), and settings for them."""
+
+    def __init__(self, mllm: OpenAIStub, script: ScriptedMLLM, gen: GeneratorStub, data_dir: Path):
+        self.mllm, self.script, self.gen, self.data_dir = mllm, script, gen, data_dir
+
+    def settings(self, **sections: Any) -> GemsSettings:
+        """Settings pointing at these servers; `sections` override whole sections or fields (`loop={...}`)."""
+        return make_settings(self.mllm, self.gen, self.data_dir, **sections)
+
+
+@pytest.fixture
+def stubs(mllm_server, gen_server, isolated_env):
+    """Factory: `stubs(gen={...}, **script)` starts both servers and returns a `Stubs`; stopped after the test."""
+
+    def start(gen: dict[str, Any] | None = None, **script: Any) -> Stubs:
+        mllm, scripted = mllm_server(**script)
+        return Stubs(mllm, scripted, gen_server(**(gen or {})), isolated_env)
+
+    return start
+
+
 def make_settings(mllm: OpenAIStub, gen: GeneratorStub | None, data_dir: Path, **sections: Any) -> GemsSettings:
     """Settings pointing at the local servers; `sections` override whole sections or fields (`loop={...}`)."""
     base: dict[str, Any] = {

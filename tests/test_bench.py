@@ -111,33 +111,31 @@ def test_gems_bench_scores_reports_and_costs(mllm_server, gen_server, isolated_e
         ("loop", 2, {"decompose": 1, "verify": 4, "refine": 1}),
     ],
 )
-def test_baseline_methods(mllm_server, gen_server, isolated_env, tmp_path, method, generator_calls, roles):
-    mllm, script = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20})
+def test_baseline_methods(stubs, tmp_path, method, generator_calls, roles):
+    s = stubs(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
+    settings = s.settings(skills={"top_k": 20})
     summary = run_bench(DATA / "prompts.txt", settings, method, tmp_path / "out", first=1, search_n=3, concurrency=1)
-    assert summary["finished"] == 1 and len(gen.prompts) == generator_calls
-    assert {k: v for k, v in script.calls.items() if v} == roles
+    assert summary["finished"] == 1 and len(s.gen.prompts) == generator_calls
+    assert {k: v for k, v in s.script.calls.items() if v} == roles
     if method == "rewrite":
-        assert gen.prompts == ["rewritten: a red cube"]
+        assert s.gen.prompts == ["rewritten: a red cube"]
     if method == "loop":
-        assert "Lesson from this attempt" not in str(script.bodies["refine"][0])  # loop only: no memory layers
+        assert "Lesson from this attempt" not in str(s.script.bodies["refine"][0])  # loop only: no memory layers
     if method == "search":
         record = json.loads((tmp_path / "out" / "results" / "00000.json").read_text())
         assert len(record["rounds"]) == 1 and record["cost"]["generator_calls"] == 3
 
 
-def test_rerun_skips_finished_prompts(mllm_server, gen_server, isolated_env, tmp_path):
-    mllm, _ = mllm_server(criteria=CRITERIA)
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20})
+def test_rerun_skips_finished_prompts(stubs, tmp_path):
+    s = stubs(criteria=CRITERIA)
+    settings = s.settings(skills={"top_k": 20})
     out = tmp_path / "out"
     assert run_bench(DATA / "dpg", settings, "gems", out, first=1)["finished"] == 1
-    assert len(gen.prompts) == 1
+    assert len(s.gen.prompts) == 1
     assert run_bench(DATA / "dpg", settings, "gems", out)["finished"] == 2
-    assert len(gen.prompts) == 2
+    assert len(s.gen.prompts) == 2
     run_bench(DATA / "dpg", settings, "gems", out)
-    assert len(gen.prompts) == 2
+    assert len(s.gen.prompts) == 2
 
 
 @pytest.mark.slow
@@ -232,16 +230,15 @@ def distribution_judge() -> OpenAIStub:
     return OpenAIStub(chat=chat).start()
 
 
-def test_soft_tifa_equals_the_official_formulas(mllm_server, gen_server, isolated_env, tmp_path):
+def test_soft_tifa_equals_the_official_formulas(stubs, tmp_path):
     from gems.interfaces.bench.scoring import qwen_first_token
 
     for text in ("Yes", " yes", "two", " Two", "2", " 2", "10", " 10", "other", " other"):
         assert qwen_first_token(text) == qwen_like_first_token(text)
-    mllm, _ = mllm_server()
-    gen = gen_server()
+    s = stubs()
     judge = distribution_judge()
     try:
-        settings = make_settings(mllm, gen, isolated_env, judge={"base_url": judge.base_url, "model": "j"})
+        settings = s.settings(judge={"base_url": judge.base_url, "model": "j"})
         summary = run_bench(DATA / "geneval2_data.jsonl", settings, "original", tmp_path / "out", concurrency=2)
     finally:
         judge.stop()
@@ -275,12 +272,11 @@ def test_soft_tifa_equals_the_official_formulas(mllm_server, gen_server, isolate
     assert "## Soft-TIFA AM per skill (over atoms)" in report and "| 10 |" in report
 
 
-def test_scorer_refusals_happen_before_the_first_prompt(mllm_server, gen_server, isolated_env, tmp_path):
+def test_scorer_refusals_happen_before_the_first_prompt(stubs, tmp_path):
     from gems.interfaces.bench.scoring import ScorerError
 
-    mllm, _ = mllm_server(criteria=CRITERIA)
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20})
+    s = stubs(criteria=CRITERIA)
+    settings = s.settings(skills={"top_k": 20})
     with pytest.raises(ScorerError, match="needs a judge"):
         run_bench(DATA / "geneval2_data.jsonl", settings, "gems", tmp_path / "a")
     with pytest.raises(ScorerError, match="needs \\[question, answer\\] atoms"):
@@ -290,12 +286,12 @@ def test_scorer_refusals_happen_before_the_first_prompt(mllm_server, gen_server,
         run_bench(DATA / "prompts.txt", settings, "original", tmp_path / "c", scorer="verifier")
     no_logprobs = OpenAIStub(chat=lambda body: "Yes").start()
     try:
-        judged = make_settings(mllm, gen, isolated_env, judge={"base_url": no_logprobs.base_url, "model": "j"})
+        judged = s.settings(judge={"base_url": no_logprobs.base_url, "model": "j"})
         with pytest.raises(ScorerError, match="returned no logprobs"):
             run_bench(DATA / "geneval2_data.jsonl", judged, "original", tmp_path / "d")
     finally:
         no_logprobs.stop()
-    assert gen.prompts == []  # nothing was generated for any of them
+    assert s.gen.prompts == []  # nothing was generated for any of them
 
 
 def test_self_check_is_labelled_everywhere(mllm_server, gen_server, isolated_env, tmp_path, capsys):
@@ -314,11 +310,10 @@ def test_self_check_is_labelled_everywhere(mllm_server, gen_server, isolated_env
     assert label in html.unescape((tmp_path / "out" / "report.html").read_text())
 
 
-def test_bench_lessons_stay_off_or_inside_the_run_folder(mllm_server, gen_server, isolated_env, tmp_path):
-    mllm, _ = mllm_server(criteria=CRITERIA)
-    gen = gen_server()
-    embeddings = {"provider": "openai", "base_url": mllm.base_url, "model": "emb", "api_key": "sk-e"}
-    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": True}, embeddings=embeddings)
+def test_bench_lessons_stay_off_or_inside_the_run_folder(stubs, isolated_env, tmp_path):
+    s = stubs(criteria=CRITERIA)
+    embeddings = {"provider": "openai", "base_url": s.mllm.base_url, "model": "emb", "api_key": "sk-e"}
+    settings = s.settings(memory={"lessons": True}, embeddings=embeddings)
     run_bench(DATA / "prompts.txt", settings, "gems", tmp_path / "off", concurrency=1)
     assert not (isolated_env / "chroma").exists() and not (tmp_path / "off" / "lessons").exists()
     assert json.loads((tmp_path / "off" / "summary.json").read_text())["lessons"]["enabled"] is False
@@ -328,14 +323,13 @@ def test_bench_lessons_stay_off_or_inside_the_run_folder(mllm_server, gen_server
     assert "order matters" in (tmp_path / "on" / "report.md").read_text()
 
 
-def test_a_run_folder_belongs_to_one_run(mllm_server, gen_server, isolated_env, tmp_path):
+def test_a_run_folder_belongs_to_one_run(stubs, tmp_path):
     from gems.interfaces.bench.runner import BenchMismatch
 
-    mllm, _ = mllm_server(criteria=CRITERIA)
-    gen = gen_server()
+    s = stubs(criteria=CRITERIA)
     from pydantic import SecretStr
 
-    settings = make_settings(mllm, gen, isolated_env)
+    settings = s.settings()
     settings = settings.model_copy(
         update={"mllm": settings.mllm.model_copy(update={"api_key": SecretStr("sk-sec-123")})}
     )
@@ -358,7 +352,7 @@ def test_a_run_folder_belongs_to_one_run(mllm_server, gen_server, isolated_env, 
     run_bench(DATA / "prompts.txt", settings, "original", out)
     again = json.loads((out / "run.json").read_text())
     assert again["base_seed"] == run["base_seed"] and again["wall_s"] >= run["wall_s"] and len(again["resumed_at"]) == 1
-    assert gen.prompts.count("a red cube") == 2 and gen.prompts.count("a blue sphere") == 1  # 1 by loop, 1 here
+    assert s.gen.prompts.count("a red cube") == 2 and s.gen.prompts.count("a blue sphere") == 1  # 1 by loop, 1 here
     summary = run_bench(DATA / "prompts.txt", settings, "rewrite", out, force_new=True)
     assert summary["method"] == "rewrite" and summary["finished"] == 2
 
@@ -377,14 +371,13 @@ def test_limit_is_a_stratified_sample():
         select_items(items, 3, 3, seed=0)
 
 
-def test_export_writes_the_official_layouts(mllm_server, gen_server, isolated_env, tmp_path):
+def test_export_writes_the_official_layouts(stubs, tmp_path):
     from PIL import Image
 
     from gems.interfaces.bench.export import ExportError, export_run
 
-    mllm, _ = mllm_server()
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env)
+    s = stubs()
+    settings = s.settings()
     run_bench(DATA / "geneval2_data.jsonl", settings, "original", tmp_path / "g2", scorer="none")
     assert export_run(tmp_path / "g2", "geneval2", tmp_path / "x2") == 4
     mapping = json.loads((tmp_path / "x2" / "geneval2_images.json").read_text())

@@ -14,17 +14,15 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from gems.graph import build_graph, run_config
 from gems.interfaces.tool import gems_tool
-from tests.conftest import make_settings
 from tests.support.net import write_stub_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ["Is there a fox?", "Is the fox red?"]
 
 
-def test_compiled_graph_is_a_runnable(mllm_server, gen_server, isolated_env):
-    mllm, _ = mllm_server(criteria=CRITERIA)
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env)
+def test_compiled_graph_is_a_runnable(stubs):
+    s = stubs(criteria=CRITERIA)
+    settings = s.settings()
     graph = build_graph()
     assert isinstance(graph, Runnable)
     bound = graph.bind(context=settings).with_config(run_config(settings))
@@ -34,21 +32,20 @@ def test_compiled_graph_is_a_runnable(mllm_server, gen_server, isolated_env):
     assert nodes[:2] == ["decompose", "plan"] or nodes[:2] == ["plan", "decompose"]
     assert {"prepare", "review", "generate", "verify", "critique", "finalize", "learn"} <= set(nodes)
     results = bound.batch([{"prompt": "a red fox"}, {"prompt": "a red fox in snow"}])
-    assert [r["success"] for r in results] == [True, True] and len(gen.prompts) == 5
+    assert [r["success"] for r in results] == [True, True] and len(s.gen.prompts) == 5
     chain = RunnableLambda(lambda s: {"prompt": s}) | bound | RunnableLambda(lambda r: r["final"]["image"]["path"])
     assert Path(chain.invoke("a fox")).exists()
 
 
-def test_tool_wrapper_runs_the_loop(mllm_server, gen_server, isolated_env):
-    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
-    gen = gen_server()
-    tool = gems_tool(make_settings(mllm, gen, isolated_env), checkpointer=InMemorySaver())
+def test_tool_wrapper_runs_the_loop(stubs):
+    s = stubs(criteria=CRITERIA, verdict=lambda q, n: "yes" if n >= 2 else "no")
+    tool = gems_tool(s.settings(), checkpointer=InMemorySaver())
     assert tool.name == "generate_image" and set(tool.args) == {"prompt", "max_rounds"}
     message = tool.invoke(
         {"type": "tool_call", "id": "c1", "name": "generate_image", "args": {"prompt": "a red fox", "max_rounds": 3}}
     )
     assert message.content.startswith("Image saved to ") and "all requirements passed: 2/2" in message.content
-    assert Path(message.artifact["final"]["image"]["path"]).exists() and len(gen.prompts) == 2
+    assert Path(message.artifact["final"]["image"]["path"]).exists() and len(s.gen.prompts) == 2
 
 
 def write_env_config(path: Path, mllm_url: str, gen_url: str) -> dict[str, str]:

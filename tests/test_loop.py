@@ -25,79 +25,72 @@ def passes_from_round(k: int):
     return lambda q, n: "yes" if q != "Is the cat red?" or n >= k else "no"
 
 
-def test_loop_succeeds_at_round_k_and_counts_calls(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=CRITERIA, verdict=passes_from_round(3))
-    gen = gen_server()
-    values, _, _ = run(make_settings(mllm, gen, isolated_env))
+def test_loop_succeeds_at_round_k_and_counts_calls(stubs):
+    s = stubs(criteria=CRITERIA, verdict=passes_from_round(3))
+    values, _, _ = run(s.settings())
 
     assert values["success"] is True
     assert [r["round"] for r in values["rounds"]] == [1, 2, 3]
     assert values["final"]["round"] == 3 and values["final"]["passed"] == 3
     # Round 1 uses the original prompt (router said NONE), later rounds the refiner's prompts.
-    assert gen.prompts == ["a red cat on a mat", "refined prompt 1", "refined prompt 2"]
+    assert s.gen.prompts == ["a red cat on a mat", "refined prompt 1", "refined prompt 2"]
     # route + decompose + 3 rounds x 3 verifications + 2 x (compress + refine)
-    assert script.calls == {"route": 1, "decompose": 1, "verify": 9, "compress": 2, "refine": 2}
+    assert s.script.calls == {"route": 1, "decompose": 1, "verify": 9, "compress": 2, "refine": 2}
     assert values["mllm_calls"] == 15 and values["generator_calls"] == 3
     assert values["rounds"][0]["failed"] == ["Is the cat red?"]
     assert values["rounds"][0]["experience"].startswith("Lesson")
     assert values["rounds"][-1]["experience"] is None  # no compression after the last round
 
 
-def test_no_success_returns_best_round_earliest_on_tie(mllm_server, gen_server, isolated_env):
+def test_no_success_returns_best_round_earliest_on_tie(stubs):
     # Passed per round: 1, 2, 1, 2, 0 -> best is round 2 (round 4 ties and loses).
     table = {1: 1, 2: 2, 3: 1, 4: 2, 5: 0}
 
     def verdict(q: str, n: int) -> str:
         return "yes" if CRITERIA.index(q) < table[n] else "no"
 
-    mllm, script = mllm_server(criteria=CRITERIA, verdict=verdict)
-    gen = gen_server()
-    values, _, _ = run(make_settings(mllm, gen, isolated_env))
+    s = stubs(criteria=CRITERIA, verdict=verdict)
+    values, _, _ = run(s.settings())
 
     assert values["success"] is False
-    assert len(values["rounds"]) == 5 and len(gen.prompts) == 5
+    assert len(values["rounds"]) == 5 and len(s.gen.prompts) == 5
     assert values["final"]["round"] == 2 and values["final"]["passed"] == 2 and values["final"]["total"] == 3
     assert values["final"]["image"] == values["rounds"][1]["image"]
-    assert script.calls["refine"] == 4 and script.calls["compress"] == 4
+    assert s.script.calls["refine"] == 4 and s.script.calls["compress"] == 4
 
 
-def test_max_rounds_option_bounds_the_loop(mllm_server, gen_server, isolated_env):
-    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "no")
-    gen = gen_server()
-    values, _, _ = run(make_settings(mllm, gen, isolated_env, loop={"max_rounds": 2}))
-    assert len(gen.prompts) == 2 and values["final"]["round"] == 1
+def test_max_rounds_option_bounds_the_loop(stubs):
+    s = stubs(criteria=CRITERIA, verdict=lambda q, n: "no")
+    values, _, _ = run(s.settings(loop={"max_rounds": 2}))
+    assert len(s.gen.prompts) == 2 and values["final"]["round"] == 1
 
 
-def test_empty_criteria_generates_once_from_original_prompt(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=[], route="spatial-layout", enhance="a much longer enhanced prompt")
-    gen = gen_server()
-    values, _, _ = run(make_settings(mllm, gen, isolated_env))
-    assert gen.prompts == ["a red cat on a mat"]
+def test_empty_criteria_generates_once_from_original_prompt(stubs):
+    s = stubs(criteria=[], route="spatial-layout", enhance="a much longer enhanced prompt")
+    values, _, _ = run(s.settings())
+    assert s.gen.prompts == ["a red cat on a mat"]
     assert values["success"] is True and values["final"]["total"] == 0
-    assert script.calls["verify"] == 0 and values["final"]["image"]["sha256"]
+    assert s.script.calls["verify"] == 0 and values["final"]["image"]["sha256"]
 
 
-def test_malformed_criteria_are_repaired_once(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria="Sure! Here are the questions: 1. Is there a cat?", criteria_retry=CRITERIA)
-    gen = gen_server()
-    values, _, _ = run(make_settings(mllm, gen, isolated_env))
-    assert script.calls["decompose"] == 2
+def test_malformed_criteria_are_repaired_once(stubs):
+    s = stubs(criteria="Sure! Here are the questions: 1. Is there a cat?", criteria_retry=CRITERIA)
+    values, _, _ = run(s.settings())
+    assert s.script.calls["decompose"] == 2
     assert values["criteria"] == CRITERIA
-    assert "could not be read" in script.bodies["decompose"][1]["messages"][1]["content"]
+    assert "could not be read" in s.script.bodies["decompose"][1]["messages"][1]["content"]
 
 
-def test_malformed_criteria_twice_is_a_clear_error(mllm_server, gen_server, isolated_env):
-    mllm, _ = mllm_server(criteria="no idea", criteria_retry="still no idea")
-    gen = gen_server()
+def test_malformed_criteria_twice_is_a_clear_error(stubs):
+    s = stubs(criteria="no idea", criteria_retry="still no idea")
     with pytest.raises(MLLMError, match="did not return a JSON list of questions after one retry"):
-        run(make_settings(mllm, gen, isolated_env))
-    assert gen.prompts == []
+        run(s.settings())
+    assert s.gen.prompts == []
 
 
-def test_verifier_error_fails_that_criterion_and_the_run_goes_on(mllm_server, gen_server, isolated_env):
-    mllm, _ = mllm_server(criteria=CRITERIA, fail_verify=("Is the cat on a mat?",))
-    gen = gen_server()
-    values, _, _ = run(make_settings(mllm, gen, isolated_env, loop={"max_rounds": 2}))
+def test_verifier_error_fails_that_criterion_and_the_run_goes_on(stubs):
+    s = stubs(criteria=CRITERIA, fail_verify=("Is the cat on a mat?",))
+    values, _, _ = run(s.settings(loop={"max_rounds": 2}))
     first = values["rounds"][0]
     assert first["failed"] == ["Is the cat on a mat?"]
     bad = [v for v in first["verdicts"] if not v["passed"]]
@@ -105,15 +98,14 @@ def test_verifier_error_fails_that_criterion_and_the_run_goes_on(mllm_server, ge
     assert values["final"]["passed"] == 2 and len(values["rounds"]) == 2
 
 
-def test_unclear_verdict_counts_as_fail(mllm_server, gen_server, isolated_env):
+def test_unclear_verdict_counts_as_fail(stubs):
     answers = {
         "Is there a cat?": "Yes, nothing is missing.",
         "Is the cat red?": "Not sure.",
         "Is the cat on a mat?": "no",
     }
-    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: answers[q])
-    gen = gen_server()
-    values, _, _ = run(make_settings(mllm, gen, isolated_env, loop={"max_rounds": 1}))
+    s = stubs(criteria=CRITERIA, verdict=lambda q, n: answers[q])
+    values, _, _ = run(s.settings(loop={"max_rounds": 1}))
     assert values["rounds"][0]["passed"] == ["Is there a cat?"]
     unclear = values["rounds"][0]["verdicts"][1]
     assert unclear["error"] == "answer was neither yes nor no" and unclear["answer"] == "Not sure."
@@ -141,19 +133,17 @@ def test_skill_enhances_only_the_first_prompt_and_criteria_use_original(mllm_ser
     assert "# Spatial layout" not in str(script.bodies["refine"][0])
 
 
-def test_router_reply_with_extra_text_means_no_skill(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=CRITERIA, route="I would pick spatial-layout because ...")
-    gen = gen_server()
-    values, _, _ = run(make_settings(mllm, gen, isolated_env))
-    assert values["skill"] is None and script.calls["enhance"] == 0
-    assert gen.prompts[0] == "a red cat on a mat"
+def test_router_reply_with_extra_text_means_no_skill(stubs):
+    s = stubs(criteria=CRITERIA, route="I would pick spatial-layout because ...")
+    values, _, _ = run(s.settings())
+    assert values["skill"] is None and s.script.calls["enhance"] == 0
+    assert s.gen.prompts[0] == "a red cat on a mat"
 
 
-def test_refiner_sees_original_prompt_and_every_round(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=CRITERIA, verdict=passes_from_round(4), reasoning="I should say crimson.")
-    gen = gen_server()
-    values, _, _ = run(make_settings(mllm, gen, isolated_env))
-    third = script.bodies["refine"][2]["messages"][1]["content"]
+def test_refiner_sees_original_prompt_and_every_round(stubs):
+    s = stubs(criteria=CRITERIA, verdict=passes_from_round(4), reasoning="I should say crimson.")
+    values, _, _ = run(s.settings())
+    third = s.script.bodies["refine"][2]["messages"][1]["content"]
     texts = "\n".join(p["text"] for p in third if p["type"] == "text")
     assert "a red cat on a mat" in texts
     for n in (1, 2, 3):
@@ -163,13 +153,12 @@ def test_refiner_sees_original_prompt_and_every_round(mllm_server, gen_server, i
     assert all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in third if p["type"] == "image_url")
     # The refiner's reasoning_content became the next round's thought, and reached the compressor.
     assert values["rounds"][1]["thought"] == "I should say crimson."
-    assert "I should say crimson." in str(script.bodies["compress"][1])
+    assert "I should say crimson." in str(s.script.bodies["compress"][1])
 
 
-def test_generator_failure_is_clear_and_keeps_state(mllm_server, gen_server, isolated_env):
-    mllm, _ = mllm_server(criteria=CRITERIA)
-    gen = gen_server(fail_first=1)
-    settings = make_settings(mllm, gen, isolated_env)
+def test_generator_failure_is_clear_and_keeps_state(stubs):
+    s = stubs(criteria=CRITERIA, gen=dict(fail_first=1))
+    settings = s.settings()
     saver = InMemorySaver()
     with pytest.raises(GeneratorError, match=r"answered HTTP 500: model exploded"):
         run(settings, checkpointer=saver)
@@ -182,19 +171,18 @@ def test_generator_failure_is_clear_and_keeps_state(mllm_server, gen_server, iso
     assert graph.get_state(config).values["success"] is True
 
 
-def test_human_review_pauses_before_generating_and_applies_edits(mllm_server, gen_server, isolated_env):
+def test_human_review_pauses_before_generating_and_applies_edits(stubs):
     from langgraph.types import Command
 
-    mllm, _ = mllm_server(criteria=CRITERIA)
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, loop={"human_review": True})
+    s = stubs(criteria=CRITERIA)
+    settings = s.settings(loop={"human_review": True})
     graph = build_graph(checkpointer=InMemorySaver())
     config = run_config(settings, "r1")
     paused = graph.invoke({"prompt": "a red cat on a mat"}, config, context=settings)
-    assert paused["__interrupt__"][0].value["criteria"] == CRITERIA and gen.prompts == []
+    assert paused["__interrupt__"][0].value["criteria"] == CRITERIA and s.gen.prompts == []
     again = graph.invoke(Command(resume={"colour": "red"}), config, context=settings)
     assert "criteria and/or first_prompt" in again["__interrupt__"][0].value["error"]  # asked again, nothing lost
-    assert graph.get_state(config).next == ("review",) and gen.prompts == []
+    assert graph.get_state(config).next == ("review",) and s.gen.prompts == []
     done = graph.invoke(Command(resume={"first_prompt": "a red cat, side view"}), config, context=settings)
-    assert gen.prompts[0] == "a red cat, side view" and done["success"] is True
+    assert s.gen.prompts[0] == "a red cat, side view" and done["success"] is True
     assert done["criteria"] == CRITERIA

@@ -19,7 +19,8 @@ from gems.graph import build_graph, run_config
 from gems.interfaces.cli import main as gems_main
 from gems.memory.artifacts import ArtifactStore
 from gems.memory.experiences import ExperienceStore, Lesson, StoreError, lesson_from_state
-from gems.memory.trajectory import MODE_LAYERS, context_size, refiner_context
+from gems.memory.trajectory import MODE_LAYERS, context_size
+from gems.nodes.prompts.refine import refiner_parts
 from tests.conftest import make_settings
 from tests.support.net import free_port, wait_until_up
 
@@ -68,7 +69,7 @@ def texts(parts) -> str:
 def test_memory_modes_reproduce_the_ablation_rows(tmp_path, mode, attempts, images, thoughts, experiences):
     store = ArtifactStore(tmp_path)
     settings = GemsSettings(memory={"mode": mode})
-    parts = refiner_context(scripted_state(store), settings, store)
+    parts = refiner_parts(scripted_state(store), settings, store)
     body = texts(parts)
     assert body.startswith("Original request (the intent every prompt must serve):\na red cat")
     assert body.count("## Attempt") == attempts
@@ -85,18 +86,17 @@ def test_image_window_bounds_how_many_images_are_sent(tmp_path):
     state = scripted_state(store)
     for window, expected in ((None, 4), (2, 2), (0, 0)):
         settings = GemsSettings(memory={"image_window": window})
-        parts = refiner_context(state, settings, store)
+        parts = refiner_parts(state, settings, store)
         assert context_size(parts)["image_parts"] == expected
         assert texts(parts).count("## Attempt") == 4  # the text history stays whole
 
 
-def test_compressor_is_skipped_when_the_mode_has_no_experiences(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=CRITERIA, verdict=red_fails_until(3))
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": False, "mode": "images"})
+def test_compressor_is_skipped_when_the_mode_has_no_experiences(stubs):
+    s = stubs(criteria=CRITERIA, verdict=red_fails_until(3))
+    settings = s.settings(memory={"lessons": False, "mode": "images"})
     graph = build_graph(checkpointer=InMemorySaver())
     graph.invoke({"prompt": "a red cat on a mat"}, run_config(settings, "m"), context=settings)
-    assert script.calls["compress"] == 0 and script.calls["refine"] == 2
+    assert s.script.calls["compress"] == 0 and s.script.calls["refine"] == 2
     assert set(MODE_LAYERS) == {"last", "feedback", "images", "thought", "experience"}
 
 
@@ -193,21 +193,19 @@ def test_lesson_from_run_a_reaches_the_planner_and_refiner_of_run_b(mllm_server,
     assert "Lessons from similar" not in str(script.bodies["route"][3])
 
 
-def test_lessons_off_reproduces_the_paper_prompts(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=CRITERIA, verdict=red_fails_until(2))
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": False})
+def test_lessons_off_reproduces_the_paper_prompts(stubs, isolated_env):
+    s = stubs(criteria=CRITERIA, verdict=red_fails_until(2))
+    settings = s.settings(memory={"lessons": False})
     graph = build_graph(checkpointer=InMemorySaver())
     for thread in ("A", "B"):
         graph.invoke({"prompt": "a red cat on a mat"}, run_config(settings, thread), context=settings)
-    assert script.bodies["route"][0]["messages"] == script.bodies["route"][1]["messages"]
+    assert s.script.bodies["route"][0]["messages"] == s.script.bodies["route"][1]["messages"]
     assert not (isolated_env / "chroma").exists()
 
 
-def test_parallel_runs_in_threads_lose_no_lesson(mllm_server, gen_server, isolated_env):
-    mllm, _ = mllm_server(criteria=CRITERIA[:1])
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": True})
+def test_parallel_runs_in_threads_lose_no_lesson(stubs):
+    s = stubs(criteria=CRITERIA[:1])
+    settings = s.settings(memory={"lessons": True})
     graph = build_graph(checkpointer=InMemorySaver())
     errors = []
 
@@ -233,10 +231,9 @@ def test_parallel_runs_in_threads_lose_no_lesson(mllm_server, gen_server, isolat
 
 
 @pytest.mark.slow
-def test_parallel_runs_in_processes_lose_no_lesson(mllm_server, gen_server, isolated_env, tmp_path):
-    mllm, _ = mllm_server(criteria=CRITERIA[:1])
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": True})
+def test_parallel_runs_in_processes_lose_no_lesson(stubs, tmp_path):
+    s = stubs(criteria=CRITERIA[:1])
+    settings = s.settings(memory={"lessons": True})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(json.loads(settings.model_dump_json()) | {"mllm": {
         **json.loads(settings.mllm.model_dump_json()), "api_key": "sk-test"}}))  # fmt: skip
@@ -252,12 +249,11 @@ def test_parallel_runs_in_processes_lose_no_lesson(mllm_server, gen_server, isol
         assert store.search(f"p{w} scene 3: a red cat on a mat", k=1)[0][0].thread_id == f"p{w}-3"
 
 
-def test_missing_store_is_recreated_and_corrupt_store_never_fails_a_run(mllm_server, gen_server, isolated_env):
+def test_missing_store_is_recreated_and_corrupt_store_never_fails_a_run(stubs):
     import shutil
 
-    mllm, _ = mllm_server(criteria=CRITERIA[:1])
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, memory={"lessons": True})
+    s = stubs(criteria=CRITERIA[:1])
+    settings = s.settings(memory={"lessons": True})
     graph = build_graph(checkpointer=InMemorySaver())
     graph.invoke({"prompt": "a cat"}, run_config(settings, "1"), context=settings)
     shutil.rmtree(settings.chroma_path)

@@ -41,10 +41,9 @@ def test_sqlite_checkpoints_stay_small_with_large_images(mllm_server, gen_server
     assert rounds_seen == [0, 1, 2, 3, 4, 5]
 
 
-def test_state_holds_references_not_bytes(mllm_server, gen_server, isolated_env):
-    mllm, _ = mllm_server(criteria=CRITERIA)
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env)
+def test_state_holds_references_not_bytes(stubs):
+    s = stubs(criteria=CRITERIA)
+    settings = s.settings()
     compiled = build_graph(checkpointer=InMemorySaver())
     config = run_config(settings, "refs")
     result = compiled.invoke({"prompt": "a red cat"}, config, context=settings)
@@ -121,12 +120,11 @@ def test_graph_draws_the_loop():
     assert graph.checkpointer is None  # servers bring their own
 
 
-def test_recursion_limit_follows_max_rounds(mllm_server, gen_server, isolated_env):
-    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "no")
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, loop={"max_rounds": 8})
+def test_recursion_limit_follows_max_rounds(stubs):
+    s = stubs(criteria=CRITERIA, verdict=lambda q, n: "no")
+    settings = s.settings(loop={"max_rounds": 8})
     config = run_config(settings, "r")
     assert config["recursion_limit"] == recursion_limit_for(8) == 68
     compiled = build_graph(checkpointer=InMemorySaver())
     compiled.invoke({"prompt": "x"}, config, context=settings)
-    assert len(gen.prompts) == 8  # the limit leaves room for every round
+    assert len(s.gen.prompts) == 8  # the limit leaves room for every round

@@ -144,32 +144,30 @@ def run(settings, prompt="a red cat on a mat", thread="t"):
     return graph.get_state(run_config(settings, thread)).values
 
 
-def test_planner_loads_a_skill_only_through_the_tool_node(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=CRITERIA, route="counting", enhance="exactly 1 (one) red cat on a mat")
-    gen = gen_server()
-    values = run(make_settings(mllm, gen, isolated_env))
+def test_planner_loads_a_skill_only_through_the_tool_node(stubs):
+    s = stubs(criteria=CRITERIA, route="counting", enhance="exactly 1 (one) red cat on a mat")
+    values = run(s.settings())
     trace = values["skill_trace"]
     assert trace["mode"] == "auto" and len(trace["offered"]) == 4
     assert trace["chosen"] == ["counting"] and trace["loaded"] == ["counting"] and values["skill"] == "counting"
-    assert gen.prompts[0] == "exactly 1 (one) red cat on a mat"
-    first = script.bodies["route"][0]
+    assert s.gen.prompts[0] == "exactly 1 (one) red cat on a mat"
+    first = s.script.bodies["route"][0]
     assert {t["function"]["name"] for t in first["tools"]} == {"load_skill", "read_skill_resource"}
     assert "# Counting" not in str(first)  # descriptions only until the tool runs
 
 
-def test_none_means_the_original_prompt(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=CRITERIA, route="NONE")
-    gen = gen_server()
-    values = run(make_settings(mllm, gen, isolated_env))
+def test_none_means_the_original_prompt(stubs):
+    s = stubs(criteria=CRITERIA, route="NONE")
+    values = run(s.settings())
     assert values["skill"] is None and values["skill_trace"]["loaded"] == []
-    assert gen.prompts[0] == "a red cat on a mat" and script.calls["enhance"] == 0
+    assert s.gen.prompts[0] == "a red cat on a mat" and s.script.calls["enhance"] == 0
 
 
 def tool_call(tool: str, **args):
     return {"content": None, "tool_calls": [(tool, args)]}
 
 
-def test_load_skill_refuses_non_candidates_and_respects_max_active(mllm_server, gen_server, isolated_env):
+def test_load_skill_refuses_non_candidates_and_respects_max_active(stubs, mllm_server, isolated_env):
     def planner(turn, messages):
         return {
             1: tool_call("load_skill", name="no-such-skill"),
@@ -177,23 +175,22 @@ def test_load_skill_refuses_non_candidates_and_respects_max_active(mllm_server, 
             3: tool_call("load_skill", name="spatial-layout"),
         }.get(turn, "one red cat sitting on one mat")
 
-    mllm, script = mllm_server(criteria=CRITERIA, planner=planner)
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20})
+    s = stubs(criteria=CRITERIA, planner=planner)
+    settings = s.settings(skills={"top_k": 20})
     values = run(settings)
-    tool_replies = [m for m in script.bodies["planner"][3]["messages"] if m["role"] == "tool"]
+    tool_replies = [m for m in s.script.bodies["planner"][3]["messages"] if m["role"] == "tool"]
     assert "'no-such-skill' is not one of the candidate skills" in tool_replies[0]["content"]
     assert "only 1 skill(s) may be active" in tool_replies[2]["content"]
     assert values["skill_trace"]["chosen"] == ["no-such-skill", "counting", "spatial-layout"]
     assert values["skill_trace"]["loaded"] == ["counting"]
-    assert gen.prompts[0] == "one red cat sitting on one mat"
+    assert s.gen.prompts[0] == "one red cat sitting on one mat"
 
     mllm2, _ = mllm_server(criteria=CRITERIA, planner=planner)
-    settings2 = make_settings(mllm2, gen, isolated_env, skills={"top_k": 20, "max_active": 2})
+    settings2 = make_settings(mllm2, s.gen, isolated_env, skills={"top_k": 20, "max_active": 2})
     assert run(settings2, thread="t2")["skill_trace"]["loaded"] == ["counting", "spatial-layout"]
 
 
-def test_read_skill_resource_after_loading(mllm_server, gen_server, isolated_env, tmp_path):
+def test_read_skill_resource_after_loading(stubs, tmp_path):
     skill_md = write_skill(tmp_path / "user", "brand-style")
     (skill_md.parent / "references").mkdir()
     (skill_md.parent / "references" / "palette.md").write_text("Brand palette: teal #008080 and sand #C2B280.")
@@ -206,11 +203,10 @@ def test_read_skill_resource_after_loading(mllm_server, gen_server, isolated_env
             4: tool_call("read_skill_resource", name="brand-style", path="references/palette.md"),
         }.get(turn, "a teal and sand cat on a mat")
 
-    mllm, script = mllm_server(criteria=CRITERIA, planner=planner)
-    gen = gen_server()
-    settings = make_settings(mllm, gen, isolated_env, skills={"top_k": 20, "paths": [str(tmp_path / "user")]})
+    s = stubs(criteria=CRITERIA, planner=planner)
+    settings = s.settings(skills={"top_k": 20, "paths": [str(tmp_path / "user")]})
     values = run(settings)
-    replies = [m["content"] for m in script.bodies["planner"][4]["messages"] if m["role"] == "tool"]
+    replies = [m["content"] for m in s.script.bodies["planner"][4]["messages"] if m["role"] == "tool"]
     assert "load the skill 'brand-style' with load_skill before" in replies[0]
     assert "references/palette.md" in replies[1]  # load_skill lists the resources
     assert "is not a resource of 'brand-style'" in replies[2]
@@ -219,14 +215,13 @@ def test_read_skill_resource_after_loading(mllm_server, gen_server, isolated_env
     assert values["skill"] == "brand-style"
 
 
-def test_text_mode_uses_the_papers_two_calls(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=CRITERIA, route="spatial-layout", enhance="a red cat centred on a mat")
-    gen = gen_server()
-    values = run(make_settings(mllm, gen, isolated_env, skills={"tool_calling": "text"}))
+def test_text_mode_uses_the_papers_two_calls(stubs):
+    s = stubs(criteria=CRITERIA, route="spatial-layout", enhance="a red cat centred on a mat")
+    values = run(s.settings(skills={"tool_calling": "text"}))
     assert values["skill_trace"]["mode"] == "text" and values["skill_trace"]["loaded"] == ["spatial-layout"]
-    assert "tools" not in script.bodies["route"][0]
-    assert "# Spatial layout" in script.bodies["enhance"][0]["messages"][0]["content"]
-    assert gen.prompts[0] == "a red cat centred on a mat"
+    assert "tools" not in s.script.bodies["route"][0]
+    assert "# Spatial layout" in s.script.bodies["enhance"][0]["messages"][0]["content"]
+    assert s.gen.prompts[0] == "a red cat centred on a mat"
 
 
 def test_auto_falls_back_to_text_when_the_endpoint_refuses_tools(gen_server, isolated_env):
@@ -247,22 +242,20 @@ def test_auto_falls_back_to_text_when_the_endpoint_refuses_tools(gen_server, iso
     assert values["skill"] == "counting" and gen.prompts[0] == "exactly one red cat"
 
 
-def test_skills_disabled_skips_planning_calls(mllm_server, gen_server, isolated_env):
-    mllm, script = mllm_server(criteria=CRITERIA, route="counting")
-    gen = gen_server()
-    values = run(make_settings(mllm, gen, isolated_env, skills={"enabled": False}))
+def test_skills_disabled_skips_planning_calls(stubs):
+    s = stubs(criteria=CRITERIA, route="counting")
+    values = run(s.settings(skills={"enabled": False}))
     assert values["skill_trace"]["mode"] == "off" and values["skill_trace"]["offered"] == []
-    assert script.calls["route"] == 0 and gen.prompts[0] == "a red cat on a mat"
+    assert s.script.calls["route"] == 0 and s.gen.prompts[0] == "a red cat on a mat"
 
 
-def test_skill_reaches_the_refiner_only_when_asked(mllm_server, gen_server, isolated_env):
+def test_skill_reaches_the_refiner_only_when_asked(stubs, mllm_server, isolated_env):
     verdict = lambda q, n: "yes" if n >= 2 else "no"  # noqa: E731
-    mllm, script = mllm_server(criteria=CRITERIA, route="counting", verdict=verdict)
-    gen = gen_server()
-    run(make_settings(mllm, gen, isolated_env))
-    assert "# Counting" not in script.bodies["refine"][0]["messages"][0]["content"]
+    s = stubs(criteria=CRITERIA, route="counting", verdict=verdict)
+    run(s.settings())
+    assert "# Counting" not in s.script.bodies["refine"][0]["messages"][0]["content"]
     mllm2, script2 = mllm_server(criteria=CRITERIA, route="counting", verdict=verdict)
-    run(make_settings(mllm2, gen, isolated_env, skills={"to_refiner": True}), thread="t2")
+    run(make_settings(mllm2, s.gen, isolated_env, skills={"to_refiner": True}), thread="t2")
     assert "# Counting" in script2.bodies["refine"][0]["messages"][0]["content"]
 
 
@@ -303,13 +296,17 @@ def test_ocr_passes_the_right_words_and_fails_a_misspelling(tmp_path):
     assert ocr_check("Is there a fox?", right) is None
 
 
-def test_text_rendering_skill_brings_ocr_into_the_critique(mllm_server, gen_server, isolated_env):
+def test_text_rendering_skill_brings_ocr_into_the_critique(stubs):
     pytest.importorskip("rapidocr_onnxruntime")
     criteria = ['Does the sign say "HELLO FOX"?', "Is there a sign?"]
     # A lenient verifier says yes to everything; OCR catches the misspelling of round 1.
-    mllm, _ = mllm_server(criteria=criteria, route="text-rendering", enhance='a sign reading "HELLO FOX"')
-    gen = gen_server(render=lambda prompt, call: render_text("HELO FOX" if call == 1 else "HELLO FOX"))
-    values = run(make_settings(mllm, gen, isolated_env), prompt='a sign that says "HELLO FOX"')
+    s = stubs(
+        criteria=criteria,
+        route="text-rendering",
+        enhance='a sign reading "HELLO FOX"',
+        gen=dict(render=lambda prompt, call: render_text("HELO FOX" if call == 1 else "HELLO FOX")),
+    )
+    values = run(s.settings(), prompt='a sign that says "HELLO FOX"')
     assert values["verifiers"] == ["ocr"]
     first, second = values["rounds"]
     text_verdict = first["verdicts"][0]

@@ -21,13 +21,10 @@ from gems.nodes.generate import seed_for
 from gems.nodes.generators import get_generator
 from gems.nodes.mllm import get_mllm
 from gems.nodes.parsing import clean_prompt
+from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
 from gems.nodes.runtime import artifact_store
 
 METHODS = ("original", "rewrite", "search", "loop", "gems")
-
-REWRITE_SYSTEM = """You rewrite requests for a text-to-image model.
-Turn the request into one detailed, unambiguous prompt the model will render faithfully. Keep every object, number,
-attribute, spatial relation and quoted piece of text exactly as asked. Return only the prompt."""
 
 
 def method_settings(method: str, base: GemsSettings, search_n: int = 5) -> GemsSettings:

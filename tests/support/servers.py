@@ -243,12 +243,12 @@ def image_prompt(body: dict[str, Any]) -> str | None:
 
 def role_of(body: dict[str, Any]) -> str:
     """Which GEMS role sent this request, told by the first line of its system prompt."""
-    from gems.interfaces.bench.methods import REWRITE_SYSTEM
-    from gems.nodes.compress import COMPRESS_SYSTEM
-    from gems.nodes.critique import VERIFY_SYSTEM
-    from gems.nodes.decompose import DECOMPOSE_SYSTEM
-    from gems.nodes.plan import ENHANCE_SYSTEM, PLANNER_SYSTEM, ROUTER_SYSTEM
-    from gems.nodes.refine import REFINE_SYSTEM
+    from gems.nodes.prompts.compress import COMPRESS_SYSTEM
+    from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM
+    from gems.nodes.prompts.plan import ENHANCE_SYSTEM, PLANNER_SYSTEM, ROUTER_SYSTEM
+    from gems.nodes.prompts.refine import REFINE_SYSTEM
+    from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
+    from gems.nodes.prompts.verify import VERIFY_SYSTEM
 
     system = _system_text(body)
     for role, prompt in (
