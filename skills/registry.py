@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gems.configs import GemsError, GemsSettings
 
@@ -19,11 +20,57 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 MAX_NAME = 64
 MAX_DESCRIPTION = 1024
-ALLOWED_KEYS = {"name", "description", "license", "compatibility", "metadata", "allowed-tools"}
 
 
 class SkillError(GemsError, ValueError):
     """A SKILL.md file is malformed; the message names the file and the problem."""
+
+
+class FrontMatter(BaseModel):
+    """A SKILL.md's YAML front matter (the Agent Skills format); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+    name: str = ""
+    description: str = ""
+    license: str | None = None
+    compatibility: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    allowed_tools: Any = Field(None, alias="allowed-tools")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        if not isinstance(value, str) or not NAME_RE.match(value) or len(value) > MAX_NAME:
+            raise ValueError(f"name must be 1-{MAX_NAME} lowercase letters, digits and hyphens, got {value!r}")
+        return value
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _description(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("description is empty; say what the skill does and when to use it")
+        if len(value) > MAX_DESCRIPTION:
+            raise ValueError(f"description has {len(value)} characters; the limit is {MAX_DESCRIPTION}")
+        return " ".join(value.split())
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+def _front_matter_error(exc: ValidationError) -> str:
+    """One line for the first problem; unknown keys are listed together."""
+    errors = exc.errors()
+    extra = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if extra:
+        allowed = sorted(f.alias or name for name, f in FrontMatter.model_fields.items())
+        return f"unknown front matter keys {extra}; allowed: {allowed}"
+    first = errors[0]
+    if first["type"] == "value_error":
+        return str(first["msg"]).removeprefix("Value error, ")
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 @dataclass(frozen=True)
@@ -66,26 +113,15 @@ def parse_skill_file(path: Path) -> Skill:
         raise SkillError(f"{path}: front matter is not valid YAML ({getattr(exc, 'problem', exc)})") from exc
     if not isinstance(meta, dict):
         raise SkillError(f"{path}: front matter must be a mapping with name and description")
-    unknown = sorted(set(meta) - ALLOWED_KEYS)
-    if unknown:
-        raise SkillError(f"{path}: unknown front matter keys {unknown}; allowed: {sorted(ALLOWED_KEYS)}")
-    name = meta.get("name")
-    folder = path.parent.name
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > MAX_NAME:
-        raise SkillError(f"{path}: name must be 1-{MAX_NAME} lowercase letters, digits and hyphens, got {name!r}")
-    if name != folder:
-        raise SkillError(f"{path}: name {name!r} must equal its folder name {folder!r}")
-    description = meta.get("description")
-    if not isinstance(description, str) or not description.strip():
-        raise SkillError(f"{path}: description is empty; say what the skill does and when to use it")
-    if len(description) > MAX_DESCRIPTION:
-        raise SkillError(f"{path}: description has {len(description)} characters; the limit is {MAX_DESCRIPTION}")
-    metadata = meta.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise SkillError(f"{path}: metadata must be a mapping")
+    try:
+        front = FrontMatter.model_validate(meta)
+    except ValidationError as exc:
+        raise SkillError(f"{path}: {_front_matter_error(exc)}") from None
+    if front.name != path.parent.name:
+        raise SkillError(f"{path}: name {front.name!r} must equal its folder name {path.parent.name!r}")
     if not body.strip():
         raise SkillError(f"{path}: the instructions (Markdown body after the front matter) are empty")
-    return Skill(name=name, description=" ".join(description.split()), body=body.strip(), path=path, metadata=metadata)
+    return Skill(front.name, front.description, body.strip(), path, front.metadata)
 
 
 def bundled_library() -> Path:

@@ -6,9 +6,10 @@ The router only ever sees the top-k candidates, so its prompt stays the same siz
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 from langchain_core.embeddings import Embeddings
+from langgraph.store.base import PutOp
+from langgraph.store.memory import InMemoryStore
 
 from gems.skills.registry import Skill, SkillRegistry
 
@@ -19,41 +20,32 @@ def routing_texts(skill: Skill) -> list[str]:
     return [f"{skill.name.replace('-', ' ')}: {skill.description}", *[str(e) for e in examples]]
 
 
-@dataclass
 class SkillIndex:
-    """Embeddings of every routing text, with the skill each belongs to."""
+    """Every routing text of a registry in a LangGraph `InMemoryStore` with a semantic index (cosine similarity)."""
 
-    registry: SkillRegistry
-    embeddings: Embeddings
-
-    def __post_init__(self) -> None:
-        import numpy as np
-
-        self._owners: list[str] = []
-        texts: list[str] = []
-        for skill in self.registry.skills.values():
-            for text in routing_texts(skill):
-                texts.append(text)
-                self._owners.append(skill.name)
-        vectors = self.embeddings.embed_documents(texts) if texts else []
-        self._matrix = np.asarray(vectors, dtype="float32").reshape(len(texts), -1)
-        norms = np.linalg.norm(self._matrix, axis=1, keepdims=True)
-        self._matrix /= np.where(norms == 0, 1, norms)
+    def __init__(self, registry: SkillRegistry, embeddings: Embeddings):
+        self.registry = registry
+        self.size = sum(len(routing_texts(skill)) for skill in registry.skills.values())
+        self.store = InMemoryStore(
+            index={"dims": len(embeddings.embed_query("skill")), "embed": embeddings, "fields": ["text"]}
+        )
+        self.store.batch(
+            [
+                PutOp(("skills",), f"{skill.name}#{n}", {"skill": skill.name, "text": text})
+                for skill in registry.skills.values()
+                for n, text in enumerate(routing_texts(skill))
+            ]
+        )
 
     def search(self, prompt: str, k: int = 5, min_relevance: float = 0.0) -> list[tuple[Skill, float]]:
         """The `k` best skills for `prompt` by cosine similarity (each skill scored by its best-matching text)."""
-        import numpy as np
-
-        if not self._owners:
+        if not self.size:
             return []
-        query = np.asarray(self.embeddings.embed_query(prompt), dtype="float32")
-        query /= np.linalg.norm(query) or 1.0
-        scores = self._matrix @ query
         best: dict[str, float] = {}
-        for owner, score in zip(self._owners, scores.tolist(), strict=True):
-            if score > best.get(owner, -1.0):
-                best[owner] = score
-        ranked = sorted(best.items(), key=lambda item: item[1], reverse=True)
+        for item in self.store.search(("skills",), query=prompt, limit=self.size):
+            name, score = item.value["skill"], float(item.score or 0.0)
+            best[name] = max(score, best.get(name, -1.0))
+        ranked = sorted(best.items(), key=lambda pair: pair[1], reverse=True)
         return [(self.registry.skills[name], round(score, 4)) for name, score in ranked[:k] if score >= min_relevance]
 
 

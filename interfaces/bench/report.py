@@ -6,12 +6,13 @@ labelled "self-check (not the benchmark's metric)", or no score at all (export a
 
 from __future__ import annotations
 
-import html
 import json
 import shutil
 from pathlib import Path
 from statistics import mean
 from typing import Any
+
+import jinja2
 
 from gems.interfaces.bench.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
 
@@ -178,13 +179,6 @@ def _markdown_table(title: str, header: list[str], rows: list[list[str]]) -> lis
     return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
 
 
-def _html_table(title: str, header: list[str], rows: list[list[str]]) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<h2>{esc(title)}</h2><table><tr>{head}</tr>{body}</table>"
-
-
 def _lessons_line(summary: dict[str, Any]) -> str:
     lessons = summary["lessons"]
     if lessons["enabled"]:
@@ -229,12 +223,9 @@ def report_markdown(summary: dict[str, Any]) -> str:
 
 # ---- gallery ----
 
-CSS = """body{font:14px system-ui,sans-serif;margin:2em;background:#fafafa;color:#222}
-.item{background:#fff;border:1px solid #ddd;border-radius:8px;margin:1.5em 0;padding:1em}
-.rounds{display:flex;gap:1em;overflow-x:auto}.round{min-width:220px;max-width:260px}
-.round img{width:100%;border-radius:4px;border:3px solid #ccc}.round.final img{border-color:#2a7}
-.ok{color:#2a7}.no{color:#c33}.small{font-size:12px;color:#555}ul{padding-left:1.1em;margin:.3em 0}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"""
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("gems.interfaces", "templates"), autoescape=True, keep_trailing_newline=True
+)
 
 
 def _cost_line(cost: dict[str, Any]) -> str:
@@ -263,42 +254,32 @@ def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Pat
     """A gallery: every prompt with every round's image, criteria ticks and experiences; images copied alongside."""
     images = out / "images"
     images.mkdir(exist_ok=True)
-    esc = html.escape
     check = summary["self_check"]
-    title = f"gems bench: {esc(summary['method'])} on {esc(summary['dataset'])}"
-    parts = [
-        f"<!doctype html><meta charset=utf-8><title>{title}</title><style>{CSS}</style><h1>{title}</h1>",
-        f"<p><b>{esc(headline(summary))}</b></p><p>{summary['finished']}/{summary['prompts']} prompts, "
-        f"{esc(_fmt(summary['rounds_used']))} rounds per prompt, cross-prompt lessons {esc(_lessons_line(summary))}. "
-        f"Criteria pass rate by round ({esc(check['label'])}): "
-        + " → ".join(esc(_fmt(v)) for v in check["round_pass_rate"])
-        + f".</p><p class=small>per prompt: {esc(_cost_line(summary['cost_per_prompt']))}</p>",
-        *(_html_table(*table) for table in score_tables(summary)),
+    intro = [
+        headline(summary),
+        f"{summary['finished']}/{summary['prompts']} prompts, {_fmt(summary['rounds_used'])} rounds per prompt, "
+        f"cross-prompt lessons {_lessons_line(summary)}. Criteria pass rate by round ({check['label']}): "
+        + " → ".join(_fmt(v) for v in check["round_pass_rate"])
+        + ".",
+        f"per prompt: {_cost_line(summary['cost_per_prompt'])}",
     ]
+    items = []
     for record in records:
         final_round = (record.get("final") or {}).get("round")
-        parts.append(f"<div class=item><h3>{esc(record['id'])}: {esc(record['prompt'])}</h3>")
         skill = f"skill {record['skill']}" if record.get("skill") else "no skill"
-        parts.append(
-            f"<p class=small>{esc(_record_score(record))} · {esc(skill)} · "
-            f"{esc(_cost_line(record.get('cost') or {}))}</p><div class=rounds>"
-        )
+        rounds = []
         for r in record.get("rounds") or []:
             image = r.get("image") or {}
             name = f"{image.get('sha256', 'missing')}.png"
             if image.get("path") and Path(image["path"]).exists() and not (images / name).exists():
                 shutil.copyfile(image["path"], images / name)
-            ticks = "".join(f"<li class=ok>✓ {esc(q)}</li>" for q in r.get("passed") or [])
-            ticks += "".join(f"<li class=no>✗ {esc(q)}</li>" for q in r.get("failed") or [])
-            cls = "round final" if r.get("round") == final_round else "round"
-            parts.append(
-                f"<div class='{cls}'><b>round {r.get('round')}</b><img src='images/{esc(name)}' loading=lazy>"
-                f"<p class=small>{esc(r.get('prompt') or '')}</p><ul>{ticks}</ul>"
-                + (f"<p class=small><i>{esc(r['experience'])}</i></p>" if r.get("experience") else "")
-                + "</div>"
-            )
-        parts.append("</div></div>")
-    return "\n".join(parts) + "\n"
+            rounds.append({**r, "src": f"images/{name}", "final": r.get("round") == final_round})
+        line = f"{_record_score(record)} · {skill} · {_cost_line(record.get('cost') or {})}"
+        items.append({"heading": f"{record['id']}: {record['prompt']}", "line": line, "rounds": rounds})
+    title = f"gems bench: {summary['method']} on {summary['dataset']}"
+    return _templates.get_template("gallery.html.j2").render(
+        title=title, intro=intro, tables=score_tables(summary), items=items
+    )
 
 
 def write_reports(out: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:

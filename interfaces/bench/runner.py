@@ -18,12 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from gems.configs import ConfigError, GemsSettings
 from gems.graph.builder import build_graph
@@ -55,42 +56,6 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-    )
-
-
-class Progress:
-    """`[12/40] 30% 1m02s elapsed, ETA 2m24s` on stderr, rewritten in place on a terminal."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.done, self.failed = total, 0, 0
-        self.started = time.monotonic()
-        self.enabled = enabled
-        self.lock = threading.Lock()
-        self.tty = sys.stderr.isatty()
-
-    def tick(self, ok: bool, note: str = "") -> None:
-        with self.lock:
-            self.done += 1
-            self.failed += 0 if ok else 1
-            if not self.enabled:
-                return
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / self.done * (self.total - self.done)
-            line = (
-                f"[{self.done}/{self.total}] {100 * self.done // max(self.total, 1)}% {_duration(elapsed)} elapsed, "
-                f"ETA {_duration(eta)}{f', {self.failed} failed' if self.failed else ''} {note}"
-            )
-            print(("\r" + line + "\033[K") if self.tty else line, file=sys.stderr, end="" if self.tty else "\n")
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
 
 
 # ---- what a run is: identity, provenance ----
@@ -298,7 +263,7 @@ def run_bench(
     }
     _write_json(out / "run.json", run_info)
 
-    meter = Progress(len(todo), enabled=progress)
+    meter = tqdm(total=len(todo), desc="gems bench", unit="image", file=sys.stderr, disable=not progress)
     if len(todo) < len(work) and progress:
         print(f"{len(work) - len(todo)} of {len(work)} images already done in {out}; running the rest", file=sys.stderr)
     started = time.perf_counter()
@@ -332,7 +297,8 @@ def run_bench(
                 exc = future.exception()
                 if exc is not None:
                     errors.append(f"{name}: {' '.join(str(exc).split())[:200]}")
-                meter.tick(exc is None, f"({name})")
+                    meter.set_postfix(failed=len(errors))
+                meter.update()
     meter.close()
 
     records = []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from gems.configs import GeneratorSettings
 from gems.nodes.generators.base import GeneratorError, Rendered
@@ -12,32 +14,44 @@ from gems.nodes.generators.base import GeneratorError, Rendered
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-def post_with_retries(client: httpx.Client, what: str, max_retries: int, **request: object) -> httpx.Response:
-    """POST with exponential backoff on connection errors, timeouts and 408/429/5xx; one-line errors."""
-    delay = 0.5
-    for attempt in range(max_retries + 1):
-        last = attempt == max_retries
-        try:
-            response = client.post(**request)  # type: ignore[arg-type]
-        except httpx.TimeoutException as exc:
-            if last:
-                raise GeneratorError(
-                    f"{what} timed out after {client.timeout.read}s; raise generator.timeout_s"
-                ) from exc
-        except httpx.TransportError as exc:
-            if last:
-                raise GeneratorError(
-                    f"cannot reach {what} ({type(exc).__name__}); start it or set GEMS_GENERATOR_URL"
-                ) from exc
-        else:
-            if response.status_code < 400:
-                return response
-            if response.status_code not in RETRY_STATUS or last:
-                detail = " ".join(response.text.split())[:200]
-                raise GeneratorError(f"{what} answered HTTP {response.status_code}: {detail}")
-        time.sleep(delay)
-        delay = min(delay * 2, 8.0)
-    raise AssertionError("unreachable")  # pragma: no cover
+class _TransientStatus(Exception):
+    """An HTTP status worth retrying; carries the response for the final error message."""
+
+    def __init__(self, response: httpx.Response):
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _post(client: httpx.Client, request: dict[str, Any]) -> httpx.Response:
+    response = client.post(**request)
+    if response.status_code in RETRY_STATUS:
+        raise _TransientStatus(response)
+    return response
+
+
+def post_with_retries(client: httpx.Client, what: str, max_retries: int, **request: Any) -> httpx.Response:
+    """POST with exponential backoff (0.5 s doubling, at most 8 s) on connection errors, timeouts and 408/429/5xx.
+
+    Raises:
+        GeneratorError: one line saying what failed and what to do.
+    """
+    retrying = Retrying(
+        stop=stop_after_attempt(max_retries + 1),
+        wait=wait_exponential(multiplier=0.5, max=8.0),
+        retry=retry_if_exception_type((httpx.TransportError, _TransientStatus)),
+        reraise=True,
+    )
+    try:
+        response = retrying(_post, client, request)
+    except httpx.TimeoutException as exc:
+        raise GeneratorError(f"{what} timed out after {client.timeout.read}s; raise generator.timeout_s") from exc
+    except httpx.TransportError as exc:
+        raise GeneratorError(f"cannot reach {what} ({type(exc).__name__}); start it or set GEMS_GENERATOR_URL") from exc
+    except _TransientStatus as exc:
+        response = exc.response
+    if response.status_code >= 400:
+        raise GeneratorError(f"{what} answered HTTP {response.status_code}: {' '.join(response.text.split())[:200]}")
+    return response
 
 
 class HttpGenerator:
