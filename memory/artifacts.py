@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import os
@@ -88,14 +89,27 @@ class ArtifactStore:
         return image
 
     def data_url(self, ref: Mapping[str, Any] | str, max_side: int | None = None) -> str:
-        """Return a base64 PNG data URL, downscaled so the longer side is at most `max_side`."""
-        data = self.read_bytes(ref)
-        if max_side:
-            opened = Image.open(io.BytesIO(data))
-            if max(opened.size) > max_side:
-                image = opened.copy()
-                image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-                buf = io.BytesIO()
-                image.save(buf, format="PNG")
-                data = buf.getvalue()
-        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        """Return a base64 PNG data URL, downscaled so the longer side is at most `max_side`.
+
+        Content-addressed, so the URL is cached: a round's image goes to every verifier call and, in later rounds,
+        to the refiner again; each is decoded, resized and encoded once per process.
+        """
+        digest = ref if isinstance(ref, str) else ref["sha256"]
+        return _data_url(str(self.path_for(digest)), max_side)
+
+
+@functools.lru_cache(maxsize=64)
+def _data_url(path: str, max_side: int | None) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact {Path(path).stem[:12]}… is missing from {Path(path).parent}") from None
+    if max_side:
+        opened = Image.open(io.BytesIO(data))
+        if max(opened.size) > max_side:
+            image = opened.copy()
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            data = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")

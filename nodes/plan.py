@@ -71,7 +71,7 @@ def skill_candidates(prompt: str, settings: GemsSettings) -> list[tuple[Skill, f
         return []
     if len(registry) <= settings.skills.top_k and settings.skills.min_relevance == 0:
         return [(skill, 1.0) for skill in registry.skills.values()]
-    index = get_index(registry, get_embeddings(settings.embeddings))
+    index = get_index(registry, get_embeddings(settings.embeddings), cache_dir=settings.data_dir / "cache")
     return index.search(prompt, k=settings.skills.top_k, min_relevance=settings.skills.min_relevance)
 
 

@@ -5,10 +5,17 @@ The router only ever sees the top-k candidates, so its prompt stays the same siz
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
-from langgraph.store.base import PutOp
+from langgraph.store.base import IndexConfig, PutOp
 from langgraph.store.memory import InMemoryStore
 
 from gems.skills.registry import Skill, SkillRegistry
@@ -21,14 +28,25 @@ def routing_texts(skill: Skill) -> list[str]:
 
 
 class SkillIndex:
-    """Every routing text of a registry in a LangGraph `InMemoryStore` with a semantic index (cosine similarity)."""
+    """Every routing text of a registry in a LangGraph `InMemoryStore` with a semantic index (cosine similarity).
 
-    def __init__(self, registry: SkillRegistry, embeddings: Embeddings):
+    With `cache_dir`, the routing texts' vectors are kept on disk under a key of the embedding model and every
+    routing text, so a process embeds the library only when it or the model changed (~1 s for 9 skills on a CPU).
+    """
+
+    def __init__(self, registry: SkillRegistry, embeddings: Embeddings, cache_dir: Path | None = None):
         self.registry = registry
-        self.size = sum(len(routing_texts(skill)) for skill in registry.skills.values())
-        self.store = InMemoryStore(
-            index={"dims": len(embeddings.embed_query("skill")), "embed": embeddings, "fields": ["text"]}
-        )
+        texts = [text for skill in registry.skills.values() for text in routing_texts(skill)]
+        self.size = len(texts)
+        known = dict(zip(texts, _cached_vectors(texts, embeddings, cache_dir), strict=True)) if texts else {}
+
+        def embed(batch: Sequence[str]) -> list[list[float]]:
+            missing = [t for t in batch if t not in known]
+            known.update(zip(missing, embeddings.embed_documents(missing), strict=True) if missing else ())
+            return [known[t] for t in batch]
+
+        dims = len(next(iter(known.values()))) if known else 1
+        self.store = InMemoryStore(index=IndexConfig(dims=dims, embed=embed, fields=["text"]))
         self.store.batch(
             [
                 PutOp(("skills",), f"{skill.name}#{n}", {"skill": skill.name, "text": text})
@@ -49,16 +67,37 @@ class SkillIndex:
         return [(self.registry.skills[name], round(score, 4)) for name, score in ranked[:k] if score >= min_relevance]
 
 
+def _cached_vectors(texts: list[str], embeddings: Embeddings, cache_dir: Path | None) -> list[list[float]]:
+    """The texts' vectors, from `cache_dir` when this model embedded exactly these texts before."""
+    if cache_dir is None:
+        return embeddings.embed_documents(texts)
+    model = getattr(embeddings, "name", type(embeddings).__name__)
+    key = hashlib.sha256(json.dumps([model, texts]).encode()).hexdigest()[:20]
+    path = cache_dir / f"skill-index-{key}.json"
+    with contextlib.suppress(OSError, ValueError):
+        vectors = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(vectors, list) and len(vectors) == len(texts):
+            return vectors
+    vectors = embeddings.embed_documents(texts)
+    with contextlib.suppress(OSError):  # a read-only data dir only loses the cache
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(vectors, fh)
+        os.replace(tmp, path)
+    return vectors
+
+
 _indexes: dict[tuple[int, int], SkillIndex] = {}
 _lock = threading.Lock()
 
 
-def get_index(registry: SkillRegistry, embeddings: Embeddings) -> SkillIndex:
-    """Return the process-wide index for this registry and embedding model (built once)."""
+def get_index(registry: SkillRegistry, embeddings: Embeddings, cache_dir: Path | None = None) -> SkillIndex:
+    """Return the process-wide index for this registry and embedding model (built once, vectors cached on disk)."""
     key = (id(registry), id(embeddings))
     with _lock:
         index = _indexes.get(key)
         if index is None:
-            index = SkillIndex(registry, embeddings)
+            index = SkillIndex(registry, embeddings, cache_dir)
             _indexes[key] = index
         return index

@@ -23,6 +23,7 @@ from gems.memory.trajectory import MODE_LAYERS, context_size
 from gems.nodes.prompts.refine import refiner_parts
 from tests.conftest import make_settings
 from tests.support.net import free_port, wait_until_up
+from tests.support.servers import fake_embedding
 
 CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]
 
@@ -358,3 +359,52 @@ def test_local_embedding_model_leaves_the_hub_setting_alone(monkeypatch):
     embeddings = LocalEmbeddings()  # the bundled folder loads without the hub...
     assert len(embeddings.embed_query("a cat")) == 384
     assert "HF_HUB_OFFLINE" not in os.environ  # ...and later downloads of generator weights stay possible
+
+
+@pytest.mark.slow
+def test_local_embeddings_skip_torch_and_match_sentence_transformers():
+    import numpy as np
+
+    from gems.configs import EmbeddingSettings
+    from gems.memory.embeddings import LocalEmbeddings, bundled_model, get_embeddings
+    from gems.memory.encoder import NumpySentenceEncoder
+
+    fast = get_embeddings(EmbeddingSettings())
+    assert isinstance(fast, NumpySentenceEncoder)
+    code = "import sys; from gems.configs import EmbeddingSettings; from gems.memory.embeddings import get_embeddings; "
+    code += "get_embeddings(EmbeddingSettings()).embed_query('a cat'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    texts = ["a red cat on a mat", "Spatial layout: objects left of, right of and above each other", "x " * 300,
+             'a neon sign reading "OPEN 24 HOURS" above a diner door', "三只红苹果", ""]  # fmt: skip
+    ours = np.array(fast.embed_documents(texts))
+    theirs = np.array(LocalEmbeddings(bundled_model()).embed_documents(texts))
+    assert (ours * theirs).sum(axis=1).min() >= 0.999
+
+
+def test_skill_index_vectors_are_cached_on_disk(tmp_path):
+    from langchain_core.embeddings import Embeddings
+
+    from gems.skills.registry import SkillRegistry, bundled_library
+    from gems.skills.retrieval import SkillIndex
+
+    class Counting(Embeddings):
+        name = "counting-fake"
+
+        def __init__(self) -> None:
+            self.texts = 0
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            self.texts += len(texts)
+            return [fake_embedding(t) for t in texts]
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.embed_documents([text])[0]
+
+    registry = SkillRegistry()
+    registry.add_folder(bundled_library())
+    first, second = Counting(), Counting()
+    ranked = SkillIndex(registry, first, tmp_path).search("three red apples on a plate", k=3)
+    assert first.texts > len(registry)  # every routing text embedded once, plus the query
+    assert SkillIndex(registry, second, tmp_path).search("three red apples on a plate", k=3) == ranked
+    assert second.texts == 1  # only the query: the library's vectors came from the cache
+    assert len(list(tmp_path.glob("skill-index-*.json"))) == 1

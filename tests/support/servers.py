@@ -72,6 +72,7 @@ class _Server:
                 pass
 
             def do_POST(self) -> None:
+                owner.arrivals.append(time.perf_counter())
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 owner._dispatch(self, raw)
@@ -83,6 +84,7 @@ class _Server:
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.requests: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.perf_counter() of each request, for latency benchmarks
         self.lock = threading.Lock()
 
     @property
