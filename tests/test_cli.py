@@ -201,3 +201,13 @@ def test_debug_shows_traceback(tmp_path):
     cfg.write_text("loop:\n  max_roundz: 3\n")
     result = gems("generate", "a cat", "--config", str(cfg), "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_no_command_prints_the_help_and_exits_2(capsys):
+    from gems.interfaces.cli import main
+
+    assert main([]) == 2
+    out = capsys.readouterr()
+    assert "Commands:" in out.out and "generate" in out.out and "gems: error" not in out.err
+    assert main(["bench"]) == 2 and "gems bench export RUN_DIR" in capsys.readouterr().out
+    assert main(["bogus"]) == 2 and "gems: error: No such command 'bogus'" in capsys.readouterr().err

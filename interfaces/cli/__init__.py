@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Abort:
         return EXIT_INTERRUPTED
+    except click.exceptions.NoArgsIsHelpError as exc:  # `gems` or `gems bench` alone: the help, as argparse did
+        click.echo(exc.format_message())
+        return EXIT_USAGE
     except click.ClickException as exc:  # bad flags, missing arguments
         say_error(exc.format_message())
         return exc.exit_code
