@@ -95,15 +95,13 @@ class ArtifactStore:
         to the refiner again; each is decoded, resized and encoded once per process.
         """
         digest = ref if isinstance(ref, str) else ref["sha256"]
-        return _data_url(str(self.path_for(digest)), max_side)
+        self.path_for(digest)  # validate the digest before it becomes a cache key
+        return _data_url(str(self.root), digest, max_side)
 
 
 @functools.lru_cache(maxsize=64)
-def _data_url(path: str, max_side: int | None) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"artifact {Path(path).stem[:12]}… is missing from {Path(path).parent}") from None
+def _data_url(root: str, digest: str, max_side: int | None) -> str:
+    data = ArtifactStore(root).read_bytes(digest)
     if max_side:
         opened = Image.open(io.BytesIO(data))
         if max(opened.size) > max_side:

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langgraph.store.base import BaseStore, PutOp
+from langgraph.store.base import BaseStore, GetOp, PutOp
 
 from gems.configs import GemsSettings
-from gems.memory.store import StoreError, open_store
+from gems.memory.store import StoreError, one_line, open_store
 
 LESSON_NAMESPACE = uuid.UUID("5b0c7a52-1e7e-4c1a-9d8e-6a1f0c3e2b11")
 LESSONS = ("gems", "lessons")  # the store namespace of lessons
@@ -107,7 +107,6 @@ class ExperienceStore:
     """
 
     def __init__(self, settings: GemsSettings, store: BaseStore | None = None):
-        self.settings = settings
         self.store = store if store is not None else open_store(settings)
 
     @property
@@ -147,7 +146,8 @@ class ExperienceStore:
         return len(self.store.search(LESSONS, limit=MAX_LESSONS))
 
     def delete(self, lesson_ids: Sequence[str]) -> int:
-        present = [i for i in lesson_ids if self.store.get(LESSONS, i) is not None]
+        found = self.store.batch([GetOp(LESSONS, i) for i in lesson_ids])  # one batch: one store open, not one per id
+        present = [i for i, item in zip(lesson_ids, found, strict=True) if item is not None]
         if present:
             self.store.batch([PutOp(LESSONS, i, None) for i in present])
         return len(present)
@@ -173,14 +173,10 @@ class ExperienceStore:
                 try:
                     lessons.append(Lesson(**json.loads(line)))
                 except (json.JSONDecodeError, TypeError) as exc:
-                    raise StoreError(f"{path} line {number} is not a lesson: {_one_line(exc)}") from exc
+                    raise StoreError(f"{path} line {number} is not a lesson: {one_line(exc)}") from exc
         return self.add_many(lessons)
 
 
 def _lesson(value: dict[str, Any]) -> Lesson:
     known = set(Lesson.__dataclass_fields__)
     return Lesson(**{k: v for k, v in value.items() if k in known})
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]

@@ -47,7 +47,8 @@ class StoreError(GemsError, RuntimeError):
     """The store cannot be used; the message says what to do."""
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line, for the one-line errors the CLI prints."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
 
 
@@ -112,7 +113,7 @@ class ChromaStore(BaseStore):
             except StoreError:
                 raise
             except Exception as exc:
-                raise StoreError(f"cannot use the {self.where}: {_one_line(exc)}") from exc
+                raise StoreError(f"cannot use the {self.where}: {one_line(exc)}") from exc
             return
         assert self.path is not None
         self.path.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,7 @@ class ChromaStore(BaseStore):
                     collection = self._open(client)
                 except Exception as exc:
                     raise StoreError(
-                        f"the store at {self.path} is unreadable ({_one_line(exc)}); "
+                        f"the store at {self.path} is unreadable ({one_line(exc)}); "
                         "move the folder away and gems will start a new one"
                     ) from exc
                 yield collection
