@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState
 from gems.memory.trajectory import MODE_LAYERS
-from gems.nodes.mllm import get_mllm
+from gems.nodes.calls import Ask, Blocking, Steps, node
 from gems.nodes.prompts.compress import COMPRESS_SYSTEM, compressor_parts
 from gems.nodes.runtime import artifact_store, timed, usage_update
 
@@ -20,7 +18,7 @@ def truncate_words(text: str, max_words: int) -> str:
     return " ".join(words[:max_words])
 
 
-def compress(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+def compress_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     """Write the experience of the latest round; a no-op in memory modes that do not use experiences.
 
     Args:
@@ -36,9 +34,9 @@ def compress(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]
     latest = state["rounds"][-1]
     timings: dict[str, float] = {}
     with timed(timings, "compress"):
-        parts = compressor_parts(state, settings, artifact_store(settings))
+        parts = yield Blocking(lambda: compressor_parts(state, settings, artifact_store(settings)))
         system = COMPRESS_SYSTEM.format(max_words=settings.loop.experience_max_words)
-        reply = get_mllm(settings.mllm).ask(system, parts)
+        reply = yield Ask(settings.mllm, system, parts)
     experience = truncate_words(reply.text, settings.loop.experience_max_words)
     return {
         "rounds": [{"round": latest["round"], "experience": experience}],
@@ -46,3 +44,6 @@ def compress(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]
         "timings": timings,
         "usage": usage_update(reply.usage),
     }
+
+
+compress = node(compress_steps)

@@ -8,14 +8,15 @@ from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, RoundRecord, Verdict, VerifyTask
-from gems.nodes.mllm import MLLMError, get_mllm, image_part, text_part
+from gems.nodes.calls import Ask, Blocking, Steps, node
+from gems.nodes.mllm import MLLMError, image_part, text_part
 from gems.nodes.parsing import parse_verdict
 from gems.nodes.prompts.verify import VERIFY_SYSTEM, VERIFY_USER
 from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills.verifiers import VERIFIERS, VerifierUnavailable, combine
 
 
-def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+def verify_steps(task: VerifyTask, runtime: Runtime[GemsSettings]) -> Steps:
     """Answer one criterion on one image; an error or an unclear answer counts as a fail, never a crash.
 
     Args:
@@ -32,8 +33,10 @@ def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     answer = ""
     with timed(timings, "verify"):
         try:
-            data_url = artifact_store(settings).data_url(task["image"], settings.mllm.image_max_side)
-            reply = get_mllm(settings.mllm).ask(
+            store = artifact_store(settings)
+            data_url = yield Blocking(lambda: store.data_url(task["image"], settings.mllm.image_max_side))
+            reply = yield Ask(
+                settings.mllm,
                 VERIFY_SYSTEM,
                 [text_part(VERIFY_USER.format(criterion=task["criterion"])), image_part(data_url)],
             )
@@ -51,7 +54,7 @@ def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
         error=error if error is not None else (None if verdict is not None else "answer was neither yes nor no"),
     )
     # Tools the loaded skills bring (e.g. OCR for quoted text) check the same criterion; see skills/verifiers.py.
-    checks = _tool_checks(task, settings, timings)
+    checks = (yield Blocking(lambda: _tool_checks(task, settings, timings))) if task.get("verifiers") else []
     if checks:
         record["checks"] = checks
         record["mllm_passed"] = record["passed"]
@@ -75,6 +78,9 @@ def _tool_checks(task: VerifyTask, settings: GemsSettings, timings: dict[str, fl
         if result is not None:
             checks.append(result)
     return checks
+
+
+verify = node(verify_steps)
 
 
 def _score(verdicts: list[Verdict], criteria: list[str]) -> tuple[list[str], list[str]]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState
-from gems.nodes.mllm import MLLMError, get_mllm
+from gems.nodes.calls import Ask, Steps, node
+from gems.nodes.mllm import MLLMError
 from gems.nodes.parsing import CriteriaParseError, parse_criteria
 from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM, DECOMPOSE_USER, REPAIR_USER
 from gems.nodes.runtime import timed, usage_update
@@ -16,7 +15,7 @@ from gems.nodes.runtime import timed, usage_update
 CRITERIA_ERROR = "the decomposer did not return a JSON list of questions after one retry ({detail}); check mllm.model"
 
 
-def decompose(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+def decompose_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     """Ask for criteria of the original prompt; one repair retry, then a clear error.
 
     Args:
@@ -30,17 +29,16 @@ def decompose(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any
         MLLMError: when the answer is still not a JSON list after the retry.
     """
     settings = context_settings(runtime.context)
-    mllm = get_mllm(settings.mllm)
     prompt = state["prompt"]
     timings: dict[str, float] = {}
     with timed(timings, "decompose"):
-        reply = mllm.ask(DECOMPOSE_SYSTEM, DECOMPOSE_USER.format(prompt=prompt))
+        reply = yield Ask(settings.mllm, DECOMPOSE_SYSTEM, DECOMPOSE_USER.format(prompt=prompt))
         usages, calls = [reply.usage], 1
         try:
             criteria = parse_criteria(reply.text)
         except CriteriaParseError:
             # Step 2: one repair round with the unreadable answer shown back.
-            retry = mllm.ask(DECOMPOSE_SYSTEM, REPAIR_USER.format(prompt=prompt, bad=reply.text[:2000]))
+            retry = yield Ask(settings.mllm, DECOMPOSE_SYSTEM, REPAIR_USER.format(prompt=prompt, bad=reply.text[:2000]))
             usages.append(retry.usage)
             calls += 1
             try:
@@ -50,3 +48,6 @@ def decompose(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any
     if settings.loop.max_criteria is not None:
         criteria = criteria[: settings.loop.max_criteria]
     return {"criteria": criteria, "mllm_calls": calls, "timings": timings, "usage": usage_update(*usages)}
+
+
+decompose = node(decompose_steps)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, ImageRef
-from gems.nodes.generators import get_generator
+from gems.nodes.calls import Blocking, Render, Steps, node
 from gems.nodes.runtime import artifact_store, timed
 
 _rng = random.SystemRandom()
@@ -22,7 +21,7 @@ def seed_for(base: int | None, round_no: int, candidate: int, per_round: int) ->
     return base + (round_no - 1) * per_round + candidate
 
 
-def generate(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+def generate_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     """Render this round's candidates.
 
     With no criteria the original prompt is rendered once (nothing could judge a refinement).
@@ -42,20 +41,17 @@ def generate(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]
     has_criteria = bool(state.get("criteria"))
     prompt = (state.get("current_prompt") or state["prompt"]) if has_criteria else state["prompt"]
     count = settings.loop.images_per_round if has_criteria else 1
-    generator = get_generator(settings.generator)
     store = artifact_store(settings)
     timings: dict[str, float] = {}
     candidates: list[ImageRef] = []
     seeds = [seed_for(settings.loop.seed, round_no, c, count) for c in range(count)]
     with timed(timings, "generate"):
-        # Local pipelines render all candidates in one batch; remote backends take one request per image.
-        batch = getattr(generator, "render_many", None)
-        results = batch(prompt, seeds) if batch and count > 1 else [generator.render(prompt, s) for s in seeds]
-        for candidate, rendered in enumerate(results):
-            # Time the generator itself was busy (excludes waiting for a shared pipeline): bench cost accounting.
-            timings["generator_busy"] = round(timings.get("generator_busy", 0.0) + rendered.meta.pop("busy_s", 0.0), 6)
-            ref = store.put_bytes(rendered.data, **rendered.meta, candidate=candidate)
-            candidates.append(ImageRef(**ref))  # type: ignore[typeddict-item]
+        results = yield Render(settings.generator, prompt, seeds)
+        # Time the generator itself was busy (excludes waiting for a shared pipeline): bench cost accounting.
+        busy = sum(rendered.meta.pop("busy_s", 0.0) for rendered in results)
+        timings["generator_busy"] = round(timings.get("generator_busy", 0.0) + busy, 6)
+        refs = yield Blocking(lambda: [store.put_bytes(r.data, **r.meta, candidate=c) for c, r in enumerate(results)])
+        candidates.extend(ImageRef(**ref) for ref in refs)  # type: ignore[typeddict-item]
     return {
         "round": round_no,
         "current_prompt": prompt,
@@ -63,3 +59,6 @@ def generate(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]
         "generator_calls": count,
         "timings": timings,
     }
+
+
+generate = node(generate_steps)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
@@ -125,21 +128,42 @@ class MLLM:
             kwargs["max_completion_tokens"] = settings.max_tokens
         if settings.extra_body:
             kwargs["extra_body"] = dict(settings.extra_body)
+        self._kwargs = kwargs
         self.chat = GemsChatOpenAI(**kwargs)
+        # An async HTTP pool belongs to the event loop that opened it: one client per loop.
+        self._async_chats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GemsChatOpenAI] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _achat(self) -> GemsChatOpenAI:
+        loop = asyncio.get_running_loop()
+        chat = self._async_chats.get(loop)
+        if chat is None:
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            client = httpx.AsyncClient(timeout=self.settings.timeout_s, limits=limits)
+            chat = self._async_chats[loop] = GemsChatOpenAI(**self._kwargs, http_async_client=client)
+        return chat
+
+    @staticmethod
+    def _messages(system: str, user: str | list[dict[str, Any]]) -> list[Any]:
+        content: str | list[str | dict[Any, Any]] = user if isinstance(user, str) else list(user)
+        return [SystemMessage(content=system), HumanMessage(content=content)]
 
     def ask(self, system: str, user: str | list[dict[str, Any]]) -> Reply:
         """Send one exchange and return the reply; raises `MLLMError` with a one-line message on failure."""
-        content: str | list[str | dict[Any, Any]] = user if isinstance(user, str) else list(user)
-        messages = [SystemMessage(content=system), HumanMessage(content=content)]
         try:
-            message = self.chat.invoke(messages)
+            message = self.chat.invoke(self._messages(system, user))
         except Exception as exc:
             raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
-        text, inline_thought = split_thinking(_text_of(message.content))
-        thought = message.additional_kwargs.get("reasoning_content") or inline_thought
-        usage = {k: int(v) for k, v in (getattr(message, "usage_metadata", None) or {}).items() if isinstance(v, int)}
-        usage["image_parts"] = sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
-        return Reply(text=text, thought=thought, usage=usage)
+        return _reply(message, user)
+
+    async def aask(self, system: str, user: str | list[dict[str, Any]]) -> Reply:
+        """`ask` on the running event loop."""
+        try:
+            message = await self._achat().ainvoke(self._messages(system, user))
+        except Exception as exc:
+            raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
+        return _reply(message, user)
 
     def converse(self, messages: list[Any], tools: list[Any] | None = None) -> Any:
         """Send a whole conversation (optionally with tools bound) and return the `AIMessage`."""
@@ -148,6 +172,25 @@ class MLLM:
             return runnable.invoke(messages)
         except Exception as exc:
             raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
+
+    async def aconverse(self, messages: list[Any], tools: list[Any] | None = None) -> Any:
+        """`converse` on the running event loop."""
+        chat = self._achat()
+        runnable = chat.bind_tools(tools) if tools else chat
+        try:
+            return await runnable.ainvoke(messages)
+        except Exception as exc:
+            raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
+
+
+def _reply(message: Any, user: str | list[dict[str, Any]]) -> Reply:
+    """The `Reply` of an `AIMessage`: visible text, reasoning (separate or inline `<think>`), token usage."""
+    content = user if isinstance(user, list) else []
+    text, inline_thought = split_thinking(_text_of(message.content))
+    thought = message.additional_kwargs.get("reasoning_content") or inline_thought
+    usage = {k: int(v) for k, v in (getattr(message, "usage_metadata", None) or {}).items() if isinstance(v, int)}
+    usage["image_parts"] = sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
+    return Reply(text=text, thought=thought, usage=usage)
 
 
 _lock = threading.Lock()

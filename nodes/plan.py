@@ -20,7 +20,8 @@ from gems.configs import GemsSettings, context_settings
 from gems.memory.embeddings import get_embeddings
 from gems.memory.experiences import ExperienceStore
 from gems.memory.state import GemsState
-from gems.nodes.mllm import MLLMError, get_mllm
+from gems.nodes.calls import Ask, Blocking, Converse, Steps, node
+from gems.nodes.mllm import MLLMError
 from gems.nodes.parsing import clean_prompt, parse_skill_choice
 from gems.nodes.prompts import format_lessons, skill_block
 from gems.nodes.prompts.plan import (
@@ -79,12 +80,12 @@ def _manifest(candidates: list[dict[str, Any]], registry: Any) -> str:
     return registry.manifest([c["name"] for c in candidates])
 
 
-def _text_mode(state: GemsState, settings: GemsSettings, lessons_text: str, trace: dict[str, Any]) -> dict[str, Any]:
+def _text_mode(state: GemsState, settings: GemsSettings, lessons_text: str, trace: dict[str, Any]) -> Steps:
     """The paper's flow: one call names a skill or NONE, a second rewrites the prompt with the loaded body."""
     registry = registry_for(settings)
-    mllm = get_mllm(settings.mllm)
     names = [c["name"] for c in trace["offered"]]
-    reply = mllm.ask(
+    reply = yield Ask(
+        settings.mllm,
         ROUTER_SYSTEM,
         ROUTER_USER.format(
             manifest=_manifest(trace["offered"], registry), lessons=lessons_text, prompt=state["prompt"]
@@ -98,7 +99,8 @@ def _text_mode(state: GemsState, settings: GemsSettings, lessons_text: str, trac
         trace["chosen"] = [chosen]
         skill = registry.get(chosen)
         assert skill is not None
-        enhanced = mllm.ask(
+        enhanced = yield Ask(
+            settings.mllm,
             ENHANCE_SYSTEM.format(skills=skill_block([skill])),
             ENHANCE_USER.format(lessons=lessons_text.lstrip("\n"), prompt=state["prompt"]),
         )
@@ -112,7 +114,7 @@ def _text_mode(state: GemsState, settings: GemsSettings, lessons_text: str, trac
     return {**update, "mllm_calls": calls, "usage": usage_update(*usages)}
 
 
-def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+def plan_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     """One planner step: on entry, recall lessons and retrieve skill candidates; then ask the planner.
 
     Args:
@@ -129,8 +131,8 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     with timed(timings, "plan"):
         if not messages:
             # Step 1: what earlier runs taught, and which skills could apply (retrieval keeps the prompt small).
-            lessons, warnings = recall_lessons(state["prompt"], settings, runtime.store)
-            candidates = skill_candidates(state["prompt"], settings)
+            lessons, warnings = yield Blocking(lambda: recall_lessons(state["prompt"], settings, runtime.store))
+            candidates = yield Blocking(lambda: skill_candidates(state["prompt"], settings))
             trace: dict[str, Any] = {
                 "mode": settings.skills.tool_calling,
                 "offered": [{"name": s.name, "relevance": score} for s, score in candidates],
@@ -152,7 +154,8 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
                 return {**update, "timings": timings}
             lessons_text = format_lessons(lessons)
             if settings.skills.tool_calling == "text":
-                return {**update, **_text_mode(state, settings, lessons_text, trace), "timings": timings}
+                text_update = yield from _text_mode(state, settings, lessons_text, trace)
+                return {**update, **text_update, "timings": timings}
             registry = registry_for(settings)
             system = PLANNER_SYSTEM.format(
                 max_active=settings.skills.max_active,
@@ -167,7 +170,7 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
 
         # Step 2: the planner answers, or calls load_skill / read_skill_resource (run by the `skills` node).
         try:
-            reply = get_mllm(settings.mllm).converse(messages, tools=SKILL_TOOLS)
+            reply = yield Converse(settings.mllm, messages, SKILL_TOOLS)
         except MLLMError as exc:
             first_call = len(messages) == 2
             if settings.skills.tool_calling == "auto" and first_call and exc.status in (400, 404, 405, 422, 501):
@@ -175,12 +178,15 @@ def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
                 trace = dict(update.get("skill_trace") or state.get("skill_trace") or {})
                 trace["mode"] = f"text (tools refused: HTTP {exc.status})"
                 lessons_text = format_lessons(update.get("lessons") or state.get("lessons") or [])
-                fallback = _text_mode(state, settings, lessons_text, trace)
+                fallback = yield from _text_mode(state, settings, lessons_text, trace)
                 return {**update, "messages": [], "skill_trace": trace, **fallback, "timings": timings}
             raise
     usage = dict(getattr(reply, "usage_metadata", None) or {})
     new_messages = [*update.get("messages", []), reply]
     return {**update, "messages": new_messages, "mllm_calls": 1, "timings": timings, "usage": usage_update(usage)}
+
+
+plan = node(plan_steps)
 
 
 def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState
-from gems.nodes.mllm import MLLMError, get_mllm
+from gems.nodes.calls import Ask, Blocking, Steps, node
+from gems.nodes.mllm import MLLMError
 from gems.nodes.parsing import clean_prompt
 from gems.nodes.prompts.refine import refine_system, refiner_parts
 from gems.nodes.runtime import artifact_store, timed, usage_update
@@ -17,7 +16,7 @@ from gems.skills import registry_for
 EMPTY_PROMPT_ERROR = "the refiner returned an empty prompt; check mllm.model and mllm.max_tokens"
 
 
-def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+def refine_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     """Write the next round's prompt; the server's separate reasoning becomes the next round's thought.
 
     Args:
@@ -37,8 +36,8 @@ def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
         skills = [skill for name in loaded if (skill := registry.get(name)) is not None]
     system = refine_system(skills)
     with timed(timings, "refine"):
-        parts = refiner_parts(state, settings, artifact_store(settings))
-        reply = get_mllm(settings.mllm).ask(system, parts)
+        parts = yield Blocking(lambda: refiner_parts(state, settings, artifact_store(settings)))
+        reply = yield Ask(settings.mllm, system, parts)
     new_prompt = clean_prompt(reply.text)
     if not new_prompt:
         raise MLLMError(EMPTY_PROMPT_ERROR)
@@ -49,3 +48,6 @@ def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
         "timings": timings,
         "usage": usage_update(reply.usage),
     }
+
+
+refine = node(refine_steps)

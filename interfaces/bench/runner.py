@@ -10,6 +10,7 @@ continues each unfinished prompt from its last checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from gems.configs import ConfigError, GemsSettings
 from gems.graph.builder import build_graph
 from gems.interfaces.bench.datasets import BenchPrompt, load_prompts, stratified_sample
-from gems.interfaces.bench.methods import method_settings, run_method
+from gems.interfaces.bench.methods import arun_method, method_settings
 from gems.interfaces.bench.report import build_summary, write_reports
 from gems.interfaces.bench.scoring import judge_warning, make_scorer, resolve_scorer
 from gems.memory.checkpoint import open_checkpointer
@@ -144,6 +144,24 @@ def select_items(
     return chosen, selection
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`"K/N"` -> (K, N) with 1 <= K <= N; None for no sharding."""
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise ConfigError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/8), not {text!r}")
+    return int(k), int(n)
+
+
+def shard_items(items: list[BenchPrompt], shard: tuple[int, int] | None) -> list[BenchPrompt]:
+    """Shard K of N: every N-th prompt of the selection from the K-th, so each shard gets a mix of categories."""
+    if shard is None:
+        return items
+    k, n = shard
+    return items[k - 1 :: n]
+
+
 def result_name(item_id: str, sample: int) -> str:
     return item_id if sample == 0 else f"{item_id}-s{sample}"
 
@@ -167,6 +185,7 @@ def run_bench(
     lessons: bool = False,
     force_new: bool = False,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) a benchmark and write `run.json`, `summary.json`, `report.md` and `report.html` into `out`.
 
@@ -175,7 +194,8 @@ def run_bench(
         settings: the resolved config.
         method: one of `methods.METHODS`.
         out: the run folder; re-run with the same arguments to continue an interrupted bench.
-        concurrency: prompts in flight at once.
+        concurrency: prompts in flight at once; runs share one event loop (async nodes, an async checkpointer),
+            so hundreds cost no thread each.
         limit: a stratified sample of this many prompts (seeded by `sample_seed`).
         first: the first K prompts instead.
         scorer: auto, soft-tifa, verifier or none (see `scoring.resolve_scorer`).
@@ -184,6 +204,7 @@ def run_bench(
         lessons: carry cross-run lessons between this bench's prompts (store inside `out`); off is the paper.
         force_new: clear a folder that holds another run instead of refusing.
         progress: print a progress line on stderr.
+        shard: (K, N) runs every N-th prompt of the selection from the K-th; `gems bench merge` joins the folders.
 
     Returns:
         The summary dict.
@@ -194,7 +215,8 @@ def run_bench(
     """
     out = Path(out)
     dataset, all_items = load_prompts(prompts)
-    items, selection = select_items(all_items, limit, first, sample_seed)
+    selected, selection = select_items(all_items, limit, first, sample_seed)
+    items = shard_items(selected, shard)
     scorer_name = resolve_scorer(scorer, settings, dataset, method, items)
     previous = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").is_file() else None
     if force_new and out.exists():
@@ -204,18 +226,23 @@ def run_bench(
     # Step 1: the settings of this run: the method's, no lessons unless asked, a recorded base seed.
     run_settings = method_settings(method, settings, search_n)
     memory = run_settings.memory.model_copy(update={"lessons": lessons})
-    if lessons:  # the store lives in the run folder, so nothing comes from or goes to other runs
-        chroma = memory.chroma.model_copy(update={"path": out / "lessons", "host": None})
+    if lessons and memory.chroma.host is None:  # the store lives in the run folder: nothing from other runs
+        chroma = memory.chroma.model_copy(update={"path": out / "lessons"})
         memory = memory.model_copy(update={"chroma": chroma})
     base_seed = run_settings.loop.seed
     if base_seed is None:
         base_seed = (previous or {}).get("base_seed")
         base_seed = random.randrange(2**31) if base_seed is None else base_seed
     loop = run_settings.loop.model_copy(update={"seed": base_seed})
-    storage = run_settings.storage.model_copy(
-        update={"checkpointer": "sqlite", "sqlite_path": out / "checkpoints.sqlite"}
-    )
+    storage = run_settings.storage
+    if storage.checkpointer != "postgres":  # shards on several machines share a Postgres checkpointer instead
+        storage = storage.model_copy(update={"checkpointer": "sqlite", "sqlite_path": out / "checkpoints.sqlite"})
     run_settings = run_settings.model_copy(update={"memory": memory, "loop": loop, "storage": storage})
+    if lessons and memory.chroma.host is not None:  # a shared Chroma server: one collection per bench config
+        chroma = memory.chroma.model_copy(
+            update={"collection": f"{memory.chroma.collection}-{config_digest(run_settings)}"}
+        )
+        run_settings = run_settings.model_copy(update={"memory": memory.model_copy(update={"chroma": chroma})})
 
     # Step 2: one run per folder.
     identity = {
@@ -229,6 +256,8 @@ def run_bench(
     }
     if previous is not None:
         _check_same_run(out, previous, identity)
+        if previous.get("shard") != (f"{shard[0]}/{shard[1]}" if shard else None):
+            raise BenchMismatch(f"{out} holds shard {previous.get('shard') or 'none'}, not {shard}; use another --out")
     judge = make_scorer(scorer_name, run_settings)
     if judge is not None:
         judge.check()
@@ -246,6 +275,7 @@ def run_bench(
         **identity,
         "prompts": str(prompts),
         "selection": selection,
+        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
         "base_seed": base_seed,
         "lessons": {"enabled": lessons, "store": str(out / "lessons") if lessons else None},
         "models": {
@@ -267,38 +297,57 @@ def run_bench(
     if len(todo) < len(work) and progress:
         print(f"{len(work) - len(todo)} of {len(work)} images already done in {out}; running the rest", file=sys.stderr)
     started = time.perf_counter()
-    errors: list[str] = []
+    # Postgres is shared by shards and other benches: thread ids carry the run's config digest.
+    thread_prefix = f"{identity['config_digest']}-" if storage.checkpointer == "postgres" else ""
 
-    def one(item: BenchPrompt, sample: int, graph: Any) -> None:
+    async def one(item: BenchPrompt, sample: int, graph: Any, slots: asyncio.Semaphore) -> None:
         sample_settings = run_settings
         if sample:
             loop = run_settings.loop.model_copy(update={"seed": base_seed + sample * SAMPLE_SEED_STRIDE})
             sample_settings = run_settings.model_copy(update={"loop": loop})
         name = result_name(item.id, sample)
-        record = run_method(method, item, sample_settings, graph, thread_id=f"{method}-{name}")
+        async with slots:
+            record = await arun_method(
+                method, item, sample_settings, graph, thread_id=f"{thread_prefix}{method}-{name}"
+            )
         record.update(sample=sample, seed=sample_settings.loop.seed)
         if "skills" in item.meta:  # GenEval2's per-atom skills and atom count, for the official analysis tables
             record.update(atom_skills=item.meta["skills"], atom_count=item.meta["atom_count"])
         image = (record.get("final") or {}).get("image") or {}
         if not image.get("path") or not Path(image["path"]).is_file():
             raise RuntimeError("the run finished without a final image")
-        if judge is not None:
-            score = judge.score(item, record, Path(image["path"]))
+        if judge is not None:  # outside the slot: scoring never holds a generator back
+            score = await asyncio.to_thread(judge.score, item, record, Path(image["path"]))
             record["cost"].update(score.pop("cost", {}))
             record["score"], record["scorer"] = score, judge.name
         _write_json(results_dir / f"{name}.json", record)
 
-    with open_checkpointer(run_settings) as saver:
-        graph = build_graph(checkpointer=saver, store=open_store(run_settings) if lessons else None)
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            futures = {pool.submit(one, item, k, graph): result_name(item.id, k) for item, k in todo}
-            for future in as_completed(futures):
-                name = futures[future]
-                exc = future.exception()
-                if exc is not None:
-                    errors.append(f"{name}: {' '.join(str(exc).split())[:200]}")
-                    meter.set_postfix(failed=len(errors))
-                meter.update()
+    async def guarded(item: BenchPrompt, sample: int, graph: Any, slots: asyncio.Semaphore) -> str | None:
+        try:
+            await one(item, sample, graph, slots)
+        except Exception as exc:  # one prompt's failure is reported, the others go on
+            return f"{result_name(item.id, sample)}: {' '.join(str(exc).split())[:200]}"
+        return None
+
+    async def run_all() -> list[str]:
+        failures: list[str] = []
+        async with open_checkpointer(run_settings, asynchronous=True) as saver:
+            graph = build_graph(checkpointer=saver, store=open_store(run_settings) if lessons else None)
+            slots = asyncio.Semaphore(max(1, concurrency))
+            tasks = [asyncio.ensure_future(guarded(item, k, graph, slots)) for item, k in todo]
+            try:
+                for next_done in asyncio.as_completed(tasks):
+                    failure = await next_done
+                    if failure:
+                        failures.append(failure)
+                        meter.set_postfix(failed=len(failures))
+                    meter.update()
+            finally:  # Ctrl-C: stop the others; their checkpoints let a re-run continue them
+                for task in tasks:
+                    task.cancel()
+        return failures
+
+    errors = asyncio.run(run_all())
     meter.close()
 
     records = []

@@ -1,4 +1,5 @@
-"""`gems bench PROMPTS ...` runs a prompt set; `gems bench export RUN_DIR ...` writes the official layouts."""
+"""`gems bench PROMPTS ...` runs a prompt set; `gems bench merge` joins shards; `gems bench export` writes the
+official layouts."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import click
 from gems.configs import load_settings
 from gems.configs.settings import configured_value
 from gems.interfaces.bench.export import FORMATS, export_run
+from gems.interfaces.bench.merge import merge_runs
 from gems.interfaces.bench.methods import METHODS
 from gems.interfaces.bench.report import headline
-from gems.interfaces.bench.runner import run_bench
+from gems.interfaces.bench.runner import parse_shard, run_bench
 from gems.interfaces.bench.scoring import SCORERS
 from gems.interfaces.cli import CONTEXT, EXIT_ERROR, config_option, configs
 
@@ -28,7 +30,10 @@ class _BenchGroup(click.Group):
         return "run", self.commands["run"], args
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        formatter.write_usage("gems bench", "PROMPTS --out DIR [OPTIONS]  |  gems bench export RUN_DIR [OPTIONS]")
+        formatter.write_usage(
+            "gems bench",
+            "PROMPTS --out DIR [OPTIONS]  |  gems bench merge SHARD_DIR... --out DIR  |  gems bench export RUN_DIR ...",
+        )
 
 
 @click.group(
@@ -39,8 +44,9 @@ class _BenchGroup(click.Group):
 def bench() -> None:
     """Run a benchmark prompt set (GenEval, GenEval2, DPG, text, JSONL) with one method.
 
-    `gems bench PROMPTS --out DIR ...` (see `gems bench run --help`); `gems bench export RUN_DIR --format F --to DIR`
-    writes a run's images in the layout the benchmark's own scoring script reads.
+    `gems bench PROMPTS --out DIR ...` (see `gems bench run --help`); `gems bench merge SHARD_DIR... --out DIR` joins
+    the folders of `--shard K/N` runs; `gems bench export RUN_DIR --format F --to DIR` writes a run's images in the
+    layout the benchmark's own scoring script reads.
     """
 
 
@@ -51,7 +57,11 @@ def bench() -> None:
     "--method", type=click.Choice(METHODS), default="gems", show_default=True, help="row of the paper's tables"
 )
 @click.option("--out", required=True, help="run folder (re-run to continue an interrupted bench)")
-@click.option("--concurrency", type=int, default=4, show_default=True, help="prompts in flight at once")
+@click.option(
+    "--concurrency", type=click.IntRange(1, 4096), default=4, show_default=True,
+    help="prompts in flight at once (one event loop: 256 is fine; the servers set the real pace)",
+)  # fmt: skip
+@click.option("--shard", help="K/N: run every N-th prompt from the K-th (one machine's share); see `gems bench merge`")
 @click.option("--limit", type=int, help="a stratified sample of K prompts (by atom count / tag / category)")
 @click.option("--first", type=int, help="the first K prompts of the file instead")
 @click.option("--sample-seed", type=int, default=0, show_default=True, help="seed of the --limit sample")
@@ -84,6 +94,7 @@ def run(prompts: str, config: tuple[str, ...], **opts: Any) -> int:
         lessons=configured_value(configs(config), "memory.lessons") is True,
         force_new=opts["force_new"],
         progress=not opts["quiet"],
+        shard=parse_shard(opts["shard"]),
     )
     click.echo(
         f"{summary['method']} on {summary['dataset']}: {summary['finished']}/{summary['prompts']} prompts; "
@@ -102,3 +113,16 @@ def export(run_dir: str, fmt: str, to: str, images_per_prompt: int) -> int:
     count = export_run(run_dir, fmt, to, images_per_prompt=images_per_prompt)
     click.echo(f"{count} prompts written to {to} in the {fmt} layout")
     return 0
+
+
+@bench.command("merge", context_settings=CONTEXT)
+@click.argument("shard_dirs", nargs=-1, required=True)
+@click.option("--out", required=True, help="folder for the merged run (rebuilt from the shards on each merge)")
+def merge(shard_dirs: tuple[str, ...], out: str) -> int:
+    """Join the folders of `gems bench --shard 1/N ... N/N` into one run folder with one report."""
+    summary = merge_runs(list(shard_dirs), out)
+    click.echo(
+        f"{summary['shards']} shards merged: {summary['finished']}/{summary['prompts']} prompts; "
+        f"{headline(summary)}; report {Path(out) / 'report.html'}"
+    )
+    return EXIT_ERROR if summary["errors"] or summary["finished"] < summary["prompts"] else 0

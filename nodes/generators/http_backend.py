@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from typing import Any
 
 import httpx
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from gems.configs import GeneratorSettings
 from gems.nodes.generators.base import GeneratorError, Rendered
@@ -29,29 +31,74 @@ def _post(client: httpx.Client, request: dict[str, Any]) -> httpx.Response:
     return response
 
 
+async def _apost(client: httpx.AsyncClient, request: dict[str, Any]) -> httpx.Response:
+    response = await client.post(**request)
+    if response.status_code in RETRY_STATUS:
+        raise _TransientStatus(response)
+    return response
+
+
+def _retry_policy(max_retries: int) -> dict[str, Any]:
+    return {
+        "stop": stop_after_attempt(max_retries + 1),
+        "wait": wait_exponential(multiplier=0.5, max=8.0),
+        "retry": retry_if_exception_type((httpx.TransportError, _TransientStatus)),
+        "reraise": True,
+    }
+
+
 def post_with_retries(client: httpx.Client, what: str, max_retries: int, **request: Any) -> httpx.Response:
     """POST with exponential backoff (0.5 s doubling, at most 8 s) on connection errors, timeouts and 408/429/5xx.
 
     Raises:
         GeneratorError: one line saying what failed and what to do.
     """
-    retrying = Retrying(
-        stop=stop_after_attempt(max_retries + 1),
-        wait=wait_exponential(multiplier=0.5, max=8.0),
-        retry=retry_if_exception_type((httpx.TransportError, _TransientStatus)),
-        reraise=True,
-    )
     try:
-        response = retrying(_post, client, request)
-    except httpx.TimeoutException as exc:
-        raise GeneratorError(f"{what} timed out after {client.timeout.read}s; raise generator.timeout_s") from exc
-    except httpx.TransportError as exc:
-        raise GeneratorError(f"cannot reach {what} ({type(exc).__name__}); start it or set GEMS_GENERATOR_URL") from exc
-    except _TransientStatus as exc:
-        response = exc.response
+        response: httpx.Response = Retrying(**_retry_policy(max_retries))(_post, client, request)
+    except (httpx.TransportError, _TransientStatus) as exc:
+        response = _failure(exc, what, client.timeout.read)
+    return _checked(response, what)
+
+
+async def apost_with_retries(client: httpx.AsyncClient, what: str, max_retries: int, **request: Any) -> httpx.Response:
+    """`post_with_retries` on the running event loop."""
+    try:
+        response: httpx.Response = await AsyncRetrying(**_retry_policy(max_retries))(_apost, client, request)
+    except (httpx.TransportError, _TransientStatus) as exc:
+        response = _failure(exc, what, client.timeout.read)
+    return _checked(response, what)
+
+
+def _failure(exc: Exception, what: str, timeout: float | None) -> httpx.Response:
+    """The last transient status's response (reported by `_checked`), or a one-line error for a transport failure."""
+    if isinstance(exc, _TransientStatus):
+        return exc.response
+    if isinstance(exc, httpx.TimeoutException):
+        raise GeneratorError(f"{what} timed out after {timeout}s; raise generator.timeout_s") from exc
+    raise GeneratorError(f"cannot reach {what} ({type(exc).__name__}); start it or set GEMS_GENERATOR_URL") from exc
+
+
+def _checked(response: httpx.Response, what: str) -> httpx.Response:
     if response.status_code >= 400:
         raise GeneratorError(f"{what} answered HTTP {response.status_code}: {' '.join(response.text.split())[:200]}")
     return response
+
+
+class LoopClients:
+    """One `httpx.AsyncClient` per event loop (an async pool belongs to the loop that opened it)."""
+
+    def __init__(self, **options: Any):
+        self.options = {"limits": httpx.Limits(max_connections=None, max_keepalive_connections=64), **options}
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = httpx.AsyncClient(**self.options)
+        return client
 
 
 class HttpGenerator:
@@ -64,13 +111,31 @@ class HttpGenerator:
             raise GeneratorError("generator.backend is http but generator.url is not set (or GEMS_GENERATOR_URL)")
         self.settings = settings
         self.client = httpx.Client(timeout=settings.timeout_s)
+        self.async_clients = LoopClients(timeout=settings.timeout_s)
+
+    def _request(self, prompt: str, seed: int) -> dict[str, Any]:
+        # `seed` is an extra the reference servers ignore (they draw their own); gems serve-generator honours it.
+        params = {"prompt": prompt, "seed": str(seed), **{k: str(v) for k, v in self.settings.call_kwargs.items()}}
+        return {"url": self.settings.url, "params": params}
 
     def render(self, prompt: str, seed: int) -> Rendered:
         s = self.settings
-        params = {"prompt": prompt, **{k: str(v) for k, v in s.call_kwargs.items()}}
         started = time.perf_counter()
-        response = post_with_retries(self.client, f"generator server {s.url}", s.max_retries, url=s.url, params=params)
-        busy = time.perf_counter() - started
+        response = post_with_retries(
+            self.client, f"generator server {s.url}", s.max_retries, **self._request(prompt, seed)
+        )
+        return self._rendered(response, time.perf_counter() - started)
+
+    async def arender(self, prompt: str, seed: int) -> Rendered:
+        s = self.settings
+        started = time.perf_counter()
+        response = await apost_with_retries(
+            self.async_clients.get(), f"generator server {s.url}", s.max_retries, **self._request(prompt, seed)
+        )
+        return self._rendered(response, time.perf_counter() - started)
+
+    def _rendered(self, response: httpx.Response, busy: float) -> Rendered:
+        s = self.settings
         # The reference protocol draws its own seed; servers may report it in a header.
         reported = response.headers.get("x-seed")
         meta = {

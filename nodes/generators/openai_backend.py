@@ -11,7 +11,7 @@ import httpx
 
 from gems.configs import GeneratorSettings
 from gems.nodes.generators.base import GeneratorError, Rendered
-from gems.nodes.generators.http_backend import post_with_retries
+from gems.nodes.generators.http_backend import LoopClients, apost_with_retries, post_with_retries
 
 
 class OpenAIImagesGenerator:
@@ -31,6 +31,7 @@ class OpenAIImagesGenerator:
             else os.environ.get("GEMS_GENERATOR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         )
         self.client = httpx.Client(timeout=settings.timeout_s, headers={"Authorization": f"Bearer {key}"})
+        self.async_clients = LoopClients(timeout=settings.timeout_s, headers={"Authorization": f"Bearer {key}"})
         self.url = settings.url.rstrip("/") + "/images/generations"
         # OpenAI's own API rejects parameters it does not know; open servers (vLLM-Omni) take them.
         self.hosted_openai = "api.openai.com" in settings.url
@@ -55,26 +56,44 @@ class OpenAIImagesGenerator:
         return body
 
     def render(self, prompt: str, seed: int) -> Rendered:
-        s = self.settings
         body = self._body(prompt, seed)
         started = time.perf_counter()
-        response = post_with_retries(self.client, f"image endpoint {self.url}", s.max_retries, url=self.url, json=body)
+        what = f"image endpoint {self.url}"
+        response = post_with_retries(self.client, what, self.settings.max_retries, url=self.url, json=body)
+        item = self._item(response)
+        data = self.client.get(item["url"]).content if "b64_json" not in item else base64.b64decode(item["b64_json"])
+        return self._rendered(data, body, time.perf_counter() - started)
+
+    async def arender(self, prompt: str, seed: int) -> Rendered:
+        body = self._body(prompt, seed)
+        started = time.perf_counter()
+        client = self.async_clients.get()
+        what = f"image endpoint {self.url}"
+        response = await apost_with_retries(client, what, self.settings.max_retries, url=self.url, json=body)
+        item = self._item(response)
+        url = item.get("url")
+        data = (await client.get(url)).content if url else base64.b64decode(item["b64_json"])
+        return self._rendered(data, body, time.perf_counter() - started)
+
+    def _item(self, response: httpx.Response) -> dict[str, Any]:
+        """`data[0]` with either `b64_json` or `url`."""
         try:
             item = response.json()["data"][0]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise GeneratorError(
                 f"image endpoint {self.url} answered without data[0]: {response.text[:120]!r}"
             ) from exc
-        if item.get("b64_json"):
-            data = base64.b64decode(item["b64_json"])
-        elif item.get("url"):
-            data = self.client.get(item["url"]).content
-        else:
-            raise GeneratorError(f"image endpoint {self.url} answered neither b64_json nor url")
+        if isinstance(item, dict) and item.get("b64_json"):
+            return {"b64_json": item["b64_json"]}
+        if isinstance(item, dict) and item.get("url"):
+            return {"url": item["url"]}
+        raise GeneratorError(f"image endpoint {self.url} answered neither b64_json nor url")
+
+    def _rendered(self, data: bytes, body: dict[str, Any], busy: float) -> Rendered:
         meta = {
-            "busy_s": time.perf_counter() - started,
+            "busy_s": busy,
             "backend": self.backend,
-            "model": s.model,
+            "model": self.settings.model,
             "seed": body.get("seed"),
             "steps": body.get("num_inference_steps"),
             "guidance_scale": body.get("guidance_scale"),

@@ -61,6 +61,10 @@ def color_for(text: str) -> tuple[int, int, int]:
     return digest[0], digest[1], digest[2]
 
 
+class _Listener(ThreadingHTTPServer):
+    request_queue_size = 1024  # hundreds of clients connect at once in the scale tests and benchmarks
+
+
 class _Server:
     def __init__(self) -> None:
         owner = self
@@ -80,7 +84,7 @@ class _Server:
             def do_GET(self) -> None:
                 owner._dispatch(self, b"")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Listener(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.requests: list[dict[str, Any]] = []

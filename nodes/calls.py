@@ -1,0 +1,141 @@
+"""Node I/O as values, so one node body serves LangGraph's sync and async APIs.
+
+A node's steps are a generator: it yields the calls it needs (`Ask`, `Converse`, `Render`, `Blocking`) and gets each
+result back (or the call's exception thrown in). `drive` runs the calls inline for `graph.invoke`; `adrive` awaits
+them for `graph.ainvoke`, so hundreds of runs in flight share one event loop instead of holding a thread each
+while they wait on the MLLM or the generator. `node(steps)` wraps the pair as the Runnable the graph adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableLambda
+from langgraph.runtime import Runtime, get_runtime
+
+from gems.configs import GeneratorSettings, MLLMSettings
+from gems.nodes.generators import Rendered, get_generator
+from gems.nodes.mllm import Reply, get_mllm
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One system + user exchange with the MLLM; the result is a `Reply`."""
+
+    mllm: MLLMSettings
+    system: str
+    user: str | list[dict[str, Any]]
+
+    def run(self) -> Reply:
+        return get_mllm(self.mllm).ask(self.system, self.user)
+
+    async def arun(self) -> Reply:
+        return await get_mllm(self.mllm).aask(self.system, self.user)
+
+
+@dataclass(frozen=True)
+class Converse:
+    """A whole conversation, optionally with tools bound; the result is the `AIMessage`."""
+
+    mllm: MLLMSettings
+    messages: list[Any]
+    tools: list[Any] = field(default_factory=list)
+
+    def run(self) -> Any:
+        return get_mllm(self.mllm).converse(self.messages, self.tools or None)
+
+    async def arun(self) -> Any:
+        return await get_mllm(self.mllm).aconverse(self.messages, self.tools or None)
+
+
+@dataclass(frozen=True)
+class Render:
+    """One image per seed for one prompt; the result is a list of `Rendered` in seed order."""
+
+    generator: GeneratorSettings
+    prompt: str
+    seeds: list[int]
+
+    def run(self) -> list[Rendered]:
+        generator = get_generator(self.generator)
+        # Local pipelines render all candidates in one batch; remote backends take one request per image.
+        batch = getattr(generator, "render_many", None)
+        if batch is not None and len(self.seeds) > 1:
+            return list(batch(self.prompt, self.seeds))
+        return [generator.render(self.prompt, seed) for seed in self.seeds]
+
+    async def arun(self) -> list[Rendered]:
+        if self.generator.backend == "diffusers":
+            # In-process pipelines compute on this host: off the event loop (loading included), one batch.
+            return await asyncio.to_thread(self.run)
+        generator = get_generator(self.generator)
+        arender = getattr(generator, "arender", None)
+        if arender is None:
+            return await asyncio.to_thread(self.run)
+        # Candidates go out together, so a batching server (gems serve-generator) can render them in one call.
+        return list(await asyncio.gather(*(arender(self.prompt, seed) for seed in self.seeds)))
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """Blocking work that is not an endpoint call (a store lookup, file reads); async runs it in a worker thread."""
+
+    fn: Callable[[], Any]
+
+    def run(self) -> Any:
+        return self.fn()
+
+    async def arun(self) -> Any:
+        return await asyncio.to_thread(self.fn)
+
+
+Call = Ask | Converse | Render | Blocking
+Steps = Generator[Call, Any, dict[str, Any]]
+
+
+def drive(steps: Steps) -> dict[str, Any]:
+    """Run a node's steps with blocking calls; returns the node's state update."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                result = call.run()
+            except Exception as exc:
+                call = steps.throw(exc)
+            else:
+                call = steps.send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def adrive(steps: Steps) -> dict[str, Any]:
+    """Run a node's steps with awaited calls; returns the node's state update."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                result = await call.arun()
+            except Exception as exc:
+                call = steps.throw(exc)
+            else:
+                call = steps.send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+def node(steps: Callable[[Any, Runtime[Any]], Steps], name: str | None = None) -> Runnable[Any, dict[str, Any]]:
+    """The graph node for a steps function `(state, runtime) -> Steps`: sync under invoke, async under ainvoke."""
+
+    def run_sync(state: Any) -> dict[str, Any]:
+        return drive(steps(state, get_runtime()))
+
+    async def run_async(state: Any) -> dict[str, Any]:
+        return await adrive(steps(state, get_runtime()))
+
+    label = name or steps.__name__.removesuffix("_steps")
+    run_sync.__name__ = run_async.__name__ = label
+    run_sync.__doc__ = run_async.__doc__ = steps.__doc__
+    return RunnableLambda(run_sync, afunc=run_async, name=label)

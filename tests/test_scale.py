@@ -1,0 +1,147 @@
+"""Scale-out without Ray: the async graph equals the sync one, a bench holds hundreds of runs on one event loop,
+shards split a prompt set and `gems bench merge` joins them into the report one run would have written."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+
+from gems.configs import ConfigError
+from gems.graph import build_graph, run_config
+from gems.interfaces.bench.merge import MergeError, merge_runs
+from gems.interfaces.bench.runner import parse_shard, run_bench
+from gems.memory.experiences import ExperienceStore, Lesson
+from tests.conftest import make_settings
+from tests.support.servers import OpenAIStub, ScriptedMLLM
+
+CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]
+
+
+def passes_from_round(k: int):
+    return lambda q, n: "yes" if q != "Is the cat red?" or n >= k else "no"
+
+
+def test_ainvoke_runs_the_same_loop_as_invoke(stubs):
+    graph = build_graph(checkpointer=InMemorySaver())
+    first = stubs(criteria=CRITERIA, verdict=passes_from_round(3))
+    settings = first.settings()
+    graph.invoke({"prompt": "a red cat on a mat"}, run_config(settings, "sync"), context=settings)
+    again = stubs(criteria=CRITERIA, verdict=passes_from_round(3))  # fresh servers: the script counts attempts
+    settings = again.settings()
+
+    async def run(thread: str) -> dict:
+        config = run_config(settings, thread)
+        await graph.ainvoke({"prompt": "a red cat on a mat"}, config, context=settings)
+        return (await graph.aget_state(config)).values
+
+    values = asyncio.run(run("async"))
+    assert values["success"] is True and [r["round"] for r in values["rounds"]] == [1, 2, 3]
+    assert again.script.calls == first.script.calls and again.gen.prompts == first.gen.prompts
+    assert values["mllm_calls"] == 15 and values["generator_calls"] == 3
+    # A second event loop in the same process gets its own HTTP pools (no "Event loop is closed").
+    assert asyncio.run(run("async-2"))["success"] is True
+
+
+def _server_threads() -> int:
+    return sum(1 for t in threading.enumerate() if "process_request" in t.name)
+
+
+def test_bench_holds_many_runs_in_flight_on_one_event_loop(gen_server, isolated_env, tmp_path):
+    """128 prompts at --concurrency 128: the MLLM sees ~100 requests at once, the bench adds only a few threads."""
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    scripted = ScriptedMLLM(criteria=["Is it there?"], verdict=lambda q, n: "yes")
+
+    def slow_chat(body):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.4)
+        with lock:
+            in_flight[0] -= 1
+        return scripted(body)
+
+    mllm = OpenAIStub(chat=slow_chat).start()
+    gen = gen_server()
+    own_peak = [0]
+    stop = threading.Event()
+
+    def watch() -> None:  # threads of this process that are not the stub servers' per-request threads
+        while not stop.is_set():
+            own_peak[0] = max(own_peak[0], threading.active_count() - _server_threads())
+            time.sleep(0.02)
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"object {i}" for i in range(128)))
+    settings = make_settings(mllm, gen, isolated_env, skills={"enabled": False})
+    watcher = threading.Thread(target=watch, daemon=True)
+    before = threading.active_count() - _server_threads()
+    watcher.start()
+    try:
+        summary = run_bench(prompts, settings, "gems", tmp_path / "out", concurrency=128, scorer="none", progress=False)
+    finally:
+        stop.set()
+        watcher.join()
+        mllm.stop()
+    assert summary["finished"] == 128 and summary["errors"] == []
+    assert peak[0] >= 64, f"only {peak[0]} MLLM requests were in flight at once"
+    # One event loop, its default executor (min(32, cpus + 4) threads) and the watcher: far below one per run.
+    assert own_peak[0] - before <= 40, f"{own_peak[0] - before} threads for 128 runs"
+    assert len(list((tmp_path / "out" / "results").glob("*.json"))) == 128
+
+
+def test_lesson_store_loses_no_write_under_concurrent_runs(stubs):
+    """64 runs finishing at once, as `learn` writes (one worker thread each): every lesson is stored."""
+    store = ExperienceStore(stubs().settings(memory={"lessons": True}))
+
+    async def add_all() -> None:
+        lessons = [Lesson(f"p{i}", f"lesson {i}", "success", 1, 1, 1, thread_id=f"t{i}") for i in range(64)]
+        await asyncio.gather(*(asyncio.to_thread(store.add, lesson) for lesson in lessons))
+
+    asyncio.run(add_all())
+    assert store.count() == 64
+
+
+def test_shard_spec_is_checked():
+    assert parse_shard("2/8") == (2, 8) and parse_shard(None) is None
+    for bad in ("0/4", "5/4", "2", "a/b", "-1/2"):
+        with pytest.raises(ConfigError, match="--shard must be K/N"):
+            parse_shard(bad)
+
+
+def test_shards_cover_the_set_once_and_merge_into_one_report(stubs, tmp_path):
+    s = stubs(criteria=CRITERIA, verdict=passes_from_round(2))
+    settings = s.settings(loop={"seed": 11}, skills={"enabled": False})
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"a red cat number {i}" for i in range(7)))
+    shards = []
+    for k in (1, 2, 3):
+        out = tmp_path / f"shard{k}"
+        summary = run_bench(prompts, settings, "gems", out, shard=(k, 3), scorer="verifier", progress=False)
+        assert summary["errors"] == []
+        shards.append(out)
+    ids = [sorted(p.stem for p in (d / "results").glob("*.json")) for d in shards]
+    assert ids == [["00000", "00003", "00006"], ["00001", "00004"], ["00002", "00005"]]
+
+    whole = tmp_path / "whole"
+    merged = merge_runs(shards, whole)
+    assert merged["finished"] == merged["prompts"] == 7 and merged["scores"] is not None
+    run = json.loads((whole / "run.json").read_text())
+    assert run["shard"] is None and run["merged_from"] == [str(d) for d in shards]
+    # Images travel with the merged folder: every path in it points inside it.
+    for record in (whole / "results").glob("*.json"):
+        final = json.loads(record.read_text())["final"]["image"]["path"]
+        assert Path(final).is_file() and Path(final).parent == whole / "images"
+
+    with pytest.raises(MergeError, match="shard 3/3 is missing"):
+        merge_runs(shards[:2], tmp_path / "partial")
+    other = tmp_path / "other"
+    run_bench(prompts, s.settings(loop={"seed": 12}, skills={"enabled": False}), "gems", other, shard=(3, 3),
+              scorer="verifier", progress=False)  # fmt: skip
+    with pytest.raises(MergeError, match="another run"):
+        merge_runs([*shards[:2], other], tmp_path / "mixed")
