@@ -2,12 +2,13 @@
 
 Prints one row per check; run it on a machine with a GPU (no weights or network needed):
 
-    python bench/gpu_check.py [--size 64] [--steps 4] [--batch 4]
+    python bench/gpu_check.py [--size 64] [--steps 4] [--batch 4] [--ray]
 
 Checks: `device: auto` picks CUDA and `dtype: auto` bf16 (fp16 where bf16 is missing); the pipeline's modules
 sit on the GPU in that dtype; the same seed gives the same image twice; a batch of N seeds (one pipeline call)
 matches each seed rendered alone; explicit float16 and `cpu_offload` render; and, for scale, per-image time for a
-single render against a batch (a ratio, not a target).
+single render against a batch (a ratio, not a target). With `--ray` (the scale extra): `gems serve-generator` on a
+local Ray with one replica per GPU renders concurrent requests on the GPUs in batches.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--ray", action="store_true", help="also check GPU replicas of gems serve-generator")
     args = parser.parse_args()
     import torch
 
@@ -96,10 +98,48 @@ def main() -> None:
         image = offload.render("a yellow ring", 5)
         check("cpu_offload renders", pixels(image.data).shape == (args.size, args.size, 3),
               f"unet on {offload.pipe.unet.device} between calls")  # fmt: skip
+        if args.ray:
+            ray_checks(GeneratorSettings(**common), check)
     width = max(len(r[0]) for r in rows)
     for name, status, detail in rows:
         print(f"{name:<{width}}  {status:<4}  {detail}")
     print("all ok" if all(r[1] == "ok" for r in rows) else "SOME CHECKS FAILED")
+
+
+def ray_checks(settings: GeneratorSettings, check) -> None:
+    """GPU replicas of the generator service: one per GPU, concurrent requests batched, images decode."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import torch
+    from ray import serve
+
+    from gems.interfaces import generator_service
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    gpus = torch.cuda.device_count()
+    url = generator_service.start(settings, port=18499, ray_init={"log_to_driver": False})
+    try:
+        status = httpx.get(f"{url}/health", timeout=60).json()
+        check(
+            "ray: one replica per GPU", status["replicas"].get("RUNNING") == gpus, f"{status['replicas']}, {gpus} GPUs"
+        )
+
+        def one(i: int) -> httpx.Response:
+            return httpx.post(f"{url}/generate", params={"prompt": f"cube {i}", "seed": i}, timeout=120)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(one, range(32)))
+        wall = time.perf_counter() - started
+        status = httpx.get(f"{url}/health", timeout=60).json()
+        ok = all(a.status_code == 200 for a in answers)
+        check("ray: 32 concurrent requests", ok and status["pipeline_calls"] < status["images"],
+              f"{status['images']} images in {status['pipeline_calls']} calls, {wall:.2f}s, "
+              f"largest batch {status['largest_batch']}")  # fmt: skip
+    finally:
+        serve.shutdown()
 
 
 if __name__ == "__main__":

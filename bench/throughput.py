@@ -1,82 +1,179 @@
-"""Does `gems bench` keep the generator busy? Wall time against the generator-bound lower bound.
+"""Does `gems bench` keep R generator replicas busy? Wall time against the generator-bound lower bound, R = 1, 2, 4.
 
-Local servers on 127.0.0.1 with fixed latencies stand in for real models: the generator renders one image at a
-time (like one GPU), the MLLM answers many requests at once (like a vLLM server). 40 prompts run through the full
-`gems` method; every generator second is unavoidable, so the lower bound on wall time is the sum of generator
-latencies. Target: wall / lower bound <= 1.15 (the MLLM work of other prompts hides behind the generator).
+The generator is `gems serve-generator` on a local Ray with R replicas whose pipeline is a latency model: one call
+for a batch of k images takes a + b*k seconds (like a GPU, which renders a batch in little more than one image's
+time). The MLLM is a local OpenAI-compatible server in another process that answers any number of requests at once
+after a fixed latency (like vLLM). `gems bench --concurrency 256` runs the full `gems` method on 192*R prompts
+(R=4: 768, about GenEval2's 800); with fewer prompts per replica the fixed ramp-up and last-round tail weigh more
+(96*R prompts at R=4 measured 1.19).
 
-    python bench/throughput.py [--prompts 40] [--concurrency 8] [--gen-latency 0.25] [--mllm-latency 0.15]
+Every generator second is unavoidable, so with full batches of B the wall time is at least
+    bound = images * (a + b*B) / B / R.
+Targets: wall <= 1.15 x bound at every R, and scaling efficiency (prompts/hour at R=4 over 4 x R=1) >= 0.85.
+Also printed: prompts per hour, the generator's busy fraction (pipeline seconds / (wall x R)) and the
+orchestrator's own CPU per round (this process; the servers run in other processes).
+
+    python bench/throughput.py [--replicas 1 2 4] [--prompts-per-replica 192] [--concurrency 256]
+                               [--a 0.5] [--b 0.25] [--batch 8] [--mllm-latency 0.3]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support, the offline server kit
 
-from gems.configs import GemsSettings
-from gems.interfaces.bench.runner import run_bench
-from tests.support.servers import GeneratorStub, OpenAIStub, ScriptedMLLM
-
-TARGET = 1.15
+TARGET_RATIO = 1.15
+TARGET_EFFICIENCY = 0.85
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=40)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--gen-latency", type=float, default=0.25)
-    parser.add_argument("--mllm-latency", type=float, default=0.15)
-    args = parser.parse_args()
+class LatencyPipeline:
+    """A diffusers-shaped pipeline whose call for k prompts sleeps a + b*k seconds and returns k flat images."""
 
-    # Every criterion fails on its 1st, 3rd, ... check: prompts need one or two rounds, as in real runs.
+    def __init__(self, a: float, b: float):
+        self.a, self.b = a, b
+
+    def __call__(self, prompt, generator=None, num_inference_steps=None, guidance_scale=None, width=64, height=64):
+        from PIL import Image
+
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        time.sleep(self.a + self.b * len(prompts))
+        return SimpleNamespace(images=[Image.new("RGB", (width or 64, height or 64), (40, 90, 200)) for _ in prompts])
+
+
+def _serve_mllm(ready: Any, latency: float) -> None:
+    """The MLLM in its own process: a fixed latency per request, any number at once."""
+    from tests.support.servers import OpenAIStub, ScriptedMLLM
+
+    # Each criterion fails on its 1st, 3rd, ... check: prompts need one or two rounds, as in real runs.
     scripted = ScriptedMLLM(
         criteria=["Is the object there?", "Is its colour right?", "Is it placed right?"],
         verdict=lambda q, n: "yes" if n % 2 == 0 else "no",
     )
 
-    def slow_chat(body):
-        time.sleep(args.mllm_latency)
+    def chat(body: dict) -> Any:
+        time.sleep(latency)
         return scripted(body)
 
-    mllm = OpenAIStub(chat=slow_chat).start()
-    gen = GeneratorStub(latency=args.gen_latency).start()
+    server = OpenAIStub(chat=chat).start()
+    ready.put(server.base_url)
+    while True:
+        time.sleep(3600)
+
+
+def run_once(replicas: int, args: argparse.Namespace, mllm_url: str, tmp: Path) -> dict[str, Any]:
+    import httpx
+
+    from gems.configs import GemsSettings, GeneratorSettings
+    from gems.interfaces import generator_service
+    from gems.interfaces.bench.runner import run_bench
+
+    port = 18470
+    gen = GeneratorSettings(backend="diffusers", preset=None, model="latency-model", width=64, height=64, device="cpu")
+    url = generator_service.start(
+        gen, replicas=replicas, max_batch_size=args.batch, batch_wait_ms=args.batch_wait_ms, port=port,
+        pipeline_factory=lambda: LatencyPipeline(args.a, args.b),
+        ray_init={"num_cpus": max(8, replicas + 2), "log_to_driver": False},
+    )  # fmt: skip
+    before = httpx.get(f"{url}/health", timeout=30).json()
+    prompts = tmp / f"prompts-{replicas}.txt"
+    count = args.prompts_per_replica * replicas
+    prompts.write_text("\n".join(f"scene {i}: a red cube left of a blue sphere" for i in range(count)))
+    settings = GemsSettings.model_validate({
+        "data_dir": str(tmp / f"data-{replicas}"),
+        "mllm": {"base_url": mllm_url, "model": "stub", "api_key": "x", "max_retries": 0, "timeout_s": 120},
+        "generator": {"backend": "http", "preset": None, "url": f"{url}/generate", "max_retries": 0,
+                      "timeout_s": 600},
+        "memory": {"lessons": False},
+        "skills": {"enabled": False},
+    })  # fmt: skip
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    summary = run_bench(prompts, settings, "gems", tmp / f"out-{replicas}", concurrency=args.concurrency,
+                        scorer="none", progress=False)  # fmt: skip
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    after = httpx.get(f"{url}/health", timeout=30).json()
+    images = after["images"] - before["images"]
+    calls = after["pipeline_calls"] - before["pipeline_calls"]
+    busy = after["busy_s"] - before["busy_s"]
+    rounds = round(summary["rounds_used"] * summary["finished"])
+    bound = images * (args.a + args.b * args.batch) / args.batch / replicas
+    return {
+        "replicas": replicas,
+        "prompts": summary["finished"],
+        "errors": len(summary["errors"]),
+        "images": images,
+        "pipeline_calls": calls,
+        "rounds": rounds,
+        "wall_s": wall,
+        "bound_s": bound,
+        "ratio": wall / bound,
+        "prompts_per_hour": summary["finished"] / wall * 3600,
+        "busy_fraction": busy / (wall * replicas),
+        "cpu_ms_per_round": cpu / max(1, rounds) * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--prompts-per-replica", type=int, default=192)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--a", type=float, default=0.5, help="seconds per pipeline call")
+    parser.add_argument("--b", type=float, default=0.25, help="seconds per image in a call")
+    parser.add_argument("--batch", type=int, default=8, help="--max-batch-size of the service")
+    parser.add_argument("--batch-wait-ms", type=float, default=50.0)
+    parser.add_argument("--mllm-latency", type=float, default=0.3)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    context = multiprocessing.get_context("spawn")
+    ready = context.Queue()
+    mllm = context.Process(target=_serve_mllm, args=(ready, args.mllm_latency), daemon=True)
+    mllm.start()
+    mllm_url = ready.get(timeout=60)
+    rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            prompts = Path(tmp) / "prompts.txt"
-            prompts.write_text("\n".join(f"scene {i}: a red cube left of a blue sphere" for i in range(args.prompts)))
-            settings = GemsSettings.model_validate({
-                "data_dir": tmp,
-                "mllm": {"base_url": mllm.base_url, "model": "stub", "api_key": "x", "max_retries": 0},
-                "generator": {"backend": "http", "preset": None, "url": gen.url, "max_retries": 0},
-                "memory": {"lessons": False},
-                "skills": {"top_k": 20},
-            })  # fmt: skip
-            # One-time process start-up (importing LangGraph, LangChain, the nodes: ~1.5 s) is not scheduling;
-            # import before the clock starts, and report it separately.
-            t0 = time.perf_counter()
-            import gems.graph.builder  # noqa: F401
-
-            startup = time.perf_counter() - t0
-            started = time.perf_counter()
-            summary = run_bench(prompts, settings, "gems", Path(tmp) / "out", concurrency=args.concurrency,
-                                scorer="none", progress=False)  # fmt: skip
-            wall = time.perf_counter() - started
+            for replicas in args.replicas:
+                rows.append(run_once(replicas, args, mllm_url, Path(tmp)))
+                row = rows[-1]
+                print(f"R={replicas}: {row['prompts']} prompts ({row['errors']} failed), {row['images']} images in "
+                      f"{row['pipeline_calls']} pipeline calls, wall {row['wall_s']:.1f}s", flush=True)  # fmt: skip
     finally:
-        mllm.stop()
-        gen.stop()
-    images = len(gen.prompts)
-    bound = images * args.gen_latency
-    print(f"{summary['finished']} prompts, {images} images, {sum(scripted.calls.values())} MLLM calls, "
-          f"concurrency {args.concurrency}")  # fmt: skip
-    print(f"generator-bound lower bound: {bound:.2f}s ({images} x {args.gen_latency}s); wall: {wall:.2f}s "
-          f"(plus {startup:.2f}s of imports before the run)")  # fmt: skip
-    ratio = wall / bound
-    print(f"wall / lower bound: {ratio:.3f} (target <= {TARGET}) {'OK' if ratio <= TARGET else 'ABOVE TARGET'}")
+        from ray import serve
+
+        serve.shutdown()
+        mllm.terminate()
+
+    per_image = (args.a + args.b * args.batch) / args.batch
+    print(f"\ngenerator latency model: {args.a}s + {args.b}s x batch (full batch of {args.batch}: "
+          f"{per_image:.3f}s per image); MLLM {args.mllm_latency}s per call; "
+          f"--concurrency {args.concurrency}\n")  # fmt: skip
+    print("| replicas | prompts | images | pipeline calls | wall (s) | bound (s) | wall / bound | prompts/hour "
+          "| generator busy | orchestrator CPU per round |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        flag = "" if row["ratio"] <= TARGET_RATIO else " (above target)"
+        print(f"| {row['replicas']} | {row['prompts']} | {row['images']} | {row['pipeline_calls']} | "
+              f"{row['wall_s']:.1f} | {row['bound_s']:.1f} | {row['ratio']:.3f}{flag} | "
+              f"{row['prompts_per_hour']:.0f} | {row['busy_fraction']:.0%} | "
+              f"{row['cpu_ms_per_round']:.1f} ms |")  # fmt: skip
+    by_r = {row["replicas"]: row for row in rows}
+    if 1 in by_r and 4 in by_r:
+        efficiency = by_r[4]["prompts_per_hour"] / (4 * by_r[1]["prompts_per_hour"])
+        verdict = "OK" if efficiency >= TARGET_EFFICIENCY else "BELOW TARGET"
+        print(f"\nscaling efficiency 1 -> 4 replicas: {efficiency:.3f} (target >= {TARGET_EFFICIENCY}) {verdict}")
+    worst = max(row["ratio"] for row in rows)
+    verdict = "OK" if worst <= TARGET_RATIO else "ABOVE TARGET"
+    print(f"worst wall / bound: {worst:.3f} (target <= {TARGET_RATIO}) {verdict}")
 
 
 if __name__ == "__main__":

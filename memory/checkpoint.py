@@ -15,6 +15,10 @@ from typing import Any
 
 from gems.configs import ConfigError, GemsSettings, load_settings
 
+# With WAL, NORMAL syncs at WAL checkpoints instead of every commit: a killed process loses nothing, a power cut
+# may lose the last steps (a resume redoes them). A step's commit then costs no fsync (bench/throughput.py).
+_SYNCHRONOUS = "PRAGMA synchronous=NORMAL"
+
 
 def open_checkpointer(settings: GemsSettings, *, asynchronous: bool = False, sqlite_path: Path | None = None) -> Any:
     """The checkpointer `storage.checkpointer` asks for, as a context manager that closes its connection.
@@ -49,6 +53,7 @@ def _sync_saver(kind: str, path: Path, settings: GemsSettings) -> Iterator[Any]:
         try:
             conn = sqlite3.connect(str(path), check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(_SYNCHRONOUS)
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"cannot open checkpoint database {path}: {exc}") from exc
         try:
@@ -71,11 +76,20 @@ async def _async_saver(kind: str, path: Path, settings: GemsSettings) -> AsyncIt
 
         yield InMemorySaver()
     elif kind == "sqlite":
+        import aiosqlite
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-            yield saver
+        try:
+            conn = await aiosqlite.connect(str(path))
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"cannot open checkpoint database {path}: {exc}") from exc
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute(_SYNCHRONOUS)
+            yield AsyncSqliteSaver(conn)
+        finally:
+            await conn.close()
     else:
         saver_cls = _postgres("AsyncPostgresSaver")
         async with saver_cls.from_conn_string(settings.storage.postgres_dsn.get_secret_value()) as saver:  # type: ignore[union-attr]

@@ -211,3 +211,17 @@ def test_no_command_prints_the_help_and_exits_2(capsys):
     assert "Commands:" in out.out and "generate" in out.out and "gems: error" not in out.err
     assert main(["bench"]) == 2 and "gems bench export RUN_DIR" in capsys.readouterr().out
     assert main(["bogus"]) == 2 and "gems: error: No such command 'bogus'" in capsys.readouterr().err
+
+
+def test_scale_out_commands_spell_their_flags_as_documented(capsys):
+    from gems.interfaces.cli import main
+
+    assert main(["--help"]) == 0 and "serve-generator" in capsys.readouterr().out
+    assert main(["serve-generator", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--config", "--replicas", "--max-batch-size", "--batch-wait-ms", "--host", "--port", "--address"):
+        assert flag in text
+    assert main(["bench", "run", "--help"]) == 0 and "--shard" in capsys.readouterr().out
+    assert main(["bench", "merge", "--help"]) == 0 and "SHARD_DIRS..." in capsys.readouterr().out
+    assert main(["bench", "x.txt", "--out", "o", "--shard", "3/2"]) == 2
+    assert "--shard must be K/N" in capsys.readouterr().err

@@ -36,8 +36,8 @@ def test_no_module_imports_from_a_layer_above_or_beside_it(path):
 def test_first_party_imports_are_at_the_top(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     top = {id(node) for node in tree.body}
-    for node in tree.body:  # `if TYPE_CHECKING:` blocks count as top level
-        if isinstance(node, ast.If):
+    for node in tree.body:  # `if TYPE_CHECKING:` and `try: ... except ImportError` (optional extras) count as top
+        if isinstance(node, ast.If | ast.Try):
             top |= {id(child) for child in node.body}
     for node, name in _gems_imports(tree):
         assert id(node) in top, f"{path.name}:{node.lineno} imports {name} inside a function"

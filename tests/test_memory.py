@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -322,6 +323,12 @@ def test_client_server_store_against_a_real_chroma_server(tmp_path):
         assert store.count() == 2
         assert store.search("a kitten on a rug", k=1)[0][0].prompt == "a cat on a mat"
         assert not (tmp_path / "local" / "chroma").exists()  # nothing embedded was written
+
+        async def finish_together() -> None:  # 64 runs of one bench writing their lessons at once
+            await asyncio.gather(*(asyncio.to_thread(store.add, lesson(f"scene {i}")) for i in range(64)))
+
+        asyncio.run(finish_together())
+        assert store.count() == 66
     finally:
         server.terminate()
         server.wait(30)

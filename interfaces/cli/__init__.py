@@ -1,4 +1,4 @@
-"""The `gems` command line (click): `gems generate "PROMPT"`, `gems memory`, `gems skills`, `gems serve`, `gems bench`.
+"""The `gems` command line (click): `gems generate "PROMPT"`, `memory`, `skills`, `serve`, `serve-generator`, `bench`.
 
 Each command lives in its own module and is imported only when it runs, so `gems --help` and the light commands
 do not pay for LangGraph, torch or Chroma. Errors print one line (`gems: error: ...`) and exit 2 for input the user
@@ -25,6 +25,11 @@ COMMANDS = {
     "memory": ("gems.interfaces.cli.memory", "memory", "list, search and manage the lessons learned across runs"),
     "skills": ("gems.interfaces.cli.skills", "skills", "list, show, validate and scaffold SKILL.md skills"),
     "serve": ("gems.interfaces.cli.serve", "serve", "serve the graph over HTTP (LangServe: /gems/invoke, ...)"),
+    "serve-generator": (
+        "gems.interfaces.cli.serve_generator",
+        "serve_generator",
+        "serve the diffusers model on Ray Serve: replicas per GPU, batching across runs",
+    ),
     "bench": ("gems.interfaces.cli.bench", "bench", "run a benchmark prompt set; 'bench export' for official scripts"),
 }
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}

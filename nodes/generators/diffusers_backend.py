@@ -84,13 +84,19 @@ class DiffusersGenerator:
 
     backend = "diffusers"
 
-    def __init__(self, settings: GeneratorSettings):
+    def __init__(self, settings: GeneratorSettings, pipe: Any = None):
+        """`pipe`: an already built pipeline-like callable (benchmarks pass latency models); default: load `model`."""
         self.settings = settings
         self.model = settings.model or ""
-        self.pipe = load_pipeline(self.model, settings.dtype, settings.device, settings.cpu_offload)
+        if pipe is None:
+            pipe = load_pipeline(self.model, settings.dtype, settings.device, settings.cpu_offload)
+        if not hasattr(pipe, "_gems_lock"):
+            pipe._gems_lock = threading.Lock()
+            pipe._gems_device = "cpu"
+        self.pipe = pipe
         self._accepted = set(inspect.signature(self.pipe.__call__).parameters)
 
-    def _call_kwargs(self, prompt: str, seed: int) -> dict[str, Any]:
+    def _call_kwargs(self, prompt: str | list[str], seed: int, **overrides: Any) -> dict[str, Any]:
         import torch
 
         s = self.settings
@@ -102,6 +108,7 @@ class DiffusersGenerator:
             "guidance_scale": s.guidance_scale,
             "negative_prompt": s.negative_prompt,
             **s.call_kwargs,
+            **{k: v for k, v in overrides.items() if v is not None},
         }
         kwargs = {k: v for k, v in wanted.items() if v is not None and k in self._accepted}
         unknown = sorted(k for k in s.call_kwargs if k not in self._accepted)
@@ -126,6 +133,24 @@ class DiffusersGenerator:
         if len(seeds) > 1:
             kwargs["generator"] = [torch.Generator(kwargs["generator"].device).manual_seed(s) for s in seeds]
             kwargs["num_images_per_prompt"] = len(seeds)
+        return self._run(kwargs, seeds)
+
+    def render_prompts(self, prompts: list[str], seeds: list[int], **overrides: Any) -> list[Rendered]:
+        """One pipeline call for several prompts, image i from prompt i with its own generator seeded `seeds[i]`.
+
+        `overrides` (width, height, num_inference_steps, guidance_scale, negative_prompt) apply to the whole call:
+        the generator service groups requests that agree on them. A batched image equals its seed rendered alone.
+        """
+        import torch
+
+        kwargs = self._call_kwargs(list(prompts), seeds[0], **overrides)
+        device = kwargs["generator"].device
+        kwargs["generator"] = [torch.Generator(device).manual_seed(s) for s in seeds]
+        if isinstance(kwargs.get("negative_prompt"), str):
+            kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(prompts)
+        return self._run(kwargs, seeds)
+
+    def _run(self, kwargs: dict[str, Any], seeds: list[int]) -> list[Rendered]:
         try:
             with self.pipe._gems_lock:
                 started = time.perf_counter()

@@ -110,8 +110,10 @@ class HttpGenerator:
         if not settings.url:
             raise GeneratorError("generator.backend is http but generator.url is not set (or GEMS_GENERATOR_URL)")
         self.settings = settings
-        self.client = httpx.Client(timeout=settings.timeout_s)
-        self.async_clients = LoopClients(timeout=settings.timeout_s)
+        # The reference servers take no key; one set for a keyed server (gems serve-generator) goes as Bearer.
+        headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
+        self.client = httpx.Client(timeout=settings.timeout_s, headers=headers)
+        self.async_clients = LoopClients(timeout=settings.timeout_s, headers=headers)
 
     def _request(self, prompt: str, seed: int) -> dict[str, Any]:
         # `seed` is an extra the reference servers ignore (they draw their own); gems serve-generator honours it.
