@@ -121,6 +121,23 @@ def test_api_key_is_required(served):
         assert health.status_code == 200 and health.json()["auth"] is True
 
 
+def test_several_keys_from_gems_api_keys(served, monkeypatch):
+    from gems.configs import ConfigError
+    from gems.interfaces.serve import api_keys_from_env
+
+    monkeypatch.setenv("GEMS_API_KEYS", "alice:key-a, bob:key-b")
+    assert api_keys_from_env() == {"alice": "key-a", "bob": "key-b"}
+    server, _, _ = served(api_key=None)  # None: the keys come from the environment
+    with server:
+        for key, status in (("key-a", 200), ("key-b", 200), ("key-c", 401)):
+            answer = httpx.get(f"{server.url}/gems/input_schema", headers={"X-API-Key": key})
+            assert answer.status_code == status
+        assert httpx.get(f"{server.url}/runs/nope/", headers={"X-API-Key": "key-a"}).status_code == 404
+    monkeypatch.setenv("GEMS_API_KEYS", "alice")
+    with pytest.raises(ConfigError, match="name:key pairs"):
+        api_keys_from_env()
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [

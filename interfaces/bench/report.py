@@ -12,17 +12,14 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-import jinja2
-
 from gems.interfaces.bench.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
+from gems.interfaces.pages import Table, cost_line, gallery_item, render_gallery
 
 # Additive costs: their total is meaningful. Per-prompt `wall_s` overlaps under concurrency, so only its mean is
 # shown; the run's real elapsed time is the summary's `wall_s`.
 COST_KEYS = ("mllm_calls", "input_tokens", "output_tokens", "image_parts", "generator_calls", "generator_busy_s",
              "judge_calls", "judge_input_tokens", "judge_output_tokens")  # fmt: skip
 SKILL_ORDER = ("object", "attribute", "count", "position", "verb")  # soft_tifa_analysis.py's order
-
-Table = tuple[str, list[str], list[list[str]]]
 
 
 # ---- numbers ----
@@ -223,23 +220,6 @@ def report_markdown(summary: dict[str, Any]) -> str:
 
 # ---- gallery ----
 
-_templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("gems.interfaces", "templates"), autoescape=True, keep_trailing_newline=True
-)
-
-
-def _cost_line(cost: dict[str, Any]) -> str:
-    def n(key: str) -> str:  # counts: whole for one prompt, one decimal for an average
-        value = cost.get(key, 0) or 0
-        return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
-
-    judge = f" · {n('judge_calls')} judge calls" if cost.get("judge_calls") else ""
-    return (
-        f"{n('mllm_calls')} MLLM calls ({n('input_tokens')} in / {n('output_tokens')} out tokens, "
-        f"{n('image_parts')} images sent) · {n('generator_calls')} generations "
-        f"({cost.get('generator_busy_s', 0):.2f}s busy){judge} · {cost.get('wall_s', 0):.2f}s wall"
-    )
-
 
 def _record_score(record: dict[str, Any]) -> str:
     score = record.get("score") or {}
@@ -261,25 +241,22 @@ def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Pat
         f"cross-prompt lessons {_lessons_line(summary)}. Criteria pass rate by round ({check['label']}): "
         + " → ".join(_fmt(v) for v in check["round_pass_rate"])
         + ".",
-        f"per prompt: {_cost_line(summary['cost_per_prompt'])}",
+        f"per prompt: {cost_line(summary['cost_per_prompt'])}",
     ]
+
+    def src_for(image: dict[str, Any]) -> str:
+        name = f"{image.get('sha256', 'missing')}.png"
+        if image.get("path") and Path(image["path"]).exists() and not (images / name).exists():
+            shutil.copyfile(image["path"], images / name)
+        return f"images/{name}"
+
     items = []
     for record in records:
-        final_round = (record.get("final") or {}).get("round")
         skill = f"skill {record['skill']}" if record.get("skill") else "no skill"
-        rounds = []
-        for r in record.get("rounds") or []:
-            image = r.get("image") or {}
-            name = f"{image.get('sha256', 'missing')}.png"
-            if image.get("path") and Path(image["path"]).exists() and not (images / name).exists():
-                shutil.copyfile(image["path"], images / name)
-            rounds.append({**r, "src": f"images/{name}", "final": r.get("round") == final_round})
-        line = f"{_record_score(record)} · {skill} · {_cost_line(record.get('cost') or {})}"
-        items.append({"heading": f"{record['id']}: {record['prompt']}", "line": line, "rounds": rounds})
+        line = f"{_record_score(record)} · {skill} · {cost_line(record.get('cost') or {})}"
+        items.append(gallery_item(record, line, src_for))
     title = f"gems bench: {summary['method']} on {summary['dataset']}"
-    return _templates.get_template("gallery.html.j2").render(
-        title=title, intro=intro, tables=score_tables(summary), items=items
-    )
+    return render_gallery(title, intro, items, score_tables(summary))
 
 
 def write_reports(out: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:

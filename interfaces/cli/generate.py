@@ -1,7 +1,9 @@
-"""`gems generate`: run (or resume) one GEMS trajectory with live progress; write `final.png` and `trajectory.json`."""
+"""`gems generate`: run (or resume) one GEMS trajectory with live progress; write `final.png`, `trajectory.json`
+and `index.html` (the run as a page, its images in `images/`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -15,7 +17,8 @@ import click
 from gems.configs import UsageError, load_settings
 from gems.graph import build_graph, continuation, run_config
 from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short
-from gems.memory.artifacts import ArtifactStore
+from gems.interfaces.pages import run_page
+from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 from gems.memory.trajectory import run_result
@@ -92,6 +95,19 @@ def _write_outputs(out_dir: Path, values: dict[str, Any], trajectory: dict[str, 
     if image.get("sha256"):
         shutil.copyfile(ArtifactStore(store_root).path_for(image["sha256"]), final_png)
     (out_dir / "trajectory.json").write_text(json.dumps(trajectory, indent=2, ensure_ascii=False) + "\n")
+    # A page to look at: every round's image beside it in images/, so the folder opens anywhere, offline.
+    images = out_dir / "images"
+    images.mkdir(exist_ok=True)
+    store = ArtifactStore(store_root)
+
+    def src_for(image: dict[str, Any]) -> str:
+        name = f"{image.get('sha256', 'missing')}.png"
+        if image.get("sha256") and not (images / name).exists():
+            with contextlib.suppress(ArtifactError, OSError):
+                shutil.copyfile(store.path_for(image["sha256"]), images / name)
+        return f"images/{name}"
+
+    (out_dir / "index.html").write_text(run_page(trajectory, src_for), encoding="utf-8")
     return final_png
 
 
@@ -107,7 +123,7 @@ def _where(settings: Any) -> str:
 @click.command(context_settings=CONTEXT)
 @click.argument("prompt", required=False, default="")
 @config_option(multiple=True)
-@click.option("--out", help="output folder for final.png and trajectory.json (default gems-out/THREAD_ID)")
+@click.option("--out", help="output folder for final.png, trajectory.json, index.html (default gems-out/THREAD_ID)")
 @click.option("--max-rounds", type=int, help="generator rounds before returning the best image (default 5)")
 @click.option("--seed", type=int, help="base seed for reproducible generations")
 @click.option("--thread-id", help="id for this run's checkpoint thread (default: random)")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from gems.configs import load_settings
 from gems.interfaces.cli import CONTEXT, config_option
-from gems.interfaces.serve import create_app
+from gems.interfaces.serve import api_keys_from_env, create_app
 
 
 @click.command(context_settings=CONTEXT)
@@ -23,7 +21,10 @@ def serve(config: str | None, host: str, port: int, max_concurrent: int, queue_t
     app = create_app(load_settings(config), max_concurrent=max_concurrent, queue_timeout_s=queue_timeout)
     import uvicorn
 
-    auth = "API key required" if os.environ.get("GEMS_API_KEY") else "no auth (set GEMS_API_KEY to require one)"
+    keys = api_keys_from_env()
+    auth = (
+        f"{len(keys)} API key(s); browsers sign in at /signin" if keys else "no auth (set GEMS_API_KEY to require one)"
+    )
     click.echo(f"gems serving on http://{host}:{port}/gems ({auth})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0
