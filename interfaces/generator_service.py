@@ -35,6 +35,7 @@ REPLICA = "GemsGenerator"
 MAX_PROMPT_CHARS = 4000
 MAX_IMAGES = 16
 REPLICA_RETRIES = 2  # a job whose replica died is sent again (Ray routes it to a live one)
+CONCURRENT_BATCHES = 64  # Serve batches in a replica at once; they merge at the pipeline (see render_batch)
 
 
 class _Job(BaseModel):
@@ -69,7 +70,7 @@ class Counters:
         return {**totals, "by_replica": self.by_replica}
 
 
-@serve.deployment(name=REPLICA, max_ongoing_requests=512, health_check_period_s=10)
+@serve.deployment(name=REPLICA, health_check_period_s=10)
 class PipelineReplica:
     """One pipeline copy; concurrent jobs are batched into as few pipeline calls as their settings allow."""
 
@@ -105,7 +106,7 @@ class PipelineReplica:
     # next requests pile up as many small batches (measured: 48 requests 50 ms apart -> 26 calls). Letting batches
     # run at once and having whichever takes the pipeline render everything waiting by then fills the calls
     # (48 -> 7 calls).
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=1024)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=CONCURRENT_BATCHES)
     async def render_batch(self, jobs: list[_Job]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         mine = [(job, loop.create_future()) for job in jobs]
@@ -334,7 +335,11 @@ def build_app(
     actor_options = {"num_gpus": gpus_per_replica} if gpus_per_replica else {"num_cpus": 1}
     pool = (
         deployments["replica"]
-        .options(num_replicas=replicas, ray_actor_options=actor_options)
+        .options(
+            num_replicas=replicas,
+            ray_actor_options=actor_options,
+            max_ongoing_requests=max(512, max_batch_size * CONCURRENT_BATCHES),
+        )
         .bind(resolved.model_dump_json(), max_batch_size, batch_wait_ms / 1000.0, counters, pipeline_factory)
     )
     return deployments["gateway"].bind(pool, counters, resolved.model_label, api_key)
@@ -375,3 +380,11 @@ def start(
     )  # fmt: skip
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
+
+
+def stop() -> None:
+    """Stop the application and this process's Ray (a joined cluster keeps running)."""
+    import ray
+
+    serve.shutdown()
+    ray.shutdown()

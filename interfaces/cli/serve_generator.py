@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import time
 
 import click
@@ -53,11 +55,13 @@ def serve_generator(
         f"Ctrl-C stops it",
         err=True,
     )
+    # SIGTERM (docker stop, systemd, Kubernetes) stops it as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        generator_service.serve.shutdown()
+        generator_service.stop()
     return 0
