@@ -171,6 +171,11 @@ class MemorySettings(_Strict):
         True, description="give retrieved lessons to the refiner too, not only the planner"
     )
     chroma: ChromaSettings = Field(default_factory=ChromaSettings)
+    tenant: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="set by servers per API key: lessons are kept and searched only within the tenant",
+    )
 
 
 class StorageSettings(_Strict):
@@ -395,14 +400,71 @@ def settings_from_env() -> GemsSettings:
     return load_settings()
 
 
-def context_settings(context: Any) -> GemsSettings:
-    """The run's settings from a graph context value (a `GemsSettings`, a dict from a server, or None).
+class _RunLoop(_Strict):
+    max_rounds: int | None = Field(None, ge=1, le=50, description="generator rounds before returning the best image")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="base seed for reproducible generations")
+    images_per_round: int | None = Field(None, ge=1, le=16, description="candidates per round")
+    human_review: bool | None = Field(None, description="pause before the first generation for review")
 
-    A partial context (say `{"loop": {"max_rounds": 2}}` sent to the Agent Server) overlays the settings from
-    `GEMS_CONFIG` and `GEMS_*`; settings from `load_settings` are whole and used as they are.
+
+class _RunMemory(_Strict):
+    mode: MemoryMode | None = Field(None, description="what the refiner remembers of earlier rounds")
+
+
+class _RunSkills(_Strict):
+    enabled: bool | None = Field(None, description="false runs the loop without skills")
+
+
+class RunOptions(_Strict):
+    """What a client may set per run on a shared server (the served graph's context schema).
+
+    Only options that cannot reach new hosts, keys or paths: endpoints, models, keys, folders and stores stay as the
+    server's config says. Anything else is refused by validation, naming the field.
     """
+
+    loop: _RunLoop = Field(default_factory=_RunLoop)
+    memory: _RunMemory = Field(default_factory=_RunMemory)
+    skills: _RunSkills = Field(default_factory=_RunSkills)
+
+    def apply(self, base: GemsSettings) -> GemsSettings:
+        """`base` with the options this run sets."""
+        updates = {}
+        for section in ("loop", "memory", "skills"):
+            chosen = {k: v for k, v in getattr(self, section).model_dump(exclude_none=True).items()}
+            if chosen:
+                updates[section] = getattr(base, section).model_copy(update=chosen)
+        return base.model_copy(update=updates)
+
+
+def context_settings(context: Any) -> GemsSettings:
+    """The run's settings from a graph context value (`GemsSettings`, `RunOptions`, a dict, or None).
+
+    `RunOptions` (what the served graph takes from clients) and a partial `GemsSettings` (say
+    `{"loop": {"max_rounds": 2}}` from trusted code) overlay the settings from `GEMS_CONFIG` and `GEMS_*`; settings
+    from `load_settings` are whole and used as they are.
+    """
+    if isinstance(context, RunOptions):
+        return context.apply(settings_from_env())
     if isinstance(context, dict) and context:
         context = GemsSettings.model_validate(context)
     if isinstance(context, GemsSettings):
         return context if is_complete(context) else overlay(settings_from_env(), context)
     return settings_from_env()
+
+
+def api_keys_from_env() -> dict[str, str]:
+    """`GEMS_API_KEYS` (`name:key,name:key`) or `GEMS_API_KEY` (one key named `default`); empty: no auth.
+
+    Raises:
+        ConfigError: an entry of `GEMS_API_KEYS` is not `name:key`.
+    """
+    keys: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in os.environ.get("GEMS_API_KEYS", "").split(","))):
+        name, sep, key = entry.partition(":")
+        if not (sep and name.strip() and key.strip()):
+            raise ConfigError("GEMS_API_KEYS must be comma-separated name:key pairs (e.g. alice:k1,bob:k2)")
+        keys[name.strip()] = key.strip()
+    single = os.environ.get("GEMS_API_KEY")
+    if single and single not in keys.values():
+        keys["default"] = single
+    return keys

@@ -7,7 +7,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
 
-from gems.configs import GemsSettings
+from gems.configs import GemsSettings, RunOptions
 from gems.graph.routing import recursion_limit_for, route_after_critique, route_after_generate, route_after_plan
 from gems.graph.state import GemsInput, GemsOutput
 from gems.memory.state import GemsState
@@ -23,9 +23,13 @@ from gems.nodes.review import review
 from gems.skills.tools import SKILL_TOOLS
 
 
-def build_builder() -> StateGraph[GemsState, GemsSettings, GemsInput, GemsOutput]:
-    """Return the uncompiled graph (tests and hosts compile it with their own checkpointer/store)."""
-    builder = StateGraph(GemsState, context_schema=GemsSettings, input_schema=GemsInput, output_schema=GemsOutput)
+def build_builder(context_schema: type[Any] = GemsSettings) -> StateGraph[GemsState, Any, GemsInput, GemsOutput]:
+    """Return the uncompiled graph (tests and hosts compile it with their own checkpointer/store).
+
+    `context_schema`: `GemsSettings` where the caller is trusted (CLI, bench, embedding code), `RunOptions` where
+    clients send the context (the served `graph`): then nothing but run options can come from a request.
+    """
+    builder = StateGraph(GemsState, context_schema=context_schema, input_schema=GemsInput, output_schema=GemsOutput)
     builder.add_node("plan", plan)  # lessons, skill candidates, the planner's turn
     builder.add_node("skills", ToolNode(SKILL_TOOLS, handle_tool_errors=True))  # load_skill, read_skill_resource
     builder.add_node("prepare", prepare)  # the first prompt and the skill trace
@@ -56,19 +60,22 @@ def build_builder() -> StateGraph[GemsState, GemsSettings, GemsInput, GemsOutput
     return builder
 
 
-def build_graph(checkpointer: Any = None, store: Any = None, *, name: str = "gems"):
+def build_graph(
+    checkpointer: Any = None, store: Any = None, *, name: str = "gems", context_schema: type[Any] = GemsSettings
+):
     """Compile the GEMS graph.
 
     Args:
         checkpointer: a LangGraph checkpointer (SQLite, Postgres, in-memory) or None.
         store: an optional LangGraph `BaseStore`.
         name: the graph's name in traces and Studio.
+        context_schema: `GemsSettings` (trusted callers) or `RunOptions` (a server taking clients' context).
 
     Returns:
         A compiled graph: a LangChain `Runnable` (invoke, ainvoke, stream, batch). Pass run options as
         `context=GemsSettings(...)` and a thread id in `config["configurable"]["thread_id"]`.
     """
-    return build_builder().compile(checkpointer=checkpointer, store=store, name=name)
+    return build_builder(context_schema).compile(checkpointer=checkpointer, store=store, name=name)
 
 
 def run_config(settings: GemsSettings, thread_id: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -100,5 +107,6 @@ def continuation(snapshot: Any, prompt: str) -> tuple[bool, dict[str, str] | Non
     return True, {"prompt": snapshot.values.get("prompt") or prompt}
 
 
-# The server (langgraph dev / Agent Server) injects its own checkpointer, so this one has none.
-graph = build_graph()
+# The server (langgraph dev / Agent Server) injects its own checkpointer, so this one has none. Its clients may
+# set run options only: endpoints, models, keys and folders come from the server's GEMS_CONFIG.
+graph = build_graph(context_schema=RunOptions)

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import contextvars
 import hmac
-import os
 import re
 import secrets
 import time
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from gems.configs import ConfigError, GemsSettings, load_settings
+from gems.configs.settings import api_keys_from_env
 from gems.graph.builder import build_graph, continuation, run_config
 from gems.interfaces.pages import run_page
 from gems.memory.artifacts import ArtifactError, ArtifactStore
@@ -40,7 +40,16 @@ from gems.memory.trajectory import run_result
 MAX_PROMPT_CHARS = 2000
 MAX_ROUNDS_CAP = 10
 THREAD_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-RUN_ROUTES = ("/invoke", "/batch", "/stream", "/stream_events", "/stream_log")
+MAX_BATCH = 16  # inputs in one /gems/batch; each also takes a run slot
+
+
+def tenant_thread(tenant: str | None, thread_id: str) -> str:
+    """The checkpoint thread of a client's thread id: inside its tenant, so tenants never meet."""
+    return f"{tenant}/{thread_id}" if tenant else thread_id
+
+
+def client_thread(thread_id: str) -> str:
+    return thread_id.rpartition("/")[2]
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -86,42 +95,90 @@ def _with_urls(value: Any) -> Any:
     return value
 
 
-class GemsService(Runnable[dict, dict]):
-    """The Runnable LangServe serves: validates, picks the thread, runs the graph, returns JSON with image URLs."""
+class BatchTooLarge(Exception):
+    """More inputs in one /gems/batch than MAX_BATCH: answered 413."""
 
-    def __init__(self, settings: GemsSettings, checkpointer: Any, store: Any = None):
+
+class ThreadConflict(Exception):
+    """A known thread id sent with another prompt: answered 409, never another run's result."""
+
+
+class ServerBusy(Exception):
+    """No run slot freed up within the queue timeout: answered 429."""
+
+
+class GemsService(Runnable[dict, dict]):
+    """The Runnable LangServe serves: validates, picks the thread, runs the graph, returns JSON with image URLs.
+
+    Every run (each input of a batch too) takes one of `max_concurrent` slots, waiting up to `queue_timeout_s`.
+    A client's thread id lives inside its tenant (the name of its API key): `alice`'s `t1` is `alice/t1` here.
+    """
+
+    def __init__(
+        self, settings: GemsSettings, checkpointer: Any, store: Any = None, *, max_concurrent: int = 2,
+        queue_timeout_s: float = 30.0,
+    ):  # fmt: skip
         self.settings = settings
         self.graph = build_graph(checkpointer=checkpointer, store=store)
+        self.slots = asyncio.Semaphore(max_concurrent)
+        self.queue_timeout_s = queue_timeout_s
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self.slots.acquire(), timeout=self.queue_timeout_s)
+        except TimeoutError:
+            raise ServerBusy("too many runs in progress; retry later") from None
+        try:
+            yield
+        finally:
+            self.slots.release()
 
     def _prepare(self, payload: Any, config: RunnableConfig | None) -> tuple[GemsSettings, dict[str, Any], str]:
-
         request = payload if isinstance(payload, GemsRequest) else GemsRequest.model_validate(payload)
         loop = self.settings.loop.model_copy(
             update={k: v for k, v in {"max_rounds": request.max_rounds, "seed": request.seed}.items() if v is not None}
         )
-        settings = self.settings.model_copy(update={"loop": loop})
-        thread_id = ((config or {}).get("configurable") or {}).get("thread_id") or uuid.uuid4().hex
-        return settings, run_config(settings, thread_id), request.prompt
+        configurable = (config or {}).get("configurable") or {}
+        tenant = configurable.get("tenant")
+        memory = self.settings.memory.model_copy(update={"tenant": tenant}) if tenant else self.settings.memory
+        settings = self.settings.model_copy(update={"loop": loop, "memory": memory})
+        thread_id = configurable.get("thread_id") or uuid.uuid4().hex
+        return settings, run_config(settings, tenant_thread(tenant, thread_id)), request.prompt
 
-    def _public(self, values: dict[str, Any], thread_id: str) -> dict[str, Any]:
+    def _public(self, values: dict[str, Any], run_cfg: dict[str, Any]) -> dict[str, Any]:
+        thread_id = client_thread(run_cfg["configurable"]["thread_id"])
         result = _with_urls(_jsonable(run_result(values, thread_id=thread_id)))
+        # Lessons came from other runs (their text quotes those prompts): only which ones were used, and how near.
+        result["lessons"] = [{"id": x.get("id"), "relevance": x.get("relevance")} for x in result.get("lessons") or []]
         result["page"] = f"/runs/{thread_id}/"  # the run drawn as a page: rounds, images, criteria ticks
         return result
 
+    @staticmethod
+    def _check_same_prompt(snapshot: Any, prompt: str) -> None:
+        known = (snapshot.values or {}).get("prompt")
+        if known is not None and known != prompt:
+            raise ThreadConflict("this thread id belongs to a run with another prompt; use a new X-Thread-Id")
+
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         settings, run_cfg, prompt = self._prepare(input, config)
-        pending, run_input = continuation(self.graph.get_state(run_cfg), prompt)
+        snapshot = self.graph.get_state(run_cfg)
+        self._check_same_prompt(snapshot, prompt)
+        pending, run_input = continuation(snapshot, prompt)
         if pending:
             self.graph.invoke(run_input, run_cfg, context=settings)
-        return self._public(self.graph.get_state(run_cfg).values, run_cfg["configurable"]["thread_id"])
+        return self._public(self.graph.get_state(run_cfg).values, run_cfg)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         settings, run_cfg, prompt = self._prepare(input, config)
-        pending, run_input = continuation(await self.graph.aget_state(run_cfg), prompt)
+        snapshot = await self.graph.aget_state(run_cfg)
+        self._check_same_prompt(snapshot, prompt)
+        pending, run_input = continuation(snapshot, prompt)
         if pending:
-            await self.graph.ainvoke(run_input, run_cfg, context=settings)
+            async with self._slot():
+                await self.graph.ainvoke(run_input, run_cfg, context=settings)
         values = (await self.graph.aget_state(run_cfg)).values
-        return self._public(values, run_cfg["configurable"]["thread_id"])
+        return self._public(values, run_cfg)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
         yield self.invoke(input, config)
@@ -130,6 +187,8 @@ class GemsService(Runnable[dict, dict]):
         return [self.invoke(item, cfg) for item, cfg in zip(inputs, _batch_configs(config, len(inputs)), strict=True)]
 
     async def abatch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
+        if len(inputs) > MAX_BATCH:
+            raise BatchTooLarge(f"a batch holds at most {MAX_BATCH} inputs, not {len(inputs)}; split it")
         configs = _batch_configs(config, len(inputs))
         return list(await asyncio.gather(*(self.ainvoke(i, c) for i, c in zip(inputs, configs, strict=True))))
 
@@ -150,15 +209,19 @@ class GemsService(Runnable[dict, dict]):
     ) -> AsyncIterator[dict[str, Any]]:
         payload = [item async for item in inputs][-1]
         settings, run_cfg, prompt = self._prepare(payload, config)
-        pending, run_input = continuation(await self.graph.aget_state(run_cfg), prompt)
+        snapshot = await self.graph.aget_state(run_cfg)
+        self._check_same_prompt(snapshot, prompt)
+        pending, run_input = continuation(snapshot, prompt)
         if pending:
-            async for chunk in _isolated(
-                self.graph.astream(run_input, run_cfg, context=settings, stream_mode="updates")
-            ):
-                for node, update in chunk.items():
-                    yield {"node": node, "update": _with_urls(_jsonable(update or {}))}
+            async with self._slot():
+                async for chunk in _isolated(
+                    self.graph.astream(run_input, run_cfg, context=settings, stream_mode="updates")
+                ):
+                    for node, update in chunk.items():
+                        if node != "plan":  # the planner's update carries other runs' lessons
+                            yield {"node": node, "update": _with_urls(_jsonable(update or {}))}
         values = (await self.graph.aget_state(run_cfg)).values
-        yield {"node": "__end__", "result": self._public(values, run_cfg["configurable"]["thread_id"])}
+        yield {"node": "__end__", "result": self._public(values, run_cfg)}
 
 
 async def _isolated(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -206,14 +269,19 @@ def _batch_configs(config: Any, count: int) -> list[Any]:
 
 
 def _thread_from_header(config: dict[str, Any], request: Any) -> dict[str, Any]:
-    """LangServe drops client-sent thread ids (the graph declares no configurable fields); take it from a header."""
-    config = dict(config)
-    configurable = dict(config.get("configurable") or {})
+    """The thread id from `X-Thread-Id` and the tenant the guard found; nothing else from the client's config."""
+    configurable: dict[str, Any] = {}
     thread = request.headers.get("x-thread-id")
     if thread:
-        configurable["thread_id"] = thread[:128]
-    config["configurable"] = configurable
-    return config
+        if not THREAD_ID.fullmatch(thread):
+            from fastapi import HTTPException
+
+            raise HTTPException(422, "X-Thread-Id: 1-128 letters, digits, '_', '.', ':' or '-'")
+        configurable["thread_id"] = thread
+    tenant = (request.scope.get("state") or {}).get("tenant")
+    if tenant:
+        configurable["tenant"] = tenant
+    return {**config, "configurable": configurable}
 
 
 SESSION_COOKIE = "gems_session"
@@ -222,33 +290,13 @@ OPEN_PATHS = ("/health", "/signin", "/favicon.ico")
 BROWSER_PAGES = ("/gems/playground", "/runs/")  # without a session these send a browser to /signin
 
 
-def api_keys_from_env() -> dict[str, str]:
-    """`GEMS_API_KEYS` (`name:key,name:key`) or `GEMS_API_KEY` (one key named `default`); empty: no auth.
-
-    Raises:
-        ConfigError: an entry of `GEMS_API_KEYS` is not `name:key`.
-    """
-    keys: dict[str, str] = {}
-    for entry in filter(None, (e.strip() for e in os.environ.get("GEMS_API_KEYS", "").split(","))):
-        name, sep, key = entry.partition(":")
-        if not (sep and name.strip() and key.strip()):
-            raise ConfigError("GEMS_API_KEYS must be comma-separated name:key pairs (e.g. alice:k1,bob:k2)")
-        keys[name.strip()] = key.strip()
-    single = os.environ.get("GEMS_API_KEY")
-    if single and single not in keys.values():
-        keys["default"] = single
-    return keys
-
-
 class _Guard:
-    """ASGI middleware: API keys (headers or a signed-in browser's session cookie) and a cap on concurrent runs."""
+    """ASGI middleware: API keys (headers or a signed-in browser's session cookie); the key's name is the tenant."""
 
-    def __init__(self, app: Any, keys: dict[str, str], max_concurrent: int, queue_timeout_s: float):
+    def __init__(self, app: Any, keys: dict[str, str]):
         self.app = app
         self.keys = keys
         self.sessions: dict[str, tuple[str, float]] = {}  # token -> (key name, expiry); lost on restart: sign in again
-        self.slots = asyncio.Semaphore(max_concurrent)
-        self.queue_timeout_s = queue_timeout_s
 
     async def _reply(self, send: Any, status: int, message: str, headers: list | None = None) -> None:
         import json
@@ -273,28 +321,33 @@ class _Guard:
         self.sessions[token] = (name, now + SESSION_TTL_S)
         return token
 
-    def _authorised(self, scope: dict[str, Any]) -> bool:
+    def _caller(self, scope: dict[str, Any]) -> str | None:
+        """The name of the caller's key (from a header or a session), or None."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         offered = headers.get("x-api-key") or ""
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             offered = offered or auth[7:].strip()
         if offered:
-            return self.key_name(offered) is not None
+            return self.key_name(offered)
         cookies = SimpleCookie()
         with contextlib.suppress(CookieError):
             cookies.load(headers.get("cookie", ""))
         token = cookies[SESSION_COOKIE].value if SESSION_COOKIE in cookies else ""
         session = self.sessions.get(token)
-        return session is not None and session[1] > time.time()
+        return session[0] if session is not None and session[1] > time.time() else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope.setdefault("state", {})["guard"] = self  # the sign-in routes start sessions here
+        state = scope.setdefault("state", {})
+        state["guard"] = self  # the sign-in routes start sessions here
         path = scope.get("path", "")
-        if self.keys and path not in OPEN_PATHS and not self._authorised(scope):
+        caller = self._caller(scope) if self.keys else None
+        # Each key of GEMS_API_KEYS is a tenant; GEMS_API_KEY alone (named "default") keeps one shared space.
+        state["tenant"] = caller if caller not in (None, "default") else None
+        if self.keys and path not in OPEN_PATHS and caller is None:
             if scope.get("method") == "GET" and path.startswith(BROWSER_PAGES):
                 head = [(b"location", b"/signin"), (b"content-length", b"0")]
                 await send({"type": "http.response.start", "status": 303, "headers": head})
@@ -306,18 +359,7 @@ class _Guard:
                 [(b"www-authenticate", b"Bearer")],
             )  # fmt: skip
             return
-        if not path.endswith(RUN_ROUTES):
-            await self.app(scope, receive, send)
-            return
-        try:
-            await asyncio.wait_for(self.slots.acquire(), timeout=self.queue_timeout_s)
-        except TimeoutError:
-            await self._reply(send, 429, "too many runs in progress; retry later", [(b"retry-after", b"5")])
-            return
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.slots.release()
+        await self.app(scope, receive, send)
 
 
 SIGNIN_PAGE = """<!doctype html><meta charset="utf-8"><title>gems: sign in</title>
@@ -345,14 +387,14 @@ def create_app(
     """
     try:
         from fastapi import FastAPI, HTTPException
-        from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+        from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
         from langserve import add_routes
     except ImportError as exc:
         raise ConfigError(f"gems serve needs the serve extra: pip install 'gems-agent[serve]' ({exc.name})") from None
     settings = settings or load_settings()
     keys = {"default": api_key} if api_key else ({} if api_key is not None else api_keys_from_env())
 
-    service = GemsService(settings, checkpointer=None)
+    service = GemsService(settings, checkpointer=None, max_concurrent=max_concurrent, queue_timeout_s=queue_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
@@ -385,13 +427,8 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {
-            "ok": True,
-            "mllm": settings.mllm.model,
-            "generator": settings.generator.model_label or settings.generator.backend,
-            "auth": bool(keys),
-            "max_concurrent": max_concurrent,
-        }
+        # Open to probes, so it names no models, paths or endpoints.
+        return {"ok": True, "auth": bool(keys), "max_concurrent": max_concurrent}
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
@@ -416,15 +453,28 @@ def create_app(
     # A plain Starlette route: the key arrives as a form field, never in a URL.
     app.add_route("/signin", signin, methods=["GET", "POST"], include_in_schema=False)
 
-    @app.get("/runs/{thread_id}/", response_class=HTMLResponse)
-    async def run_page_route(thread_id: str) -> str:
+    async def run_page_route(request: Any) -> Any:
+        """A finished or running run as a page; only the caller's tenant's threads are found."""
+        thread_id = request.path_params["thread_id"]
         if not THREAD_ID.fullmatch(thread_id):
             raise HTTPException(404, "no such run")
-        snapshot = await service.graph.aget_state({"configurable": {"thread_id": thread_id}})
+        tenant = (request.scope.get("state") or {}).get("tenant")
+        snapshot = await service.graph.aget_state({"configurable": {"thread_id": tenant_thread(tenant, thread_id)}})
         if not snapshot.values.get("prompt"):
             raise HTTPException(404, "no such run")
         result = run_result(snapshot.values, thread_id=thread_id)
-        return run_page(result, lambda image: f"/artifacts/{image.get('sha256', 'missing')}.png")
+        return HTMLResponse(run_page(result, lambda image: f"/artifacts/{image.get('sha256', 'missing')}.png"))
 
-    app.add_middleware(_Guard, keys=keys, max_concurrent=max_concurrent, queue_timeout_s=queue_timeout_s)
+    app.add_route("/runs/{thread_id}/", run_page_route, methods=["GET"], include_in_schema=False)
+
+    def refusal(status: int, headers: dict[str, str] | None = None) -> Any:
+        async def handler(request: Any, exc: Exception) -> Any:
+            return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+        return handler
+
+    app.add_exception_handler(ThreadConflict, refusal(409))
+    app.add_exception_handler(ServerBusy, refusal(429, {"retry-after": "5"}))
+    app.add_exception_handler(BatchTooLarge, refusal(413))
+    app.add_middleware(_Guard, keys=keys)
     return app

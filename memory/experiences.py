@@ -20,7 +20,7 @@ from gems.configs import GemsSettings
 from gems.memory.store import StoreError, one_line, open_store
 
 LESSON_NAMESPACE = uuid.UUID("5b0c7a52-1e7e-4c1a-9d8e-6a1f0c3e2b11")
-LESSONS = ("gems", "lessons")  # the store namespace of lessons
+LESSONS = ("gems", "lessons")  # the store namespace of lessons (a tenant's: ("gems", "tenants", NAME, "lessons"))
 MAX_LESSONS = 100_000  # listing bound for stores that page
 
 __all__ = ["LESSONS", "ExperienceStore", "Lesson", "StoreError", "lesson_from_state"]
@@ -108,6 +108,9 @@ class ExperienceStore:
 
     def __init__(self, settings: GemsSettings, store: BaseStore | None = None):
         self.store = store if store is not None else open_store(settings)
+        tenant = settings.memory.tenant
+        # Outside ("gems", "lessons"), so a search there (a prefix match) never reaches a tenant's lessons.
+        self.namespace = ("gems", "tenants", tenant, "lessons") if tenant else LESSONS
 
     @property
     def where(self) -> str:
@@ -121,39 +124,41 @@ class ExperienceStore:
     def add_many(self, lessons: list[Lesson]) -> int:
         """Write (or replace) lessons in one batch."""
         if lessons:
-            self.store.batch([PutOp(LESSONS, item.id, asdict(item), ["prompt"]) for item in lessons])
+            self.store.batch([PutOp(self.namespace, item.id, asdict(item), ["prompt"]) for item in lessons])
         return len(lessons)
 
     def search(
         self, query: str, k: int = 3, min_relevance: float = 0.0, where: dict[str, Any] | None = None
     ) -> list[tuple[Lesson, float]]:
         """The `k` lessons whose prompts are most similar to `query`, with cosine relevance in [0, 1]."""
-        items = self.store.search(LESSONS, query=query, filter=where, limit=k)
+        items = self.store.search(self.namespace, query=query, filter=where, limit=k)
         hits = [(_lesson(item.value), round(item.score or 0.0, 4)) for item in items]
         return [(lesson, score) for lesson, score in hits if score >= min_relevance]
 
     def get(self, lesson_id: str) -> Lesson | None:
-        item = self.store.get(LESSONS, lesson_id)
+        item = self.store.get(self.namespace, lesson_id)
         return _lesson(item.value) if item is not None else None
 
     def list(self, limit: int | None = None) -> list[Lesson]:
         """Every lesson, newest first."""
-        lessons = [_lesson(item.value) for item in self.store.search(LESSONS, limit=MAX_LESSONS)]
+        lessons = [_lesson(item.value) for item in self.store.search(self.namespace, limit=MAX_LESSONS)]
         lessons.sort(key=lambda item: item.created_at, reverse=True)
         return lessons[:limit] if limit else lessons
 
     def count(self) -> int:
-        return len(self.store.search(LESSONS, limit=MAX_LESSONS))
+        return len(self.store.search(self.namespace, limit=MAX_LESSONS))
 
     def delete(self, lesson_ids: Sequence[str]) -> int:
-        found = self.store.batch([GetOp(LESSONS, i) for i in lesson_ids])  # one batch: one store open, not one per id
+        found = self.store.batch(
+            [GetOp(self.namespace, i) for i in lesson_ids]
+        )  # one batch: one store open, not one per id
         present = [i for i, item in zip(lesson_ids, found, strict=True) if item is not None]
         if present:
-            self.store.batch([PutOp(LESSONS, i, None) for i in present])
+            self.store.batch([PutOp(self.namespace, i, None) for i in present])
         return len(present)
 
     def clear(self) -> int:
-        return self.delete([item.key for item in self.store.search(LESSONS, limit=MAX_LESSONS)])
+        return self.delete([item.key for item in self.store.search(self.namespace, limit=MAX_LESSONS)])
 
     def export(self, path: Path) -> int:
         """Write every lesson as one JSON object per line."""

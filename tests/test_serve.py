@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -118,12 +119,12 @@ def test_api_key_is_required(served):
         )  # fmt: skip
         assert bearer.status_code == 200 and bearer.json()["output"]["success"] is True
         health = httpx.get(f"{server.url}/health")
-        assert health.status_code == 200 and health.json()["auth"] is True
+        assert health.status_code == 200 and health.json() == {"ok": True, "auth": True, "max_concurrent": 2}
 
 
 def test_several_keys_from_gems_api_keys(served, monkeypatch):
     from gems.configs import ConfigError
-    from gems.interfaces.serve import api_keys_from_env
+    from gems.configs.settings import api_keys_from_env
 
     monkeypatch.setenv("GEMS_API_KEYS", "alice:key-a, bob:key-b")
     assert api_keys_from_env() == {"alice": "key-a", "bob": "key-b"}
@@ -178,6 +179,51 @@ def test_concurrency_cap_answers_429(served):
             f"{server.url}/gems/invoke", json={"input": {"prompt": "a dog"}}, headers={"X-API-Key": KEY}, timeout=60
         )
         assert ok.status_code == 200
+
+
+def test_a_batch_counts_each_input_against_the_cap_and_has_a_size_limit(served):
+    server, _, gen = served(max_concurrent=2, queue_timeout_s=0.5, block_on_call=1)
+    with server:
+        batch = [{"prompt": f"a cat {i}"} for i in range(4)]
+        # Two inputs take both slots (one blocks in the generator); the others wait 0.5 s, then the batch is 429.
+        answer = httpx.post(f"{server.url}/gems/batch", json={"inputs": batch}, headers={"X-API-Key": KEY}, timeout=60)
+        assert answer.status_code == 429
+        gen.release.set()
+        big = [{"prompt": "a cat"}] * 17
+        answer = httpx.post(f"{server.url}/gems/batch", json={"inputs": big}, headers={"X-API-Key": KEY}, timeout=60)
+        assert answer.status_code == 413 and "at most 16" in answer.json()["detail"]
+
+
+def test_tenants_never_see_each_others_threads_or_lessons(mllm_server, gen_server, isolated_env, monkeypatch):
+    from gems.interfaces.serve import create_app
+
+    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes")
+    settings = make_settings(mllm, gen_server(), isolated_env, memory={"lessons": True}, skills={"enabled": False})
+    monkeypatch.setenv("GEMS_API_KEYS", "alice:key-a,bob:key-b")
+    with Served(create_app(settings)) as server:
+
+        def run(key: str, prompt: str, thread: str) -> httpx.Response:
+            headers = {"X-API-Key": key, "X-Thread-Id": thread}
+            return httpx.post(f"{server.url}/gems/invoke", json={"input": {"prompt": prompt}}, headers=headers,
+                              timeout=60)  # fmt: skip
+
+        alice = run("key-a", "alice secret: a portrait of my passport", "t1")
+        assert alice.status_code == 200 and alice.json()["output"]["thread_id"] == "t1"
+        # The same id from alice with another prompt: 409, never her earlier result.
+        again = run("key-a", "something else", "t1")
+        assert again.status_code == 409 and "another prompt" in again.json()["detail"]
+        # Bob's t1 is his own thread: his prompt runs, alice's is nowhere in his answer, and her lesson (a near
+        # match for his prompt) stays in her tenant.
+        bob = run("key-b", "alice secret: a portrait of my passport photo", "t1")
+        assert bob.status_code == 200 and bob.json()["output"]["prompt"].endswith("passport photo")
+        assert '"alice secret: a portrait of my passport"' not in bob.text
+        assert bob.json()["output"]["lessons"] == []
+        # A second run of alice's sees her lesson, without its prompt.
+        mine = run("key-a", "alice secret: a portrait of my passport again", "t2").json()["output"]
+        assert mine["lessons"] and all(set(lesson) == {"id", "relevance"} for lesson in mine["lessons"])
+        assert 'portrait of my passport"' not in json.dumps(mine["lessons"])
+        page = httpx.get(f"{server.url}/runs/t2/", headers={"X-API-Key": "key-b"})
+        assert page.status_code == 404  # bob has no t2
 
 
 def test_artifact_names_cannot_escape(served):

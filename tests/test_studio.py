@@ -24,6 +24,7 @@ def studio(request, mllm_server, gen_server, tmp_path):
     With `indirect` param `{"lessons": True}`, lessons are on and embedded by the stub's /v1/embeddings (8 dims).
     """
     lessons = getattr(request, "param", {}).get("lessons", False)
+    keys = getattr(request, "param", {}).get("keys")
     langgraph = Path(sys.executable).with_name("langgraph")
     if not langgraph.exists():
         pytest.skip("langgraph-cli[inmem] is not installed (pip install -e '.[test]')")
@@ -50,6 +51,7 @@ def studio(request, mllm_server, gen_server, tmp_path):
         "LANGGRAPH_CLI_NO_ANALYTICS": "1",
         "LANGGRAPH_NO_VERSION_CHECK": "true",
         "LANGSMITH_TRACING": "false",
+        **({"GEMS_API_KEYS": keys} if keys else {}),
     }
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed after the server stops)
     server = subprocess.Popen(
@@ -143,3 +145,59 @@ def test_langgraph_dev_keeps_lessons_in_the_servers_own_store(studio):
     lessons = client.threads.get_state(second["thread_id"])["values"]["lessons"]
     assert [lesson["id"] for lesson in lessons] == [items[0]["key"]] and lessons[0]["relevance"] > 0.9
     assert not (tmp_path / "data" / "chroma").exists()  # the server's store, not gems' own Chroma folder
+
+
+def test_langgraph_dev_takes_only_run_options_from_a_request(studio, tmp_path):
+    """A client's context cannot point the server's MLLM (and its key) elsewhere, nor move where it writes."""
+    from langgraph_sdk import get_sync_client
+
+    from tests.support.servers import OpenAIStub
+
+    url, _, gen, _ = studio
+    attacker = OpenAIStub().start()
+    client = get_sync_client(url=url)
+    schema = client.assistants.get_schemas(client.assistants.search(graph_id="gems")[0]["assistant_id"])
+    assert set(schema["context_schema"]["properties"]) == {"loop", "memory", "skills"}
+    elsewhere = tmp_path / "elsewhere"
+    try:
+        thread = client.threads.create()
+        context = {"mllm": {"base_url": attacker.base_url}, "data_dir": str(elsewhere), "loop": {"max_rounds": 1}}
+        try:
+            result = client.runs.wait(thread["thread_id"], "gems", input={"prompt": "a red cat"}, context=context)
+            refusal = json.dumps(result)
+        except Exception as exc:  # refused before any work: 422 naming the fields
+            response = getattr(exc, "response", None)
+            assert response is not None and response.status_code == 422
+            refusal = response.text
+        assert "mllm" in refusal and "data_dir" in refusal
+        assert attacker.requests == [] and not elsewhere.exists() and gen.prompts == []
+        # Run options still work.
+        ok = client.runs.wait(thread["thread_id"], "gems", input={"prompt": "a red cat"},
+                              context={"loop": {"max_rounds": 1}})  # fmt: skip
+        assert ok["final"]["round"] == 1 and len(gen.prompts) == 1
+    finally:
+        attacker.stop()
+
+
+@pytest.mark.parametrize("studio", [{"keys": "alice:key-a,bob:key-b"}], indirect=True)
+def test_langgraph_dev_needs_a_key_and_keeps_each_callers_threads_apart(studio):
+    from langgraph_sdk import get_sync_client
+
+    url, _, gen, _ = studio
+    nobody = get_sync_client(url=url, api_key=None)
+    with pytest.raises(Exception, match="missing or wrong API key"):
+        nobody.threads.create()
+    alice = get_sync_client(url=url, api_key=None, headers={"X-API-Key": "key-a"})
+    bob = get_sync_client(url=url, api_key=None, headers={"Authorization": "Bearer key-b"})
+    thread = alice.threads.create()
+    done = alice.runs.wait(
+        thread["thread_id"], "gems", input={"prompt": "a red cat"}, context={"loop": {"max_rounds": 1}}
+    )
+    assert done["final"]["round"] == 1
+    assert [t["thread_id"] for t in alice.threads.search()] == [thread["thread_id"]]
+    assert bob.threads.search() == []
+    with pytest.raises(Exception, match="not found"):
+        bob.threads.get(thread["thread_id"])
+    with pytest.raises(Exception, match=r"not found|40[34]"):
+        bob.runs.wait(thread["thread_id"], "gems", input={"prompt": "bob's prompt"})
+    assert len(gen.prompts) == 1  # bob's run never started
