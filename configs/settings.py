@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from gems.configs.errors import ConfigError
 
@@ -101,7 +101,12 @@ class LoopSettings(_Strict):
     images_per_round: int = Field(1, ge=1, le=16, description="candidates per round; the best one is kept")
     experience_max_words: int = Field(100, ge=10, le=1000)
     verifier_concurrency: int = Field(10, ge=1, le=256, description="parallel verifier calls")
-    max_criteria: int | None = Field(None, ge=1, description="cap on decomposed criteria; unset = no cap")
+    max_criteria: int | None = Field(
+        24, ge=1, description="cap on decomposed criteria (each is one verifier call per round); null = no cap"
+    )
+    max_prompt_chars: int = Field(
+        4000, ge=100, le=100_000, description="longer planner/refiner prompts are cut at a word boundary"
+    )
     seed: int | None = Field(None, description="base seed; round r candidate c uses seed+(r-1)*n+c")
     human_review: bool = Field(
         False, description="pause before the first generation so a person can edit the criteria or first prompt"
@@ -179,11 +184,14 @@ class MemorySettings(_Strict):
 
 
 class StorageSettings(_Strict):
-    """Where thread checkpoints live."""
+    """Where thread checkpoints live, and how large an image may be."""
 
     checkpointer: Literal["sqlite", "memory", "postgres"] = "sqlite"
     sqlite_path: Path | None = Field(None, description="default: <data_dir>/checkpoints.sqlite")
     postgres_dsn: SecretStr | None = None
+    max_pixels: int = Field(
+        4096 * 4096, ge=64 * 64, description="larger generator images are refused from their header, before decoding"
+    )
 
 
 def _default_data_dir() -> Path:
@@ -205,6 +213,13 @@ class GemsSettings(_Strict):
         None, description="gems bench: the VQA model that scores images (Soft-TIFA); keep it apart from mllm"
     )
     storage: StorageSettings = Field(default_factory=StorageSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _a_folder(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file, not a folder; point data_dir (GEMS_DATA_DIR) at a folder")
+        return value
 
     @property
     def artifacts_dir(self) -> Path:

@@ -62,12 +62,15 @@ class GemsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what the image must show")
+    prompt: str = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S", description="what the image must show"
+    )
     # Optional, null accepted, but no `{"type": "null"}` in the schema: the playground's form cannot draw one.
-    max_rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS_CAP)] | SkipJsonSchema[None] = Field(
+    # Strict: "5", 5.0 and true are not a number of rounds.
+    max_rounds: Annotated[int, Field(strict=True, ge=1, le=MAX_ROUNDS_CAP)] | SkipJsonSchema[None] = Field(
         None, description="attempts before the best is returned", json_schema_extra=_no_default
     )
-    seed: Annotated[int, Field(ge=0)] | SkipJsonSchema[None] = Field(
+    seed: Annotated[int, Field(strict=True, ge=0, lt=2**63)] | SkipJsonSchema[None] = Field(
         None, description="base seed for reproducible generations", json_schema_extra=_no_default
     )
 

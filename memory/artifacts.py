@@ -30,14 +30,18 @@ def _is_sha256(name: str) -> bool:
 class ArtifactStore:
     """Stores PNG bytes as `<root>/<sha256>.png`; writing the same image twice is a no-op."""
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], max_pixels: int | None = None):
         self.root = Path(root)
+        self.max_pixels = max_pixels
 
     def path_for(self, sha256: str) -> Path:
         """Return the file path for a digest; rejects anything that is not a sha256 (no path traversal)."""
         if not _is_sha256(sha256):
             raise ArtifactError(f"not an artifact id: {sha256!r} (expected 64 lowercase hex characters)")
-        return self.root / f"{sha256}.png"
+        path = self.root / f"{sha256}.png"
+        if path.is_symlink():  # only files this store wrote; a planted link could point anywhere
+            raise ArtifactError(f"artifact {sha256[:12]} is a symlink; refusing to follow it")
+        return path
 
     def put_png(self, data: bytes) -> tuple[str, Path]:
         """Write PNG bytes atomically and return `(sha256, path)`."""
@@ -61,7 +65,15 @@ class ArtifactStore:
     def put_bytes(self, data: bytes, **meta: Any) -> dict[str, Any]:
         """Store encoded image bytes (any format PIL reads; re-encoded to PNG if needed) and return a reference."""
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header only
+        except Exception as exc:
+            raise ArtifactError(f"generator returned bytes that are not an image ({len(data)} bytes)") from exc
+        if self.max_pixels and image.width * image.height > self.max_pixels:
+            raise ArtifactError(
+                f"generator returned a {image.width}x{image.height} image, over storage.max_pixels "
+                f"({self.max_pixels}); set a smaller size or raise the limit"
+            )
+        try:
             image.load()
         except Exception as exc:
             raise ArtifactError(f"generator returned bytes that are not an image ({len(data)} bytes)") from exc

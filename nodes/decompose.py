@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
@@ -45,9 +47,14 @@ def decompose_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
                 criteria = parse_criteria(retry.text)
             except CriteriaParseError as exc:
                 raise MLLMError(CRITERIA_ERROR.format(detail=exc)) from None
-    if settings.loop.max_criteria is not None:
-        criteria = criteria[: settings.loop.max_criteria]
-    return {"criteria": criteria, "mllm_calls": calls, "timings": timings, "usage": usage_update(*usages)}
+    update: dict[str, Any] = {"mllm_calls": calls, "timings": timings, "usage": usage_update(*usages)}
+    cap = settings.loop.max_criteria
+    if cap is not None and len(criteria) > cap:
+        update["warnings"] = [
+            f"the decomposer wrote {len(criteria)} criteria; kept the first {cap} (loop.max_criteria)"
+        ]
+        criteria = criteria[:cap]
+    return {"criteria": criteria, **update}
 
 
 decompose = node(decompose_steps)

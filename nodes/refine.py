@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
@@ -41,7 +43,13 @@ def refine_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     new_prompt = clean_prompt(reply.text)
     if not new_prompt:
         raise MLLMError(EMPTY_PROMPT_ERROR)
+    update: dict[str, Any] = {}
+    cap = settings.loop.max_prompt_chars
+    if len(new_prompt) > cap:  # a runaway answer must not break the generator call (URLs, context windows)
+        update["warnings"] = [f"the refiner wrote {len(new_prompt)} characters; cut to {cap} (loop.max_prompt_chars)"]
+        new_prompt = new_prompt[:cap].rsplit(" ", 1)[0]
     return {
+        **update,
         "current_prompt": new_prompt,
         "thought": reply.thought,
         "mllm_calls": 1,

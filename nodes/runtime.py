@@ -11,7 +11,7 @@ from gems.memory.artifacts import ArtifactStore
 
 
 def artifact_store(settings: GemsSettings) -> ArtifactStore:
-    return ArtifactStore(settings.artifacts_dir)
+    return ArtifactStore(settings.artifacts_dir, max_pixels=settings.storage.max_pixels)
 
 
 @contextmanager

@@ -90,9 +90,16 @@ class Skill:
     def resources(self) -> list[str]:
         """Relative paths of the optional files under `references/`."""
         ref_dir = self.folder / "references"
-        if not ref_dir.is_dir():
+        if not ref_dir.is_dir() or ref_dir.is_symlink():
             return []
-        return sorted(str(p.relative_to(self.folder)) for p in ref_dir.rglob("*") if p.is_file())
+        inside = self.folder.resolve()
+        # Files only, and only those that really live in the skill's folder: a symlink to /etc/... is not offered
+        # (the planner would read it and send it to the MLLM).
+        return sorted(
+            str(p.relative_to(self.folder))
+            for p in ref_dir.rglob("*")
+            if p.is_file() and not p.is_symlink() and p.resolve().is_relative_to(inside)
+        )
 
 
 def parse_skill_file(path: Path) -> Skill:

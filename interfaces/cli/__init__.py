@@ -73,9 +73,12 @@ def configs(value: Any) -> list[str] | str | None:
     return value or None
 
 
+_CONTROL = {c: None for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
 def short(text: str | None, width: int = 90) -> str:
-    """One line of at most `width` characters."""
-    text = " ".join((text or "").split())
+    """One line of at most `width` characters, with control characters (terminal escapes) removed."""
+    text = " ".join((text or "").split()).translate(_CONTROL)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

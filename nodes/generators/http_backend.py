@@ -57,6 +57,8 @@ def post_with_retries(client: httpx.Client, what: str, max_retries: int, **reque
         response: httpx.Response = Retrying(**_retry_policy(max_retries))(_post, client, request)
     except (httpx.TransportError, _TransientStatus) as exc:
         response = _failure(exc, what, client.timeout.read)
+    except httpx.InvalidURL as exc:
+        raise GeneratorError(f"{what}: the request URL is invalid ({exc}); check generator.url") from exc
     return _checked(response, what)
 
 
@@ -66,6 +68,8 @@ async def apost_with_retries(client: httpx.AsyncClient, what: str, max_retries: 
         response: httpx.Response = await AsyncRetrying(**_retry_policy(max_retries))(_apost, client, request)
     except (httpx.TransportError, _TransientStatus) as exc:
         response = _failure(exc, what, client.timeout.read)
+    except httpx.InvalidURL as exc:
+        raise GeneratorError(f"{what}: the request URL is invalid ({exc}); check generator.url") from exc
     return _checked(response, what)
 
 

@@ -32,6 +32,9 @@ class OpenAIImagesGenerator:
         )
         self.client = httpx.Client(timeout=settings.timeout_s, headers={"Authorization": f"Bearer {key}"})
         self.async_clients = LoopClients(timeout=settings.timeout_s, headers={"Authorization": f"Bearer {key}"})
+        # Image URLs in an answer may point anywhere (a CDN, or a hostile server): fetched without the key.
+        self.plain = httpx.Client(timeout=settings.timeout_s)
+        self.plain_async = LoopClients(timeout=settings.timeout_s)
         self.url = settings.url.rstrip("/") + "/images/generations"
         # OpenAI's own API rejects parameters it does not know; open servers (vLLM-Omni) take them.
         self.hosted_openai = "api.openai.com" in settings.url
@@ -61,7 +64,7 @@ class OpenAIImagesGenerator:
         what = f"image endpoint {self.url}"
         response = post_with_retries(self.client, what, self.settings.max_retries, url=self.url, json=body)
         item = self._item(response)
-        data = self.client.get(item["url"]).content if "b64_json" not in item else base64.b64decode(item["b64_json"])
+        data = self.plain.get(item["url"]).content if "b64_json" not in item else base64.b64decode(item["b64_json"])
         return self._rendered(data, body, time.perf_counter() - started)
 
     async def arender(self, prompt: str, seed: int) -> Rendered:
@@ -72,7 +75,7 @@ class OpenAIImagesGenerator:
         response = await apost_with_retries(client, what, self.settings.max_retries, url=self.url, json=body)
         item = self._item(response)
         url = item.get("url")
-        data = (await client.get(url)).content if url else base64.b64decode(item["b64_json"])
+        data = (await self.plain_async.get().get(url)).content if url else base64.b64decode(item["b64_json"])
         return self._rendered(data, body, time.perf_counter() - started)
 
     def _item(self, response: httpx.Response) -> dict[str, Any]:

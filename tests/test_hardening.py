@@ -1,0 +1,124 @@
+"""Bad model behaviour and hostile inputs get bounded, one-line answers (the first items of the hardening pass)."""
+
+from __future__ import annotations
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from pydantic import ValidationError
+
+from gems.configs import ConfigError, GemsSettings, GeneratorSettings, load_settings
+from gems.graph import build_graph, run_config
+from gems.interfaces.cli import short
+from gems.memory.artifacts import ArtifactError, ArtifactStore
+from gems.nodes.generators.openai_backend import OpenAIImagesGenerator
+from tests.support.servers import OpenAIStub, png_bytes
+
+
+def run(settings: GemsSettings, prompt: str = "a red cat") -> dict:
+    graph = build_graph(checkpointer=InMemorySaver())
+    return graph.invoke({"prompt": prompt}, run_config(settings, "h"), context=settings)
+
+
+def test_an_oversized_image_is_refused_from_its_header(stubs):
+    s = stubs(gen={"size": 100})  # 100 x 100 = 10,000 pixels
+    with pytest.raises(ArtifactError, match=r"100x100 image, over storage.max_pixels \(4096\)"):
+        run(s.settings(storage={"checkpointer": "memory", "max_pixels": 4096}))
+
+
+def test_criteria_are_capped_by_default_with_a_warning(stubs):
+    s = stubs(criteria=[f"Is thing {i} there?" for i in range(40)])
+    values = run(s.settings(loop={"max_rounds": 1}))
+    assert len(values["criteria"]) == 24 and s.script.calls["verify"] == 24
+    assert any("wrote 40 criteria; kept the first 24" in w for w in values["warnings"])
+
+
+def test_a_runaway_refined_prompt_is_cut_before_it_reaches_the_generator(stubs):
+    s = stubs(criteria=["Is there a cat?"], verdict=lambda q, n: "yes" if n >= 2 else "no",
+              refine=lambda n: "very " * 3000 + "red cat")  # fmt: skip
+    values = run(s.settings())
+    assert values["success"] is True and len(s.gen.prompts[1]) <= 4000
+    assert any("cut to 4000" in w for w in values["warnings"])
+
+
+def test_a_planted_symlink_in_the_artifact_folder_is_not_followed(tmp_path):
+    store = ArtifactStore(tmp_path / "artifacts")
+    sha, _ = store.put_png(png_bytes((1, 2, 3)))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the server's secrets")
+    fake = "f" * 64
+    (tmp_path / "artifacts" / f"{fake}.png").symlink_to(secret)
+    with pytest.raises(ArtifactError, match="symlink"):
+        store.path_for(fake)
+    assert store.path_for(sha).is_file()
+
+
+def test_a_skill_resource_that_links_outside_its_folder_is_not_offered(tmp_path):
+    from gems.skills.registry import parse_skill_file
+
+    folder = tmp_path / "skills" / "leaky"
+    (folder / "references").mkdir(parents=True)
+    (folder / "SKILL.md").write_text("---\nname: leaky\ndescription: a skill with a planted link\n---\nBody.\n")
+    (folder / "references" / "notes.md").write_text("fine")
+    (tmp_path / "outside.txt").write_text("not for the MLLM")
+    (folder / "references" / "passwd.md").symlink_to(tmp_path / "outside.txt")
+    assert parse_skill_file(folder / "SKILL.md").resources() == ["references/notes.md"]
+
+
+def test_openai_image_urls_are_fetched_without_the_key():
+    """An endpoint answering `url` gets the key on its own route only; the image host never sees it."""
+    seen: dict[str, dict] = {}
+
+    class Endpoint(OpenAIStub):
+        def _dispatch(self, handler, raw):
+            seen[handler.path] = {k.lower(): v for k, v in handler.headers.items()}
+            if handler.path == "/v1/images/generations":
+                self._send_json(handler, 200, {"data": [{"url": f"http://127.0.0.1:{self.port}/cdn/a.png"}]})
+            else:
+                self._send(handler, 200, png_bytes((9, 9, 9)), "image/png")
+
+    server = Endpoint().start()
+    try:
+        settings = GeneratorSettings(backend="openai", url=server.base_url, model="m", api_key="sk-secret")
+        rendered = OpenAIImagesGenerator(settings).render("a cat", 1)
+        assert rendered.data.startswith(b"\x89PNG")
+        assert seen["/v1/images/generations"]["authorization"] == "Bearer sk-secret"
+        assert "authorization" not in seen["/cdn/a.png"]
+    finally:
+        server.stop()
+
+
+def test_terminal_escapes_in_model_output_are_not_printed():
+    assert "\x1b" not in short("\x1b[2J\x1b]0;owned\x07a red cat")
+    assert short("a\tred\ncat") == "a red cat"
+
+
+def test_a_data_dir_that_is_a_file_is_one_clear_line(tmp_path, monkeypatch):
+    afile = tmp_path / "data"
+    afile.write_text("")
+    monkeypatch.setenv("GEMS_DATA_DIR", str(afile))
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"prompt": "   "}, {"prompt": "x", "max_rounds": "5"}, {"prompt": "x", "max_rounds": True},
+     {"prompt": "x", "seed": 1e400}, {"prompt": "x", "seed": 2**70}],
+)  # fmt: skip
+def test_server_requests_take_real_numbers_and_a_real_prompt(payload):
+    from gems.interfaces.serve import GemsRequest
+
+    with pytest.raises(ValidationError):
+        GemsRequest.model_validate(payload)
+
+
+def test_no_server_secret_leaves_through_health(tmp_path):
+    pytest.importorskip("langserve")
+    from fastapi.testclient import TestClient
+
+    from gems.interfaces.serve import create_app
+
+    app = create_app(GemsSettings(data_dir=tmp_path, mllm={"model": "secret-model", "base_url": "http://10.0.0.9/v1"}))
+    with TestClient(app) as client:
+        body = client.get("/health").text
+    assert "secret-model" not in body and "10.0.0.9" not in body
