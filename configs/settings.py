@@ -32,7 +32,9 @@ class MLLMSettings(_Strict):
     api_key: SecretStr | None = Field(None, description="falls back to GEMS_MLLM_API_KEY, then OPENAI_API_KEY")
     temperature: float | None = Field(None, ge=0, le=2, description="unset: the server's default (paper)")
     max_tokens: int | None = Field(8192, ge=1, description="completion budget per call (reasoning included)")
-    timeout_s: float = Field(300.0, gt=0, description="per-request timeout")
+    timeout_s: float = Field(
+        300.0, gt=0, description="wall-clock limit of one request, however slowly the answer arrives (each retry anew)"
+    )
     max_retries: int = Field(3, ge=0, le=10, description="retries with backoff on 408/409/429/5xx/connection")
     image_max_side: int = Field(1024, ge=64, description="images are downscaled to this before sending")
     extra_body: dict[str, Any] = Field(
@@ -85,7 +87,7 @@ class GeneratorSettings(_Strict):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = Field("auto", description="auto (CUDA when present, else MPS, else CPU), cpu, cuda, cuda:1")
     cpu_offload: bool = Field(False, description="diffusers enable_model_cpu_offload for small GPUs")
-    timeout_s: float = Field(600.0, gt=0)
+    timeout_s: float = Field(600.0, gt=0, description="wall-clock limit of one remote image request (each retry anew)")
     max_retries: int = Field(2, ge=0, le=10, description="retries on 5xx/timeouts for remote backends")
 
     @property

@@ -100,6 +100,8 @@ class GemsState(TypedDict):
     thought: NotRequired[str | None]
     max_rounds: NotRequired[int]
     human_review: NotRequired[bool]
+    seed: NotRequired[int | None]  # the run's base seed as started; a resume keeps it
+    images_per_round: NotRequired[int]
     round: NotRequired[int]
     candidates: NotRequired[list[ImageRef]]
     verdicts: NotRequired[Annotated[list[Verdict], operator.add]]

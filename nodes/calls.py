@@ -9,7 +9,10 @@ while they wait on the MLLM or the generator. `node(steps)` wraps the pair as th
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +20,23 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from langgraph.runtime import Runtime, get_runtime
 
 from gems.configs import GeneratorSettings, MLLMSettings
-from gems.nodes.generators import Rendered, get_generator
-from gems.nodes.mllm import Reply, get_mllm
+from gems.nodes.generators import GeneratorError, Rendered, get_generator
+from gems.nodes.mllm import MLLMError, Reply, get_mllm
+
+# Sync calls with a deadline run here, so a server that answers one byte at a time cannot hold a run forever.
+_sync_calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="gems-call")
+_BACKOFF_S = 8.0  # the most one retry waits (tenacity's and the openai client's backoff caps)
+
+
+def _mllm_deadline(mllm: MLLMSettings) -> float:
+    return mllm.timeout_s * (mllm.max_retries + 1) + _BACKOFF_S * mllm.max_retries
+
+
+def _mllm_overdue(mllm: MLLMSettings, seconds: float) -> MLLMError:
+    return MLLMError(
+        f"the MLLM endpoint {mllm.base_url} gave no complete answer within {seconds:g}s "
+        f"(mllm.timeout_s {mllm.timeout_s:g} x {mllm.max_retries + 1} tries); check the server or raise mllm.timeout_s"
+    )
 
 
 @dataclass(frozen=True)
@@ -28,6 +46,10 @@ class Ask:
     mllm: MLLMSettings
     system: str
     user: str | list[dict[str, Any]]
+
+    def deadline(self) -> tuple[float, Exception] | None:
+        seconds = _mllm_deadline(self.mllm)
+        return seconds, _mllm_overdue(self.mllm, seconds)
 
     def run(self) -> Reply:
         return get_mllm(self.mllm).ask(self.system, self.user)
@@ -44,6 +66,10 @@ class Converse:
     messages: list[Any]
     tools: list[Any] = field(default_factory=list)
 
+    def deadline(self) -> tuple[float, Exception] | None:
+        seconds = _mllm_deadline(self.mllm)
+        return seconds, _mllm_overdue(self.mllm, seconds)
+
     def run(self) -> Any:
         return get_mllm(self.mllm).converse(self.messages, self.tools or None)
 
@@ -58,6 +84,16 @@ class Render:
     generator: GeneratorSettings
     prompt: str
     seeds: list[int]
+
+    def deadline(self) -> tuple[float, Exception] | None:
+        g = self.generator
+        if g.backend == "diffusers":  # computed here, in this process: nothing to wait on but the GPU
+            return None
+        seconds = (g.timeout_s * (g.max_retries + 1) + _BACKOFF_S * g.max_retries) * len(self.seeds)
+        return seconds, GeneratorError(
+            f"the generator {g.url} gave no complete image within {seconds:g}s "
+            f"(generator.timeout_s {g.timeout_s:g} x {g.max_retries + 1} tries); check the server"
+        )
 
     def run(self) -> list[Rendered]:
         generator = get_generator(self.generator)
@@ -85,6 +121,9 @@ class Blocking:
 
     fn: Callable[[], Any]
 
+    def deadline(self) -> tuple[float, Exception] | None:
+        return None
+
     def run(self) -> Any:
         return self.fn()
 
@@ -96,13 +135,36 @@ Call = Ask | Converse | Render | Blocking
 Steps = Generator[Call, Any, dict[str, Any]]
 
 
+def _run_sync(call: Call) -> Any:
+    limit = call.deadline()
+    if limit is None:
+        return call.run()
+    seconds, overdue = limit
+    future = _sync_calls.submit(contextvars.copy_context().run, call.run)  # tracing keeps its parent run
+    try:
+        return future.result(timeout=seconds)
+    except FutureTimeout:
+        raise overdue from None
+
+
+async def _run_async(call: Call) -> Any:
+    limit = call.deadline()
+    if limit is None:
+        return await call.arun()
+    seconds, overdue = limit
+    try:
+        return await asyncio.wait_for(call.arun(), timeout=seconds)
+    except TimeoutError:
+        raise overdue from None
+
+
 def drive(steps: Steps) -> dict[str, Any]:
     """Run a node's steps with blocking calls; returns the node's state update."""
     try:
         call = next(steps)
         while True:
             try:
-                result = call.run()
+                result = _run_sync(call)
             except Exception as exc:
                 call = steps.throw(exc)
             else:
@@ -117,7 +179,7 @@ async def adrive(steps: Steps) -> dict[str, Any]:
         call = next(steps)
         while True:
             try:
-                result = await call.arun()
+                result = await _run_async(call)
             except Exception as exc:
                 call = steps.throw(exc)
             else:

@@ -40,11 +40,13 @@ def generate_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     round_no = state.get("round", 0) + 1
     has_criteria = bool(state.get("criteria"))
     prompt = (state.get("current_prompt") or state["prompt"]) if has_criteria else state["prompt"]
-    count = settings.loop.images_per_round if has_criteria else 1
+    # The run's own options as it started (kept in state), not a resuming caller's defaults.
+    base_seed = state.get("seed", settings.loop.seed)
+    count = (state.get("images_per_round") or settings.loop.images_per_round) if has_criteria else 1
     store = artifact_store(settings)
     timings: dict[str, float] = {}
     candidates: list[ImageRef] = []
-    seeds = [seed_for(settings.loop.seed, round_no, c, count) for c in range(count)]
+    seeds = [seed_for(base_seed, round_no, c, count) for c in range(count)]
     with timed(timings, "generate"):
         results = yield Render(settings.generator, prompt, seeds)
         # Time the generator itself was busy (excludes waiting for a shared pipeline): bench cost accounting.

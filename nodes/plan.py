@@ -146,6 +146,8 @@ def plan_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
                 "skill_trace": trace,
                 "max_rounds": settings.loop.max_rounds,
                 "human_review": settings.loop.human_review,
+                "seed": settings.loop.seed,
+                "images_per_round": settings.loop.images_per_round,
             }
             if warnings:
                 update["warnings"] = warnings

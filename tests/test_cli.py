@@ -117,6 +117,30 @@ def test_resume_after_kill_redoes_no_completed_round(mllm_server, gen_server, tm
     assert len(gen.prompts) == 4 and store.count() == 1
 
 
+def test_resume_runs_as_started_and_never_twice_at_once(mllm_server, gen_server, tmp_path, isolated_env):
+    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "no")  # never passes: the round budget decides
+    gen = gen_server(block_on_call=2)
+    cfg = write_config(tmp_path / "c.yaml", mllm.base_url, gen.url)
+    args = [sys.executable, "-m", "gems.interfaces.cli", "generate", "a red cat", "--config", str(cfg),
+            "--thread-id", "k2", "--max-rounds", "2", "--seed", "7", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    try:
+        assert gen.blocked.wait(90), "the run never reached round 2"
+        # The same thread from a second process while the first runs: refused, not generated twice.
+        twice = gems("generate", "--resume", "k2", "--config", str(cfg))
+        assert twice.returncode == 2 and "being run by another process" in twice.stderr
+        proc.kill()
+    finally:
+        proc.wait(30)
+    gen.block_on_call = None
+    gen.release.set()
+    # Resumed without --max-rounds or --seed: the run keeps 2 rounds and seeds 7, 8 as it started.
+    result = gems("generate", "--resume", "k2", "--config", str(cfg), "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    trajectory = json.loads((tmp_path / "o" / "trajectory.json").read_text())
+    assert len(trajectory["rounds"]) == 2 and gen.seeds == ["7", "8", "8"]
+
+
 def test_existing_thread_needs_resume(mllm_server, gen_server, tmp_path):
     mllm, _ = mllm_server(criteria=[])
     gen = gen_server()

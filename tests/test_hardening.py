@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import ValidationError
@@ -122,3 +128,58 @@ def test_no_server_secret_leaves_through_health(tmp_path):
     with TestClient(app) as client:
         body = client.get("/health").text
     assert "secret-model" not in body and "10.0.0.9" not in body
+
+
+class Drip:
+    """An HTTP server on 127.0.0.1 that answers 200 and then one byte every 0.2 s, for as long as it is let."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+            while not self.stop.is_set():
+                conn.sendall(b"1\r\n \r\n")
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_a_dripping_endpoint_cannot_hold_a_call_past_its_deadline():
+    from gems.configs import MLLMSettings
+    from gems.nodes.calls import Ask, adrive, drive
+    from gems.nodes.mllm import MLLMError
+
+    drip = Drip()
+    try:
+        mllm = MLLMSettings(base_url=drip.url, model="m", api_key="k", timeout_s=1.0, max_retries=0)
+
+        def steps():
+            yield Ask(mllm, "system", "user")
+            return {}
+
+        for run in (drive, lambda s: asyncio.run(adrive(s))):
+            started = time.monotonic()
+            with pytest.raises(MLLMError, match=r"no complete answer within 1s"):
+                run(steps())
+            assert time.monotonic() - started < 4  # not the 10+ s the drip would take
+    finally:
+        drip.close()

@@ -4,15 +4,18 @@ and `index.html` (the run as a page, its images in `images/`)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+from filelock import FileLock, Timeout
 
 from gems.configs import UsageError, load_settings
 from gems.graph import build_graph, continuation, run_config
@@ -111,6 +114,22 @@ def _write_outputs(out_dir: Path, values: dict[str, Any], trajectory: dict[str, 
     return final_png
 
 
+@contextlib.contextmanager
+def _thread_lock(settings: Any, thread_id: str) -> Iterator[None]:
+    """One process per thread on this machine: a second `--resume` of a running thread is refused, not run twice."""
+    locks = settings.data_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(locks / f"{hashlib.sha256(thread_id.encode()).hexdigest()[:32]}.lock")  # any id, a safe name
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(f"thread {thread_id} is being run by another process; wait for it to finish") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _config_flag(config: tuple[str, ...]) -> str:
     return "".join(f" --config {c}" for c in config)
 
@@ -156,7 +175,7 @@ def generate(
     hint = RESUME_HINT.format(thread_id=thread_id, config=_config_flag(config))
     started = time.perf_counter()
 
-    with open_checkpointer(settings) as saver:
+    with _thread_lock(settings, thread_id), open_checkpointer(settings) as saver:
         graph = build_graph(checkpointer=saver, store=open_store(settings))
         existing = graph.get_state(run_cfg)
         if resume:

@@ -418,6 +418,7 @@ class GeneratorStub(_Server):
         self.release = threading.Event()
         self.blocked = threading.Event()
         self.prompts: list[str] = []
+        self.seeds: list[str | None] = []  # the seed each request asked for (gems' http backend sends one)
 
     @property
     def url(self) -> str:
@@ -428,6 +429,7 @@ class GeneratorStub(_Server):
         prompt = query.get("prompt", [""])[0]
         with self.lock:
             self.prompts.append(prompt)
+            self.seeds.append(query.get("seed", [None])[0])
             call = len(self.prompts)
         if call <= self.fail_first:
             self._send(handler, self.status, b"model exploded", "text/plain")
