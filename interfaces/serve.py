@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import contextvars
 import hmac
+import json
 import re
 import secrets
 import time
@@ -362,7 +363,68 @@ class _Guard:
                 [(b"www-authenticate", b"Bearer")],
             )  # fmt: skip
             return
+        if scope.get("method") == "POST" and path.startswith("/gems/"):
+            body, problem = await _read_json_body(receive)
+            if problem:
+                await self._reply(send, 413 if "larger" in problem else 400, problem)
+                return
+            receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+
+MAX_BODY_BYTES = 1_000_000  # 16 prompts of 2,000 characters fit many times over
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+async def _read_json_body(receive: Any) -> tuple[bytes, str | None]:
+    """The request body, or a one-line reason to refuse it: too large, not JSON, nested too deep, not UTF-8 text."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return b"", f"request body larger than {MAX_BODY_BYTES} bytes"
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    body = b"".join(chunks)
+    if not body:
+        return body, None
+    try:
+        data = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates ("\ud800") cannot be stored
+    except RecursionError:
+        return body, "request body is JSON nested too deeply"
+    except UnicodeError:
+        return body, "request body holds text that is not valid Unicode (a lone surrogate)"
+    except ValueError as exc:
+        return body, f"request body is not valid JSON: {' '.join(str(exc).split())[:120]}"
+    return body, None
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """The body already read, then the client's own channel (streaming responses listen on it for a disconnect)."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 SIGNIN_PAGE = """<!doctype html><meta charset="utf-8"><title>gems: sign in</title>
@@ -390,6 +452,7 @@ def create_app(
     """
     try:
         from fastapi import FastAPI, HTTPException
+        from fastapi.exceptions import RequestValidationError
         from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
         from langserve import add_routes
     except ImportError as exc:
@@ -476,6 +539,12 @@ def create_app(
 
         return handler
 
+    async def invalid(request: Any, exc: Any) -> Any:
+        # FastAPI would echo each bad input back (a 52 MB prompt, 52 MB again): name the field and the rule only.
+        errors = [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(ThreadConflict, refusal(409))
     app.add_exception_handler(ServerBusy, refusal(429, {"retry-after": "5"}))
     app.add_exception_handler(BatchTooLarge, refusal(413))

@@ -52,7 +52,7 @@ def gems_tool(
         result = graph.invoke({"prompt": prompt}, run_config(run_settings, thread_id), context=run_settings)
         final = result.get("final") or {}
         image = final.get("image") or {}
-        status = "all requirements passed" if result.get("success") else "best attempt"
+        status = {True: "all requirements passed", None: "not verified"}.get(result.get("success"), "best attempt")
         summary = (
             f"Image saved to {image.get('path')} ({status}: {final.get('passed')}/{final.get('total')} "
             f"requirements, round {final.get('round')})."

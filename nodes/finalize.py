@@ -20,12 +20,17 @@ def finalize(state: GemsState) -> dict[str, Any]:
     criteria = state.get("criteria") or []
     rounds = state.get("rounds") or []
     if not criteria:
-        # Nothing to check: the single generation from the original prompt is the answer.
+        # Nothing to check: the single generation from the original prompt is the answer, unverified; not a success.
         image = (state.get("candidates") or [{}])[0]
         return {
             "final": {"round": state.get("round", 1), "image": image, "passed": 0, "total": 0},
-            "success": True,
+            "success": None,
+            "warnings": ["the decomposer found no criteria: one image from the request as written, not verified"],
         }
+    # Verifier calls that failed count as fails; say so, so a run of errors does not pass for a hard prompt.
+    errors = [v for v in state.get("verdicts") or [] if v.get("error") and not v.get("answer")]
+    first = str(errors[0].get("error")) if errors else ""
+    warnings = [f"{len(errors)} verifier calls failed (counted as fails): {first[:160]}"] if errors else []
     last = rounds[-1]
     chosen = last if not last.get("failed") else best_round(rounds)
     assert chosen is not None
@@ -35,4 +40,7 @@ def finalize(state: GemsState) -> dict[str, Any]:
         "passed": len(chosen.get("passed") or []),
         "total": len(criteria),
     }
-    return {"final": final, "success": not last.get("failed")}
+    update: dict[str, Any] = {"final": final, "success": not last.get("failed")}
+    if warnings:
+        update["warnings"] = warnings
+    return update

@@ -183,3 +183,43 @@ def test_a_dripping_endpoint_cannot_hold_a_call_past_its_deadline():
             assert time.monotonic() - started < 4  # not the 10+ s the drip would take
     finally:
         drip.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ('{"input": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "nested too deeply"),
+        ('{"input": {"prompt": "\\ud800"}}', 400, "lone surrogate"),
+        ('{"input": {"prompt": "x", "seed": 1e400}}', 400, "out of range"),
+        ('{"input": {"prompt": "x", "seed": NaN}}', 400, "not a number JSON allows"),
+        ('{"input": {"prompt": "' + "x" * 1_100_000 + '"}}', 413, "larger than"),
+        ('{"input": {"prompt": "' + "x" * 500_000 + '"}}', 422, "prompt"),
+    ],
+    ids=["deep", "surrogate", "huge-number", "nan", "too-large", "long-prompt"],
+)
+def test_hostile_request_bodies_get_a_short_4xx(tmp_path, body, status, says):
+    pytest.importorskip("langserve")
+    from fastapi.testclient import TestClient
+
+    from gems.interfaces.serve import create_app
+
+    app = create_app(GemsSettings(data_dir=tmp_path), api_key="")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.post("/gems/invoke", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == status and says in answer.text
+    assert len(answer.content) < 2000  # the input is never echoed back
+
+
+def test_no_criteria_and_failing_verifiers_are_reported_not_passed_off(stubs, tmp_path):
+    from gems.interfaces.cli import main as gems_main
+    from tests.support.net import write_stub_config
+
+    s = stubs(criteria=[])
+    cfg = write_stub_config(tmp_path / "c.yaml", s.mllm.base_url, s.gen.url)
+    values = run(s.settings())
+    assert values["success"] is None and values["final"]["total"] == 0 and values["warnings"]
+    s2 = stubs(criteria=["Is there a cat?"], fail_verify=("Is there a cat?",))
+    values = run(s2.settings(loop={"max_rounds": 1}))
+    assert values["success"] is False
+    assert any("1 verifier calls failed (counted as fails)" in w for w in values["warnings"])
+    assert gems_main(["generate", "a cat", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 0

@@ -69,7 +69,10 @@ def test_empty_criteria_generates_once_from_original_prompt(stubs):
     s = stubs(criteria=[], route="spatial-layout", enhance="a much longer enhanced prompt")
     values, _, _ = run(s.settings())
     assert s.gen.prompts == ["a red cat on a mat"]
-    assert values["success"] is True and values["final"]["total"] == 0
+    assert values["success"] is None and values["final"]["total"] == 0  # nothing verified: no success claimed
+    assert values["warnings"] == [
+        "the decomposer found no criteria: one image from the request as written, not verified"
+    ]
     assert s.script.calls["verify"] == 0 and values["final"]["image"]["sha256"]
 
 

@@ -56,7 +56,7 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
         criteria = update.get("criteria") or []
         lines = [f"decompose  {len(criteria)} criteria"]
         lines += [f"             {i + 1}. {short(q, 80)}" for i, q in enumerate(criteria)]
-        return lines
+        return [*lines, *_warnings(update)]
     if node == "generate":
         refs = update.get("candidates") or []
         secs = (update.get("timings") or {}).get("generate", 0.0)
@@ -77,11 +77,12 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
     if node == "compress":
         return [f"compress   {short(r.get('experience'))}" for r in update.get("rounds") or []]
     if node == "refine":
-        return [f"refine     {short(update.get('current_prompt'))}"]
+        return [f"refine     {short(update.get('current_prompt'))}", *_warnings(update)]
     if node == "finalize":
         final = update.get("final") or {}
-        verdict = "success" if update.get("success") else "best so far"
-        return [f"finalize   {verdict}: round {final.get('round')} ({final.get('passed')}/{final.get('total')} passed)"]
+        verdict = {True: "success", None: "unverified"}.get(update.get("success"), "best so far")
+        done = f"finalize   {verdict}: round {final.get('round')} ({final.get('passed')}/{final.get('total')} passed)"
+        return [done, *_warnings(update)]
     if node == "learn":
         if update.get("lesson_id"):
             return [f"learn      lesson saved ({update['lesson_id'][:8]})"]
@@ -89,6 +90,10 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
     if node == "review" and update:
         return ["review     the reviewer's edits are applied"]
     return []
+
+
+def _warnings(update: dict[str, Any]) -> list[str]:
+    return [f"warning    {short(w, 110)}" for w in update.get("warnings") or []]
 
 
 def _write_outputs(out_dir: Path, values: dict[str, Any], trajectory: dict[str, Any], store_root: Path) -> Path:
@@ -210,7 +215,9 @@ def generate(
     trajectory["timings"]["wall_s"] = round(time.perf_counter() - started, 3)
     final_png = _write_outputs(out_dir, values, trajectory, settings.artifacts_dir)
     final = values.get("final") or {}
-    status = "all criteria passed" if values.get("success") else "best attempt"
+    status = {True: "all criteria passed", None: "not verified (no criteria)"}.get(
+        values.get("success"), "best attempt"
+    )
     say(f"{status}: round {final.get('round')} ({final.get('passed')}/{final.get('total')}) -> {final_png}")
     print(final_png)
     return 0
