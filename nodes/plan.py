@@ -221,6 +221,9 @@ def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     loaded = trace.get("loaded") or []
     if not current or not loaded:
         current, thought = state["prompt"], THOUGHT_ORIGINAL
+    cap = settings.loop.max_prompt_chars
+    if len(current) > cap and current != state["prompt"]:  # a runaway rewrite; the user's own request is kept whole
+        current = current[:cap].rsplit(" ", 1)[0]
     registry = registry_for(settings)
     verifiers = sorted({v for name in loaded if (s := registry.get(name)) for v in (s.metadata.get("verifiers") or [])})
     return {

@@ -265,6 +265,13 @@ def run_bench(
         if warning:
             print(warning, file=sys.stderr)
 
+    # A wall-clock bound on scoring one image (every atom, each try timeout_s), however slowly the judge answers.
+    judge_settings = run_settings.judge
+    judge_deadline = (
+        judge_settings.timeout_s * (judge_settings.max_retries + 1) * max(1, max(len(i.atoms) for i in items))
+        if judge_settings is not None and items
+        else None
+    )
     results_dir = out / "results"
     work = [(item, k) for item in items for k in range(images_per_prompt)]
     done = {p.stem for p in results_dir.glob("*.json")} if results_dir.is_dir() else set()
@@ -317,7 +324,12 @@ def run_bench(
         if not image.get("path") or not Path(image["path"]).is_file():
             raise RuntimeError("the run finished without a final image")
         if judge is not None:  # outside the slot: scoring never holds a generator back
-            score = await asyncio.to_thread(judge.score, item, record, Path(image["path"]))
+            try:
+                score = await asyncio.wait_for(
+                    asyncio.to_thread(judge.score, item, record, Path(image["path"])), timeout=judge_deadline
+                )
+            except TimeoutError:
+                raise RuntimeError(f"the judge gave no complete score within {judge_deadline:g}s") from None
             record["cost"].update(score.pop("cost", {}))
             record["score"], record["scorer"] = score, judge.name
         _write_json(results_dir / f"{name}.json", record)
