@@ -223,3 +223,22 @@ def test_no_criteria_and_failing_verifiers_are_reported_not_passed_off(stubs, tm
     assert values["success"] is False
     assert any("1 verifier calls failed (counted as fails)" in w for w in values["warnings"])
     assert gems_main(["generate", "a cat", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 0
+
+
+def test_a_header_that_is_not_utf8_is_a_4xx_not_a_crash(tmp_path):
+    pytest.importorskip("langserve")
+    from fastapi.testclient import TestClient
+
+    from gems.interfaces.serve import create_app
+
+    app = create_app(GemsSettings(data_dir=tmp_path), api_key="k")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for headers in (
+            {"X-API-Key": b"\xff\xfe"},
+            {"Authorization": b"Bearer \xc3("},
+            {"Cookie": b"gems_session=\xff"},
+        ):
+            assert client.get("/gems/input_schema", headers=headers).status_code == 401
+        thread = {"X-API-Key": "k", "X-Thread-Id": b"caf\xe9"}
+        answer = client.post("/gems/invoke", json={"input": {"prompt": "a cat"}}, headers=thread)
+        assert answer.status_code == 422 and "X-Thread-Id" in answer.text
