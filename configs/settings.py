@@ -146,6 +146,8 @@ class EmbeddingSettings(_Strict):
     base_url: str | None = Field(None, description="openai provider: base URL ending in /v1")
     api_key: SecretStr | None = Field(None, description="openai provider; falls back to OPENAI_API_KEY")
     device: str = Field("cpu", description="local provider: cpu, cuda, mps")
+    timeout_s: float = Field(60.0, gt=0, description="openai provider: wall-clock limit of one request (each try)")
+    max_retries: int = Field(2, ge=0, le=10, description="openai provider: retries of a failed request")
 
 
 class ChromaSettings(_Strict):
@@ -485,3 +487,25 @@ def api_keys_from_env() -> dict[str, str]:
     if single and single not in keys.values():
         keys["default"] = single
     return keys
+
+
+# Settings that cannot change what a run produces: a resumed run may differ in these (a server on a new port).
+_DIGEST_IGNORES = {"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency", "chroma",
+                   "base_url", "url", "headers", "host", "port", "tenant"}  # fmt: skip
+_RUN_OPTIONS = {"max_rounds", "seed", "images_per_round", "human_review"}
+
+
+def _strip_for_digest(data: Any, ignore: set[str]) -> Any:
+    if isinstance(data, dict):
+        return {k: _strip_for_digest(v, ignore) for k, v in data.items() if k not in ignore}
+    return data
+
+
+def settings_digest(settings: GemsSettings, *, without_run_options: bool = False) -> str:
+    """sha256 (16 hex) of the settings that decide what a run produces: models, sizes, loop, memory, skills."""
+    import hashlib
+    import json
+
+    ignore = _DIGEST_IGNORES | (_RUN_OPTIONS if without_run_options else set())
+    text = json.dumps(_strip_for_digest(settings.model_dump(mode="json"), ignore), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
@@ -56,6 +58,9 @@ class LocalEmbeddings(Embeddings):
         return self.embed_documents([text])[0]
 
 
+_calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gems-embed")
+
+
 class EndpointEmbeddings(Embeddings):
     """An OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, vLLM, Ollama, TEI) via `OpenAIEmbeddings`."""
 
@@ -67,13 +72,22 @@ class EndpointEmbeddings(Embeddings):
         key = settings.api_key.get_secret_value() if settings.api_key else os.environ.get("OPENAI_API_KEY", "EMPTY")
         # check_embedding_ctx_length=False: otherwise tiktoken downloads its tables at first use.
         self._client = OpenAIEmbeddings(  # type: ignore[call-arg]  # base_url/api_key are the fields' aliases
-            model=settings.model, base_url=settings.base_url, api_key=SecretStr(key), check_embedding_ctx_length=False
-        )
+            model=settings.model, base_url=settings.base_url, api_key=SecretStr(key), check_embedding_ctx_length=False,
+            request_timeout=settings.timeout_s, max_retries=settings.max_retries,
+        )  # fmt: skip
         self.name = f"openai:{settings.model}"
+        # Per-read timeouts do not bound a server that answers one byte at a time: the whole call has a deadline.
+        self.deadline_s = settings.timeout_s * (settings.max_retries + 1) + 8.0 * settings.max_retries
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        future = _calls.submit(self._client.embed_documents, list(texts))
         try:
-            return self._client.embed_documents(list(texts))
+            return future.result(timeout=self.deadline_s)
+        except FutureTimeout:
+            raise EmbeddingError(
+                f"embedding endpoint {self.name} gave no complete answer within {self.deadline_s:g}s; "
+                "check the server or raise embeddings.timeout_s"
+            ) from None
         except Exception as exc:
             raise EmbeddingError(f"embedding endpoint failed: {type(exc).__name__}: {str(exc)[:160]}") from exc
 

@@ -102,6 +102,7 @@ class GemsState(TypedDict):
     human_review: NotRequired[bool]
     seed: NotRequired[int | None]  # the run's base seed as started; a resume keeps it
     images_per_round: NotRequired[int]
+    config_digest: NotRequired[str]  # what produced the run (settings_digest without run options)
     round: NotRequired[int]
     candidates: NotRequired[list[ImageRef]]
     verdicts: NotRequired[Annotated[list[Verdict], operator.add]]

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gems.configs import GemsSettings
+from gems.memory.journal import calls_made
 
 # Which layers of memory each mode gives the refiner (the paper's ablation rows).
 MODE_LAYERS: dict[str, dict[str, bool]] = {
@@ -80,6 +81,10 @@ def run_result(
         "usage": state.get("usage", {}),
         "timings": state.get("timings", {}),
     }
+    if settings is not None and thread_id:
+        made = calls_made(settings.data_dir, thread_id)
+        if made is not None:  # every call this machine started for the thread, redone ones included
+            report["counts"]["calls_made"] = made
     if settings is not None:
         report["settings"] = {
             "mllm": {"base_url": settings.mllm.base_url, "model": settings.mllm.model},

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableLambda
+from langgraph.config import get_config
 from langgraph.runtime import Runtime, get_runtime
 
-from gems.configs import GeneratorSettings, MLLMSettings
+from gems.configs import GeneratorSettings, MLLMSettings, context_settings
+from gems.memory.journal import record_call
 from gems.nodes.generators import GeneratorError, Rendered, get_generator
 from gems.nodes.mllm import MLLMError, Reply, get_mllm
 
@@ -158,12 +160,40 @@ async def _run_async(call: Call) -> Any:
         raise overdue from None
 
 
-def drive(steps: Steps) -> dict[str, Any]:
+Journal = Callable[[Call], None]
+
+
+def _journal_entry(call: Call) -> tuple[str, int] | None:
+    if isinstance(call, Ask | Converse):
+        return "mllm", 1
+    if isinstance(call, Render):
+        return "generator", len(call.seeds)
+    return None
+
+
+def _journal_for(runtime: Runtime[Any]) -> Journal | None:
+    """Append each endpoint call to the thread's journal before it goes out (see memory/journal.py)."""
+    thread_id = (get_config().get("configurable") or {}).get("thread_id")
+    if not thread_id:
+        return None
+    data_dir = context_settings(runtime.context).data_dir
+
+    def journal(call: Call) -> None:
+        entry = _journal_entry(call)
+        if entry is not None:
+            record_call(data_dir, str(thread_id), *entry)
+
+    return journal
+
+
+def drive(steps: Steps, journal: Journal | None = None) -> dict[str, Any]:
     """Run a node's steps with blocking calls; returns the node's state update."""
     try:
         call = next(steps)
         while True:
             try:
+                if journal is not None:
+                    journal(call)
                 result = _run_sync(call)
             except Exception as exc:
                 call = steps.throw(exc)
@@ -173,12 +203,14 @@ def drive(steps: Steps) -> dict[str, Any]:
         return stop.value
 
 
-async def adrive(steps: Steps) -> dict[str, Any]:
+async def adrive(steps: Steps, journal: Journal | None = None) -> dict[str, Any]:
     """Run a node's steps with awaited calls; returns the node's state update."""
     try:
         call = next(steps)
         while True:
             try:
+                if journal is not None and _journal_entry(call) is not None:
+                    await asyncio.to_thread(journal, call)  # a file append: off the event loop
                 result = await _run_async(call)
             except Exception as exc:
                 call = steps.throw(exc)
@@ -192,10 +224,12 @@ def node(steps: Callable[[Any, Runtime[Any]], Steps], name: str | None = None) -
     """The graph node for a steps function `(state, runtime) -> Steps`: sync under invoke, async under ainvoke."""
 
     def run_sync(state: Any) -> dict[str, Any]:
-        return drive(steps(state, get_runtime()))
+        runtime = get_runtime()
+        return drive(steps(state, runtime), _journal_for(runtime))
 
     async def run_async(state: Any) -> dict[str, Any]:
-        return await adrive(steps(state, get_runtime()))
+        runtime = get_runtime()
+        return await adrive(steps(state, runtime), _journal_for(runtime))
 
     label = name or steps.__name__.removesuffix("_steps")
     run_sync.__name__ = run_async.__name__ = label

@@ -58,7 +58,10 @@ def test_generate_writes_final_image_and_trajectory(mllm_server, gen_server, tmp
     assert trajectory["success"] is True and trajectory["criteria"] == CRITERIA
     assert [r["failed"] for r in trajectory["rounds"]] == [["Is the cat red?"], []]
     assert trajectory["rounds"][0]["experience"] and trajectory["rounds"][1]["prompt"] == "refined prompt 1"
-    assert trajectory["counts"] == {"mllm_calls": 10, "generator_calls": 2, "rounds": 2}
+    assert trajectory["counts"] == {
+        "mllm_calls": 10, "generator_calls": 2, "rounds": 2,
+        "calls_made": {"mllm_calls": 10, "generator_calls": 2},  # nothing redone: the journal agrees with state
+    }  # fmt: skip
     assert trajectory["timings"]["wall_s"] > 0 and "generate" in trajectory["timings"]
     assert Image.open(out / "final.png").size == (32, 32)
     assert trajectory["final"]["image"]["sha256"] == trajectory["rounds"][1]["image"]["sha256"]
@@ -110,6 +113,9 @@ def test_resume_after_kill_redoes_no_completed_round(mllm_server, gen_server, tm
     assert script.calls["verify"] == 9
     trajectory = json.loads((out / "trajectory.json").read_text())
     assert trajectory["success"] is True and len(trajectory["rounds"]) == 3
+    # State counts finished work (3 generations); the journal counts the interrupted one too.
+    assert trajectory["counts"]["generator_calls"] == 3
+    assert trajectory["counts"]["calls_made"] == {"mllm_calls": 15, "generator_calls": 4}
     assert store.count() == 1 and store.list()[0].id == trajectory["lesson_id"]
     # Resuming a finished thread just rewrites the outputs.
     again = gems("generate", "--resume", "k1", "--config", str(cfg), "--out", str(tmp_path / "out2"))
@@ -139,6 +145,12 @@ def test_resume_runs_as_started_and_never_twice_at_once(mllm_server, gen_server,
     assert result.returncode == 0, result.stderr
     trajectory = json.loads((tmp_path / "o" / "trajectory.json").read_text())
     assert len(trajectory["rounds"]) == 2 and gen.seeds == ["7", "8", "8"]
+    assert "started with other models" not in result.stderr
+    # The same thread resumed with another model: it says so (endpoints and keys may change silently).
+    other = write_config(tmp_path / "other.yaml", mllm.base_url, gen.url)
+    other.write_text(other.read_text().replace("stub-vlm", "another-vlm"))
+    again = gems("generate", "--resume", "k2", "--config", str(other), "--out", str(tmp_path / "o2"))
+    assert again.returncode == 0 and "was started with other models or loop settings" in again.stderr
 
 
 def test_existing_thread_needs_resume(mllm_server, gen_server, tmp_path):

@@ -242,3 +242,19 @@ def test_a_header_that_is_not_utf8_is_a_4xx_not_a_crash(tmp_path):
         thread = {"X-API-Key": "k", "X-Thread-Id": b"caf\xe9"}
         answer = client.post("/gems/invoke", json={"input": {"prompt": "a cat"}}, headers=thread)
         assert answer.status_code == 422 and "X-Thread-Id" in answer.text
+
+
+def test_a_dripping_embedding_endpoint_is_bounded_too():
+    from gems.configs import EmbeddingSettings
+    from gems.memory.embeddings import EmbeddingError, EndpointEmbeddings
+
+    drip = Drip()
+    try:
+        settings = EmbeddingSettings(provider="openai", model="e", base_url=drip.url, api_key="k", timeout_s=1,
+                                     max_retries=0)  # fmt: skip
+        started = time.monotonic()
+        with pytest.raises(EmbeddingError, match=r"no complete answer within 1s"):
+            EndpointEmbeddings(settings).embed_documents(["a cat"])
+        assert time.monotonic() - started < 4
+    finally:
+        drip.close()

@@ -18,6 +18,7 @@ import click
 from filelock import FileLock, Timeout
 
 from gems.configs import UsageError, load_settings
+from gems.configs.settings import settings_digest
 from gems.graph import build_graph, continuation, run_config
 from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short
 from gems.interfaces.pages import run_page
@@ -190,6 +191,11 @@ def generate(
                 raise UsageError(f"thread {thread_id} was started with a different prompt; drop the prompt to resume")
             pending, run_input = continuation(existing, existing.values.get("prompt") or "")
             say(f"resuming thread {thread_id}: {short(existing.values.get('prompt'))}")
+            started_with = existing.values.get("config_digest")
+            if started_with and started_with != settings_digest(settings, without_run_options=True):
+                # Endpoints, keys and timeouts may move; models, sizes and loop settings should not.
+                say(f"warning    thread {thread_id} was started with other models or loop settings; "
+                    f"the rest of it runs with this config")  # fmt: skip
         else:
             if existing.values:
                 raise UsageError(f"thread {thread_id} already exists; continue it with --resume {thread_id}")
