@@ -27,6 +27,7 @@ from gems.nodes.mllm import MLLMError, Reply, get_mllm
 
 # Sync calls with a deadline run here, so a server that answers one byte at a time cannot hold a run forever.
 _sync_calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="gems-call")
+_journal_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gems-journal")
 _BACKOFF_S = 8.0  # the most one retry waits (tenacity's and the openai client's backoff caps)
 
 
@@ -210,7 +211,9 @@ async def adrive(steps: Steps, journal: Journal | None = None) -> dict[str, Any]
         while True:
             try:
                 if journal is not None and _journal_entry(call) is not None:
-                    await asyncio.to_thread(journal, call)  # a file append: off the event loop
+                    # A file append, off the event loop on a writer of its own (the default executor is shared
+                    # with every Blocking step, and would make hundreds of runs queue for a few microseconds each).
+                    await asyncio.get_running_loop().run_in_executor(_journal_writer, journal, call)
                 result = await _run_async(call)
             except Exception as exc:
                 call = steps.throw(exc)

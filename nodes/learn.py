@@ -11,7 +11,7 @@ from gems.configs import GemsSettings, context_settings
 from gems.memory.experiences import ExperienceStore, lesson_from_state
 from gems.memory.state import GemsState
 from gems.nodes.calls import Blocking, Steps, node
-from gems.nodes.runtime import timed
+from gems.nodes.runtime import lesson_settings, timed
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def learn_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     Returns:
         `lesson_id` (or a `warnings` entry), nothing when lessons are off or there was nothing to learn.
     """
-    settings = context_settings(runtime.context)
+    settings = lesson_settings(context_settings(runtime.context))
     if not settings.memory.lessons:
         return {}
     thread_id = str((get_config().get("configurable") or {}).get("thread_id") or "")

@@ -35,7 +35,7 @@ from gems.nodes.prompts.plan import (
     THOUGHT_ORIGINAL,
     THOUGHT_WITH_SKILL,
 )
-from gems.nodes.runtime import timed, usage_update
+from gems.nodes.runtime import lesson_settings, timed, usage_update
 from gems.skills import Skill, registry_for
 from gems.skills.retrieval import get_index
 from gems.skills.tools import SKILL_TOOLS, loaded_skills
@@ -125,7 +125,7 @@ def plan_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     Returns:
         New `messages` while the planner is calling tools; otherwise what `prepare` needs.
     """
-    settings = context_settings(runtime.context)
+    settings = lesson_settings(context_settings(runtime.context))
     timings: dict[str, float] = {}
     messages = list(state.get("messages") or [])
     update: dict[str, Any] = {}

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from langgraph.config import get_config
+
 from gems.configs import GemsSettings
 from gems.memory.artifacts import ArtifactStore
+
+
+def lesson_settings(settings: GemsSettings) -> GemsSettings:
+    """Settings whose lessons are the caller's own: under the Agent Server with keys, the caller's key name is the
+    tenant (`gems serve` sets `memory.tenant` itself); local use (`anonymous`) and the single shared key do not."""
+    try:
+        caller = (get_config().get("configurable") or {}).get("langgraph_auth_user_id")
+    except RuntimeError:  # outside a graph run
+        return settings
+    if settings.memory.tenant or not caller or caller in ("anonymous", "default"):
+        return settings
+    tenant = re.sub(r"[^A-Za-z0-9_.-]", "_", str(caller))[:64]
+    return settings.model_copy(update={"memory": settings.memory.model_copy(update={"tenant": tenant})})
 
 
 def artifact_store(settings: GemsSettings) -> ArtifactStore:

@@ -201,3 +201,22 @@ def test_langgraph_dev_needs_a_key_and_keeps_each_callers_threads_apart(studio):
     with pytest.raises(Exception, match=r"not found|40[34]"):
         bob.runs.wait(thread["thread_id"], "gems", input={"prompt": "bob's prompt"})
     assert len(gen.prompts) == 1  # bob's run never started
+
+
+@pytest.mark.parametrize("studio", [{"keys": "alice:key-a,bob:key-b", "lessons": True}], indirect=True)
+def test_langgraph_dev_keeps_each_callers_lessons_apart(studio):
+    from langgraph_sdk import get_sync_client
+
+    url, _, _, _ = studio
+    alice = get_sync_client(url=url, api_key=None, headers={"X-API-Key": "key-a"})
+    bob = get_sync_client(url=url, api_key=None, headers={"X-API-Key": "key-b"})
+    one_round = {"loop": {"max_rounds": 1}}
+
+    def run(client, prompt: str) -> dict:
+        thread = client.threads.create()
+        client.runs.wait(thread["thread_id"], "gems", input={"prompt": prompt}, context=one_round)
+        return client.threads.get_state(thread["thread_id"])["values"]
+
+    assert run(alice, "alice secret: a portrait of my passport")["lesson_id"]
+    assert run(bob, "alice secret: a portrait of my passport")["lessons"] == []  # the same prompt, another tenant
+    assert run(alice, "alice secret: a portrait of my passport")["lessons"]  # her own lesson comes back
