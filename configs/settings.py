@@ -7,6 +7,8 @@ pass run options the same way. Every field has a default; unknown keys are error
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -471,6 +473,25 @@ def context_settings(context: Any) -> GemsSettings:
     return settings_from_env()
 
 
+KEY_HELP = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+
+
+def offered_key(headers: Mapping[str, str]) -> str:
+    """The key a request offers: `X-API-Key`, else an `Authorization: Bearer` token (header names lower-case)."""
+    auth = headers.get("authorization") or ""
+    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    return headers.get("x-api-key") or bearer
+
+
+def key_name(keys: Mapping[str, str], offered: str) -> str | None:
+    """The name of the key `offered` matches, compared in constant time against every key; None for no match."""
+    found = None
+    for name, key in keys.items():
+        if offered and hmac.compare_digest(offered.encode(), key.encode()):
+            found = name
+    return found
+
+
 def api_keys_from_env() -> dict[str, str]:
     """`GEMS_API_KEYS` (`name:key,name:key`) or `GEMS_API_KEY` (one key named `default`); empty: no auth.
 
@@ -489,23 +510,20 @@ def api_keys_from_env() -> dict[str, str]:
     return keys
 
 
-# Settings that cannot change what a run produces: a resumed run may differ in these (a server on a new port).
-_DIGEST_IGNORES = {"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency", "chroma",
-                   "base_url", "url", "headers", "host", "port", "tenant"}  # fmt: skip
-_RUN_OPTIONS = {"max_rounds", "seed", "images_per_round", "human_review"}
+# What a resumed run may change (a server on a new port, a new key or timeout) and still be the run it was.
+RESUME_IGNORES = frozenset({"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency",
+                            "chroma", "base_url", "url", "headers", "host", "port", "tenant"})  # fmt: skip
+RUN_OPTIONS = frozenset({"max_rounds", "seed", "images_per_round", "human_review"})
 
 
-def _strip_for_digest(data: Any, ignore: set[str]) -> Any:
+def strip_keys(data: Any, ignore: frozenset[str]) -> Any:
+    """`data` (nested dicts) without the keys in `ignore`, at any depth."""
     if isinstance(data, dict):
-        return {k: _strip_for_digest(v, ignore) for k, v in data.items() if k not in ignore}
+        return {k: strip_keys(v, ignore) for k, v in data.items() if k not in ignore}
     return data
 
 
-def settings_digest(settings: GemsSettings, *, without_run_options: bool = False) -> str:
-    """sha256 (16 hex) of the settings that decide what a run produces: models, sizes, loop, memory, skills."""
-    import hashlib
-    import json
-
-    ignore = _DIGEST_IGNORES | (_RUN_OPTIONS if without_run_options else set())
-    text = json.dumps(_strip_for_digest(settings.model_dump(mode="json"), ignore), sort_keys=True)
+def settings_digest(settings: GemsSettings, ignore: frozenset[str] = RESUME_IGNORES) -> str:
+    """sha256 (16 hex) of the settings left after dropping `ignore`d keys: what decides the images a run makes."""
+    text = json.dumps(strip_keys(settings.model_dump(mode="json"), ignore), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from langgraph_sdk import Auth
 
 from gems.configs import RunOptions
-from gems.configs.settings import api_keys_from_env
+from gems.configs.settings import KEY_HELP, api_keys_from_env, key_name, offered_key
 
 auth = Auth()
 # Keys LangGraph itself puts into a run's configurable; everything else in a context is the client's.
@@ -25,25 +24,16 @@ _SERVER_KEYS = {"thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map",
                 "user_id", "cron_id"}  # fmt: skip
 
 
-def _offered(headers: dict[bytes, bytes]) -> str:
-    decoded = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers.items()}
-    auth_header = decoded.get("authorization", "")
-    bearer = auth_header[7:].strip() if auth_header.lower().startswith("bearer ") else ""
-    return decoded.get("x-api-key") or bearer
-
-
 @auth.authenticate
 async def authenticate(headers: dict[bytes, bytes]) -> str:
     keys = api_keys_from_env()
     if not keys:
         return "anonymous"
-    offered = _offered(headers)
-    for name, key in keys.items():
-        if offered and hmac.compare_digest(offered.encode(), key.encode()):
-            return name
-    raise Auth.exceptions.HTTPException(
-        status_code=401, detail="missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-    )
+    decoded = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers.items()}
+    name = key_name(keys, offered_key(decoded))
+    if name is None:
+        raise Auth.exceptions.HTTPException(status_code=401, detail=KEY_HELP)
+    return name
 
 
 def refuse_other_options(context: Any) -> None:

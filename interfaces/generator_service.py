@@ -12,7 +12,6 @@ adds up what every replica did. Ray places, restarts and scales the replicas; no
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime through Serve's ingress.
 import asyncio
 import base64
-import hmac
 import os
 import random
 import time
@@ -27,6 +26,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from gems.configs import ConfigError, GeneratorSettings
+from gems.configs.settings import KEY_HELP, key_name, offered_key
 from gems.nodes.generators import GeneratorError, effective_settings
 from gems.nodes.generators.diffusers_backend import DiffusersGenerator  # torch and diffusers load on first use
 
@@ -205,16 +205,8 @@ class Gateway:
     def _check_key(self, request: Request) -> None:
         if not self.api_key:
             return
-        offered = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if auth.lower().startswith("bearer "):
-            offered = offered or auth[7:].strip()
-        if not (offered and hmac.compare_digest(offered.encode(), self.api_key.encode())):
-            raise HTTPException(
-                401,
-                "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                headers={"www-authenticate": "Bearer"},
-            )
+        if key_name({"default": self.api_key}, offered_key(request.headers)) is None:
+            raise HTTPException(401, KEY_HELP, headers={"www-authenticate": "Bearer"})
 
     async def _render(self, job: _Job) -> dict[str, Any]:
         self.in_flight += 1

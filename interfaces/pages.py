@@ -6,7 +6,9 @@ A page is self-contained (inline CSS, no scripts, no network); where its images 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -30,6 +32,21 @@ def cost_line(cost: dict[str, Any]) -> str:
         f"{n('image_parts')} images sent) · {n('generator_calls')} generations "
         f"({cost.get('generator_busy_s', 0):.2f}s busy){judge} · {cost.get('wall_s', 0):.2f}s wall"
     )
+
+
+def copied_beside(folder: Path) -> Callable[[dict[str, Any]], str]:
+    """`src_for` for a page in `folder`: each image is copied once into `folder/images/<sha256>.png`, linked relatively,
+    so the folder opens anywhere, offline."""
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+
+    def src_for(image: dict[str, Any]) -> str:
+        name = f"{image.get('sha256', 'missing')}.png"
+        if image.get("path") and Path(image["path"]).is_file() and not (images / name).exists():
+            shutil.copyfile(image["path"], images / name)
+        return f"images/{name}"
+
+    return src_for
 
 
 def gallery_item(record: dict[str, Any], line: str, src_for: Callable[[dict[str, Any]], str]) -> dict[str, Any]:

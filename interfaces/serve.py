@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import hmac
 import json
 import re
 import secrets
@@ -30,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from gems.configs import ConfigError, GemsSettings, load_settings
-from gems.configs.settings import api_keys_from_env
+from gems.configs.settings import KEY_HELP, api_keys_from_env, key_name, offered_key
 from gems.graph.builder import build_graph, continuation, run_config
 from gems.interfaces.pages import run_page
 from gems.memory.artifacts import ArtifactError, ArtifactStore
@@ -159,16 +158,17 @@ class GemsService(Runnable[dict, dict]):
         return result
 
     @staticmethod
-    def _check_same_prompt(snapshot: Any, prompt: str) -> None:
+    def _continuation(snapshot: Any, prompt: str) -> tuple[bool, dict[str, str] | None]:
+        """`continuation` for this thread, after checking that it is this prompt's (else 409)."""
         known = (snapshot.values or {}).get("prompt")
         if known is not None and known != prompt:
             raise ThreadConflict("this thread id belongs to a run with another prompt; use a new X-Thread-Id")
+        return continuation(snapshot, prompt)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         settings, run_cfg, prompt = self._prepare(input, config)
         snapshot = self.graph.get_state(run_cfg)
-        self._check_same_prompt(snapshot, prompt)
-        pending, run_input = continuation(snapshot, prompt)
+        pending, run_input = self._continuation(snapshot, prompt)
         if pending:
             self.graph.invoke(run_input, run_cfg, context=settings)
         return self._public(self.graph.get_state(run_cfg).values, run_cfg)
@@ -176,8 +176,7 @@ class GemsService(Runnable[dict, dict]):
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         settings, run_cfg, prompt = self._prepare(input, config)
         snapshot = await self.graph.aget_state(run_cfg)
-        self._check_same_prompt(snapshot, prompt)
-        pending, run_input = continuation(snapshot, prompt)
+        pending, run_input = self._continuation(snapshot, prompt)
         if pending:
             async with self._slot():
                 await self.graph.ainvoke(run_input, run_cfg, context=settings)
@@ -214,8 +213,7 @@ class GemsService(Runnable[dict, dict]):
         payload = [item async for item in inputs][-1]
         settings, run_cfg, prompt = self._prepare(payload, config)
         snapshot = await self.graph.aget_state(run_cfg)
-        self._check_same_prompt(snapshot, prompt)
-        pending, run_input = continuation(snapshot, prompt)
+        pending, run_input = self._continuation(snapshot, prompt)
         if pending:
             async with self._slot():
                 async for chunk in _isolated(
@@ -303,20 +301,10 @@ class _Guard:
         self.sessions: dict[str, tuple[str, float]] = {}  # token -> (key name, expiry); lost on restart: sign in again
 
     async def _reply(self, send: Any, status: int, message: str, headers: list | None = None) -> None:
-        import json
-
         body = json.dumps({"detail": message}).encode()
         head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
         await send({"type": "http.response.body", "body": body})
-
-    def key_name(self, offered: str) -> str | None:
-        """The name of the key `offered` matches (compared in constant time), or None."""
-        found = None
-        for name, key in self.keys.items():
-            if offered and hmac.compare_digest(offered.encode(), key.encode()):
-                found = name
-        return found
 
     def new_session(self, name: str) -> str:
         now = time.time()
@@ -328,12 +316,9 @@ class _Guard:
     def _caller(self, scope: dict[str, Any]) -> str | None:
         """The name of the caller's key (from a header or a session), or None."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        offered = headers.get("x-api-key") or ""
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            offered = offered or auth[7:].strip()
+        offered = offered_key(headers)
         if offered:
-            return self.key_name(offered)
+            return key_name(self.keys, offered)
         cookies = SimpleCookie()
         with contextlib.suppress(CookieError):
             cookies.load(headers.get("cookie", ""))
@@ -357,11 +342,7 @@ class _Guard:
                 await send({"type": "http.response.start", "status": 303, "headers": head})
                 await send({"type": "http.response.body", "body": b""})
                 return
-            await self._reply(
-                send, 401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>', "
-                "or sign in at /signin",
-                [(b"www-authenticate", b"Bearer")],
-            )  # fmt: skip
+            await self._reply(send, 401, f"{KEY_HELP}, or sign in at /signin", [(b"www-authenticate", b"Bearer")])
             return
         if scope.get("method") == "POST" and path.startswith("/gems/"):
             body, problem = await _read_json_body(receive)
@@ -506,7 +487,7 @@ def create_app(
             return HTMLResponse(SIGNIN_PAGE.format(message="" if keys else "<p>This server needs no key.</p>"))
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         guard: _Guard = request.scope["state"]["guard"]
-        name = guard.key_name((form.get("key") or [""])[0])
+        name = key_name(guard.keys, (form.get("key") or [""])[0])
         if name is None:
             return HTMLResponse(SIGNIN_PAGE.format(message='<p class="error">Wrong key.</p>'), status_code=401)
         response = RedirectResponse("/gems/playground/", status_code=303)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableLambda
@@ -161,10 +163,11 @@ async def _run_async(call: Call) -> Any:
         raise overdue from None
 
 
-Journal = Callable[[Call], None]
+Journal = Callable[[str, int], None]
 
 
 def _journal_entry(call: Call) -> tuple[str, int] | None:
+    """What a call adds to the thread's journal: (`mllm`, 1) or (`generator`, images); nothing for Blocking work."""
     if isinstance(call, Ask | Converse):
         return "mllm", 1
     if isinstance(call, Render):
@@ -177,12 +180,13 @@ def _journal_for(runtime: Runtime[Any]) -> Journal | None:
     thread_id = (get_config().get("configurable") or {}).get("thread_id")
     if not thread_id:
         return None
-    data_dir = context_settings(runtime.context).data_dir
 
-    def journal(call: Call) -> None:
-        entry = _journal_entry(call)
-        if entry is not None:
-            record_call(data_dir, str(thread_id), *entry)
+    @functools.cache  # resolved on the first call only: most node runs make none or one
+    def data_dir() -> Path:
+        return context_settings(runtime.context).data_dir
+
+    def journal(kind: str, count: int) -> None:
+        record_call(data_dir(), str(thread_id), kind, count)
 
     return journal
 
@@ -193,8 +197,9 @@ def drive(steps: Steps, journal: Journal | None = None) -> dict[str, Any]:
         call = next(steps)
         while True:
             try:
-                if journal is not None:
-                    journal(call)
+                entry = _journal_entry(call)
+                if journal is not None and entry is not None:
+                    journal(*entry)
                 result = _run_sync(call)
             except Exception as exc:
                 call = steps.throw(exc)
@@ -210,10 +215,11 @@ async def adrive(steps: Steps, journal: Journal | None = None) -> dict[str, Any]
         call = next(steps)
         while True:
             try:
-                if journal is not None and _journal_entry(call) is not None:
+                entry = _journal_entry(call)
+                if journal is not None and entry is not None:
                     # A file append, off the event loop on a writer of its own (the default executor is shared
                     # with every Blocking step, and would make hundreds of runs queue for a few microseconds each).
-                    await asyncio.get_running_loop().run_in_executor(_journal_writer, journal, call)
+                    await asyncio.get_running_loop().run_in_executor(_journal_writer, journal, *entry)
                 result = await _run_async(call)
             except Exception as exc:
                 call = steps.throw(exc)

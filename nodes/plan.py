@@ -17,7 +17,7 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
 from gems.configs import GemsSettings, context_settings
-from gems.configs.settings import settings_digest
+from gems.configs.settings import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.memory.embeddings import get_embeddings
 from gems.memory.experiences import ExperienceStore
 from gems.memory.state import GemsState
@@ -149,7 +149,7 @@ def plan_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
                 "human_review": settings.loop.human_review,
                 "seed": settings.loop.seed,
                 "images_per_round": settings.loop.images_per_round,
-                "config_digest": settings_digest(settings, without_run_options=True),
+                "config_digest": settings_digest(settings, RESUME_IGNORES | RUN_OPTIONS),
             }
             if warnings:
                 update["warnings"] = warnings

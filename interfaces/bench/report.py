@@ -7,13 +7,12 @@ labelled "self-check (not the benchmark's metric)", or no score at all (export a
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from gems.interfaces.bench.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
-from gems.interfaces.pages import Table, cost_line, gallery_item, render_gallery
+from gems.interfaces.pages import Table, copied_beside, cost_line, gallery_item, render_gallery
 
 # Additive costs: their total is meaningful. Per-prompt `wall_s` overlaps under concurrency, so only its mean is
 # shown; the run's real elapsed time is the summary's `wall_s`.
@@ -232,8 +231,6 @@ def _record_score(record: dict[str, Any]) -> str:
 
 def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Path) -> str:
     """A gallery: every prompt with every round's image, criteria ticks and experiences; images copied alongside."""
-    images = out / "images"
-    images.mkdir(exist_ok=True)
     check = summary["self_check"]
     intro = [
         headline(summary),
@@ -244,12 +241,7 @@ def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Pat
         f"per prompt: {cost_line(summary['cost_per_prompt'])}",
     ]
 
-    def src_for(image: dict[str, Any]) -> str:
-        name = f"{image.get('sha256', 'missing')}.png"
-        if image.get("path") and Path(image["path"]).exists() and not (images / name).exists():
-            shutil.copyfile(image["path"], images / name)
-        return f"images/{name}"
-
+    src_for = copied_beside(out)
     items = []
     for record in records:
         skill = f"skill {record['skill']}" if record.get("skill") else "no skill"

@@ -11,7 +11,6 @@ continues each unfinished prompt from its last checkpoint.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -27,6 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from gems.configs import ConfigError, GemsSettings
+from gems.configs.settings import settings_digest, strip_keys
 from gems.graph.builder import build_graph
 from gems.interfaces.bench.datasets import BenchPrompt, load_prompts, stratified_sample
 from gems.interfaces.bench.methods import arun_method, method_settings
@@ -36,7 +36,9 @@ from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 
 # Settings that cannot change what a run produces: they may differ between a run and its continuation.
-_DIGEST_IGNORES = {"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency", "chroma"}
+# A bench run is tied to its endpoints too: only these may differ between a run and its continuation.
+BENCH_IGNORES = frozenset({"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency",
+                           "chroma"})  # fmt: skip
 _RUN_ARTIFACTS = ("results", "checkpoints.sqlite", "checkpoints.sqlite-wal", "checkpoints.sqlite-shm", "lessons",
                   "images", "summary.json", "report.md", "report.html", "run.json")  # fmt: skip
 SAMPLE_SEED_STRIDE = 1000  # sample k of a prompt starts at base seed + k * 1000, clear of its rounds' seeds
@@ -61,16 +63,9 @@ def _now() -> str:
 # ---- what a run is: identity, provenance ----
 
 
-def _strip(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _strip(v) for k, v in data.items() if k not in _DIGEST_IGNORES}
-    return data
-
-
 def config_digest(settings: GemsSettings) -> str:
     """sha256 of the settings that decide what a run produces (endpoints, models, loop, memory, skills, judge)."""
-    text = json.dumps(_strip(settings.model_dump(mode="json")), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return settings_digest(settings, BENCH_IGNORES)
 
 
 def _git_commit() -> str | None:
@@ -112,7 +107,9 @@ def _check_same_run(out: Path, previous: dict[str, Any], current: dict[str, Any]
         if previous.get(key) != current[key]:
             raise BenchMismatch(f"{out} holds a run with {key}={previous.get(key)}, not {current[key]}; {fix}")
     if previous.get("config_digest") != current["config_digest"]:
-        keys = _differences(_strip(previous.get("config") or {}), _strip(current["config"]))
+        keys = _differences(
+            strip_keys(previous.get("config") or {}, BENCH_IGNORES), strip_keys(current["config"], BENCH_IGNORES)
+        )
         what = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "") if keys else "the config"
         raise BenchMismatch(f"{out} holds a run made with another config ({what} differ); {fix}")
 

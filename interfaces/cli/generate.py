@@ -18,11 +18,11 @@ import click
 from filelock import FileLock, Timeout
 
 from gems.configs import UsageError, load_settings
-from gems.configs.settings import settings_digest
+from gems.configs.settings import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.graph import build_graph, continuation, run_config
 from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short
-from gems.interfaces.pages import run_page
-from gems.memory.artifacts import ArtifactError, ArtifactStore
+from gems.interfaces.pages import copied_beside, run_page
+from gems.memory.artifacts import ArtifactStore
 from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 from gems.memory.trajectory import run_result
@@ -104,19 +104,8 @@ def _write_outputs(out_dir: Path, values: dict[str, Any], trajectory: dict[str, 
     if image.get("sha256"):
         shutil.copyfile(ArtifactStore(store_root).path_for(image["sha256"]), final_png)
     (out_dir / "trajectory.json").write_text(json.dumps(trajectory, indent=2, ensure_ascii=False) + "\n")
-    # A page to look at: every round's image beside it in images/, so the folder opens anywhere, offline.
-    images = out_dir / "images"
-    images.mkdir(exist_ok=True)
-    store = ArtifactStore(store_root)
-
-    def src_for(image: dict[str, Any]) -> str:
-        name = f"{image.get('sha256', 'missing')}.png"
-        if image.get("sha256") and not (images / name).exists():
-            with contextlib.suppress(ArtifactError, OSError):
-                shutil.copyfile(store.path_for(image["sha256"]), images / name)
-        return f"images/{name}"
-
-    (out_dir / "index.html").write_text(run_page(trajectory, src_for), encoding="utf-8")
+    # A page to look at, its images beside it.
+    (out_dir / "index.html").write_text(run_page(trajectory, copied_beside(out_dir)), encoding="utf-8")
     return final_png
 
 
@@ -192,7 +181,7 @@ def generate(
             pending, run_input = continuation(existing, existing.values.get("prompt") or "")
             say(f"resuming thread {thread_id}: {short(existing.values.get('prompt'))}")
             started_with = existing.values.get("config_digest")
-            if started_with and started_with != settings_digest(settings, without_run_options=True):
+            if started_with and started_with != settings_digest(settings, RESUME_IGNORES | RUN_OPTIONS):
                 # Endpoints, keys and timeouts may move; models, sizes and loop settings should not.
                 say(f"warning    thread {thread_id} was started with other models or loop settings; "
                     f"the rest of it runs with this config")  # fmt: skip
