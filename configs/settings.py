@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from gems.configs.errors import ConfigError
 
@@ -68,15 +68,12 @@ class JudgeSettings(MLLMSettings):
 
 
 GeneratorBackend = Literal["diffusers", "http", "openai"]
+EditorBackend = Literal["none", "diffusers", "openai", "generator"]
 
 
-class GeneratorSettings(_Strict):
-    """Which text-to-image backend renders, and with what parameters."""
+class ImageModelSettings(_Strict):
+    """What a generator and an editor share: the model, where it runs, and how it samples."""
 
-    backend: GeneratorBackend = "diffusers"
-    preset: str | None = Field(
-        "z-image-turbo", description="diffusers defaults: z-image-turbo, qwen-image-2512, sd-turbo (CPU)"
-    )
     model: str | None = Field(None, description="diffusers: hub id or local folder; openai: model name")
     url: str | None = Field(None, description="http: generator URL; openai: base URL ending in /v1")
     api_key: SecretStr | None = Field(None, description="openai backend; falls back to OPENAI_API_KEY")
@@ -92,10 +89,34 @@ class GeneratorSettings(_Strict):
     timeout_s: float = Field(600.0, gt=0, description="wall-clock limit of one remote image request (each retry anew)")
     max_retries: int = Field(2, ge=0, le=10, description="retries on 5xx/timeouts for remote backends")
 
+
+class GeneratorSettings(ImageModelSettings):
+    """Which text-to-image backend renders, and with what parameters."""
+
+    backend: GeneratorBackend = "diffusers"
+    preset: str | None = Field(
+        "z-image-turbo", description="diffusers defaults: z-image-turbo, qwen-image-2512, sd-turbo (CPU)"
+    )
+
     @property
     def model_label(self) -> str:
         """What produced the images, for lessons and reports: the model id, else the preset name."""
         return self.model or self.preset or ""
+
+
+class EditorSettings(ImageModelSettings):
+    """The image editor for `loop.refine_mode: edit | auto`: it changes an earlier image by an instruction.
+
+    `generator` edits with the generator's own backend (a diffusers pipeline that takes an input image, or the
+    generator's OpenAI-compatible server at `/v1/images/edits`); fields set here override the generator's.
+    """
+
+    backend: EditorBackend = Field("none", description="none, diffusers, openai (/v1/images/edits) or generator")
+    preset: str | None = Field(None, description="diffusers defaults: qwen-image-edit-2511, flux-kontext")
+
+
+RefineMode = Literal["regenerate", "edit", "auto"]
+NO_EDITOR = "loop.refine_mode {mode} needs an editor: set editor.backend to diffusers, openai or generator"
 
 
 class LoopSettings(_Strict):
@@ -114,6 +135,14 @@ class LoopSettings(_Strict):
     seed: int | None = Field(None, description="base seed; round r candidate c uses seed+(r-1)*n+c")
     human_review: bool = Field(
         False, description="pause before the first generation so a person can edit the criteria or first prompt"
+    )
+    refine_mode: RefineMode = Field(
+        "regenerate",
+        description="regenerate: a new prompt every round (paper); edit: edit an earlier image by an instruction "
+        "that names what failed; auto: the refiner chooses per round (needs an editor)",
+    )
+    edit_base: Literal["best", "last"] = Field(
+        "best", description="the image an edit starts from: the best round so far, or the last one"
     )
 
 
@@ -211,6 +240,7 @@ class GemsSettings(_Strict):
     data_dir: Path = Field(default_factory=_default_data_dir, description="checkpoints, artifacts, stores")
     mllm: MLLMSettings = Field(default_factory=MLLMSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    editor: EditorSettings = Field(default_factory=EditorSettings)
     loop: LoopSettings = Field(default_factory=LoopSettings)
     skills: SkillSettings = Field(default_factory=SkillSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
@@ -226,6 +256,12 @@ class GemsSettings(_Strict):
         if value.exists() and not value.is_dir():
             raise ValueError(f"{value} is a file, not a folder; point data_dir (GEMS_DATA_DIR) at a folder")
         return value
+
+    @model_validator(mode="after")
+    def _editor_when_editing(self) -> GemsSettings:
+        if self.loop.refine_mode != "regenerate" and self.editor.backend == "none":
+            raise ValueError(NO_EDITOR.format(mode=self.loop.refine_mode))
+        return self
 
     @property
     def artifacts_dir(self) -> Path:
@@ -287,6 +323,8 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
+        elif item["type"] == "value_error" and not item["loc"]:  # a check across sections says it all itself
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
         else:
             parts.append(f"{loc}: {item['msg']}")
     return f"invalid config {source}: " + "; ".join(parts)
@@ -426,6 +464,7 @@ class _RunLoop(_Strict):
     seed: int | None = Field(None, ge=0, lt=2**63, description="base seed for reproducible generations")
     images_per_round: int | None = Field(None, ge=1, le=16, description="candidates per round")
     human_review: bool | None = Field(None, description="pause before the first generation for review")
+    refine_mode: RefineMode | None = Field(None, description="regenerate, edit or auto (edit and auto need an editor)")
 
 
 class _RunMemory(_Strict):
@@ -448,13 +487,20 @@ class RunOptions(_Strict):
     skills: _RunSkills = Field(default_factory=_RunSkills)
 
     def apply(self, base: GemsSettings) -> GemsSettings:
-        """`base` with the options this run sets."""
+        """`base` with the options this run sets.
+
+        Raises:
+            ConfigError: the run asks for refine_mode edit or auto and the server has no editor.
+        """
         updates = {}
         for section in ("loop", "memory", "skills"):
             chosen = {k: v for k, v in getattr(self, section).model_dump(exclude_none=True).items()}
             if chosen:
                 updates[section] = getattr(base, section).model_copy(update=chosen)
-        return base.model_copy(update=updates)
+        applied = base.model_copy(update=updates)
+        if applied.loop.refine_mode != "regenerate" and applied.editor.backend == "none":
+            raise ConfigError(NO_EDITOR.format(mode=applied.loop.refine_mode) + " in the server's config")
+        return applied
 
 
 def context_settings(context: Any) -> GemsSettings:

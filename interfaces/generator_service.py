@@ -3,15 +3,18 @@
 Three deployments: `GemsGenerator` replicas each hold one pipeline copy (one GPU each where the cluster has GPUs)
 and batch the image jobs that reach them with `serve.batch`: jobs that agree on size, steps, guidance and negative
 prompt share one pipeline call, each image with its own seeded generator, so a batched image equals its seed
-rendered alone. `GemsGeneratorGateway` is the HTTP ingress: the reference GEMS protocol (`POST /generate?prompt=`
--> PNG) and OpenAI's `POST /v1/images/generations` (`b64_json`), so gems' `http` and `openai` backends and the
-reference GEMS code use it unchanged; `/health` reports replicas, queue depth and counters. `GemsGeneratorCounters`
-adds up what every replica did. Ray places, restarts and scales the replicas; nothing here queues or schedules.
+rendered alone. `GemsGeneratorGateway` is the HTTP ingress: the reference GEMS protocol (`POST /generate?prompt=` ->
+PNG) and OpenAI's `POST /v1/images/generations` (`b64_json`), so gems' `http` and `openai` backends and the
+reference GEMS code use it unchanged, plus `POST /v1/images/edits` (multipart) when the pipeline takes an input
+image (FLUX.2 [klein], Qwen-Image-Edit, FLUX.1 Kontext), for `editor.backend: openai`; `/health` reports replicas,
+queue depth and counters. `GemsGeneratorCounters` adds up what every replica did. Ray places, restarts and scales
+the replicas; nothing here queues or schedules.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime through Serve's ingress.
 import asyncio
 import base64
+import io
 import os
 import random
 import time
@@ -29,6 +32,7 @@ from gems.configs import ConfigError, GeneratorSettings
 from gems.configs.settings import KEY_HELP, key_name, offered_key
 from gems.nodes.generators import GeneratorError, effective_settings
 from gems.nodes.generators.diffusers_backend import DiffusersGenerator  # torch and diffusers load on first use
+from gems.nodes.generators.edit import DiffusersEditor
 
 APP_NAME = "gems-generator"
 REPLICA = "GemsGenerator"
@@ -36,6 +40,8 @@ MAX_PROMPT_CHARS = 4000
 MAX_IMAGES = 16
 REPLICA_RETRIES = 2  # a job whose replica died is sent again (Ray routes it to a live one)
 CONCURRENT_BATCHES = 64  # Serve batches in a replica at once; they merge at the pipeline (see render_batch)
+MAX_EDIT_BYTES = 32 * 2**20  # an uploaded image to edit
+MAX_EDIT_PIXELS = 4096 * 4096
 
 
 class _Job(BaseModel):
@@ -84,6 +90,8 @@ class PipelineReplica:
     ):
         settings = GeneratorSettings.model_validate_json(settings_json)
         self.generator = DiffusersGenerator(settings, pipe=pipeline_factory() if pipeline_factory else None)
+        self.editor: DiffusersEditor | None = None
+        self.cannot_edit: str | None = None
         self.render_batch.set_max_batch_size(max_batch_size)
         self.render_batch.set_batch_wait_timeout_s(batch_wait_s)
         self.max_batch_size = max_batch_size
@@ -148,6 +156,34 @@ class PipelineReplica:
         self.totals["batches"] += 1
         await self.counters.report.remote(self.replica, dict(self.totals))
 
+    async def edit(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Edit one image (`job["image"]`, encoded) by `job["prompt"]`; edits are not batched."""
+        if self.editor is None and self.cannot_edit is None:
+            try:
+                self.editor = DiffusersEditor(self.generator.settings, pipe=self.generator.pipe)
+            except GeneratorError as exc:
+                self.cannot_edit = str(exc)
+        if self.editor is None:
+            return {"error": self.cannot_edit, "status": 400}
+        image = job.pop("image")
+        spec = _Job.model_validate(job)
+        overrides = {
+            "width": spec.width,
+            "height": spec.height,
+            "num_inference_steps": spec.num_inference_steps,
+            "guidance_scale": spec.guidance_scale,
+            "negative_prompt": spec.negative_prompt,
+        }
+        async with self.pipeline:
+            try:
+                (item,) = await asyncio.to_thread(self.editor.edit_many, image, spec.prompt, [spec.seed], **overrides)
+            except GeneratorError as exc:
+                return {"error": str(exc)}
+        for key, add in (("images", 1), ("pipeline_calls", 1), ("batches", 1), ("busy_s", item.meta["busy_s"])):
+            self.totals[key] += add
+        await self.counters.report.remote(self.replica, dict(self.totals))
+        return {"png": item.data, "seed": item.meta["seed"], "busy_s": item.meta["busy_s"]}
+
     def check_health(self) -> None:
         """Serve calls this periodically; a replica whose pipeline is gone is replaced."""
         if self.generator.pipe is None:
@@ -188,6 +224,36 @@ def _size(size: str | None) -> tuple[int | None, int | None]:
     return width, height
 
 
+async def _edit_form(request: Request) -> tuple[bytes, ImagesRequest]:
+    """The image and fields of a multipart edit request, each problem a one-line 4xx."""
+    from PIL import Image, UnidentifiedImageError
+    from pydantic import ValidationError
+    from starlette.datastructures import UploadFile
+
+    if not (request.headers.get("content-type") or "").startswith("multipart/form-data"):
+        raise HTTPException(415, "send the edit as multipart/form-data with an image file and a prompt")
+    form = await request.form(max_files=16, max_fields=64, max_part_size=MAX_EDIT_BYTES)
+    upload = form.get("image") or form.get("image[]")
+    if not isinstance(upload, UploadFile):
+        raise HTTPException(422, "no image file in the form (field image or image[])")
+    data = await upload.read(MAX_EDIT_BYTES + 1)
+    if len(data) > MAX_EDIT_BYTES:
+        raise HTTPException(413, f"the image is over {MAX_EDIT_BYTES // 2**20} MiB")
+    try:
+        with Image.open(io.BytesIO(data)) as picture:  # the header only
+            if picture.width * picture.height > MAX_EDIT_PIXELS:
+                raise HTTPException(413, f"the image is {picture.width}x{picture.height}, over 4096x4096 pixels")
+    except (UnidentifiedImageError, OSError):
+        raise HTTPException(422, "the uploaded file is not an image PIL can read") from None
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    try:
+        body = ImagesRequest.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise HTTPException(422, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    return data, body
+
+
 @serve.deployment(name="GemsGeneratorGateway", max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
 @serve.ingress(_http)
 class Gateway:
@@ -208,12 +274,15 @@ class Gateway:
         if key_name({"default": self.api_key}, offered_key(request.headers)) is None:
             raise HTTPException(401, KEY_HELP, headers={"www-authenticate": "Bearer"})
 
-    async def _render(self, job: _Job) -> dict[str, Any]:
+    async def _render(self, job: _Job, image: bytes | None = None) -> dict[str, Any]:
         self.in_flight += 1
         try:
             for attempt in range(REPLICA_RETRIES + 1):
                 try:
-                    result = await self.replicas.render.remote(job.model_dump())
+                    if image is None:
+                        result = await self.replicas.render.remote(job.model_dump())
+                    else:
+                        result = await self.replicas.edit.remote({**job.model_dump(), "image": image})
                     break
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
                     if attempt == REPLICA_RETRIES:
@@ -224,7 +293,7 @@ class Gateway:
         finally:
             self.in_flight -= 1
         if "error" in result:
-            raise HTTPException(422, result["error"])
+            raise HTTPException(result.get("status", 422), result["error"])
         return result
 
     async def _render_all(self, jobs: list[_Job]) -> list[dict[str, Any]]:
@@ -260,6 +329,18 @@ class Gateway:
         if body.response_format == "url":
             raise HTTPException(400, "this server answers response_format b64_json only")
         results = await self._render_all(self._jobs(body))
+        data = [{"b64_json": base64.b64encode(r["png"]).decode(), "seed": r["seed"]} for r in results]
+        return JSONResponse({"created": int(time.time()), "model": self.model, "data": data})
+
+    @_http.post("/v1/images/edits")
+    async def edits(self, request: Request) -> JSONResponse:
+        """OpenAI image edits: multipart with `image` (or `image[]`, the first one is edited) and the same fields."""
+        self._check_key(request)
+        image, body = await _edit_form(request)
+        if body.response_format == "url":
+            raise HTTPException(400, "this server answers response_format b64_json only")
+        self.requests += 1
+        results = await asyncio.gather(*(self._render(job, image) for job in self._jobs(body)))
         data = [{"b64_json": base64.b64encode(r["png"]).decode(), "seed": r["seed"]} for r in results]
         return JSONResponse({"created": int(time.time()), "model": self.model, "data": data})
 

@@ -1,9 +1,10 @@
 """Node I/O as values, so one node body serves LangGraph's sync and async APIs.
 
-A node's steps are a generator: it yields the calls it needs (`Ask`, `Converse`, `Render`, `Blocking`) and gets each
-result back (or the call's exception thrown in). `drive` runs the calls inline for `graph.invoke`; `adrive` awaits
-them for `graph.ainvoke`, so hundreds of runs in flight share one event loop instead of holding a thread each
-while they wait on the MLLM or the generator. `node(steps)` wraps the pair as the Runnable the graph adds.
+A node's steps are a generator: it yields the calls it needs (`Ask`, `Converse`, `Render`, `Edit`, `Blocking`) and
+gets each result back (or the call's exception thrown in). `drive` runs the calls inline for `graph.invoke`;
+`adrive` awaits them for `graph.ainvoke`, so hundreds of runs in flight share one event loop instead of holding a
+thread each while they wait on the MLLM or the generator. `node(steps)` wraps the pair as the Runnable the graph
+adds.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from langgraph.runtime import Runtime, get_runtime
 
 from gems.configs import GeneratorSettings, MLLMSettings, context_settings
 from gems.memory.journal import record_call
-from gems.nodes.generators import GeneratorError, Rendered, get_generator
+from gems.nodes.generators import GeneratorError, Rendered, get_editor, get_generator
 from gems.nodes.mllm import MLLMError, Reply, get_mllm
 
 # Sync calls with a deadline run here, so a server that answers one byte at a time cannot hold a run forever.
@@ -91,14 +92,7 @@ class Render:
     seeds: list[int]
 
     def deadline(self) -> tuple[float, Exception] | None:
-        g = self.generator
-        if g.backend == "diffusers":  # computed here, in this process: nothing to wait on but the GPU
-            return None
-        seconds = (g.timeout_s * (g.max_retries + 1) + _BACKOFF_S * g.max_retries) * len(self.seeds)
-        return seconds, GeneratorError(
-            f"the generator {g.url} gave no complete image within {seconds:g}s "
-            f"(generator.timeout_s {g.timeout_s:g} x {g.max_retries + 1} tries); check the server"
-        )
+        return _remote_deadline(self.generator, len(self.seeds), "generator")
 
     def run(self) -> list[Rendered]:
         generator = get_generator(self.generator)
@@ -120,6 +114,46 @@ class Render:
         return list(await asyncio.gather(*(arender(self.prompt, seed) for seed in self.seeds)))
 
 
+def _remote_deadline(g: GeneratorSettings, images: int, section: str) -> tuple[float, Exception] | None:
+    if g.backend == "diffusers":  # computed here, in this process: nothing to wait on but the GPU
+        return None
+    seconds = (g.timeout_s * (g.max_retries + 1) + _BACKOFF_S * g.max_retries) * images
+    return seconds, GeneratorError(
+        f"the {section} {g.url} gave no complete image within {seconds:g}s "
+        f"({section}.timeout_s {g.timeout_s:g} x {g.max_retries + 1} tries); check the server"
+    )
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edited image per seed of `image` (encoded bytes) by `instruction`; the result is a list of `Rendered`.
+
+    `editor`: concrete settings from `editor_settings` (backend diffusers or openai).
+    """
+
+    editor: GeneratorSettings
+    image: bytes
+    instruction: str
+    seeds: list[int]
+
+    def deadline(self) -> tuple[float, Exception] | None:
+        return _remote_deadline(self.editor, len(self.seeds), "editor")
+
+    def run(self) -> list[Rendered]:
+        editor = get_editor(self.editor)
+        batch = getattr(editor, "edit_many", None)
+        if batch is not None:
+            return list(batch(self.image, self.instruction, self.seeds))
+        return [editor.edit(self.image, self.instruction, seed) for seed in self.seeds]
+
+    async def arun(self) -> list[Rendered]:
+        editor = get_editor(self.editor) if self.editor.backend != "diffusers" else None
+        aedit = getattr(editor, "aedit", None)
+        if aedit is None:  # in-process pipelines (loading included) run off the event loop
+            return await asyncio.to_thread(self.run)
+        return list(await asyncio.gather(*(aedit(self.image, self.instruction, seed) for seed in self.seeds)))
+
+
 @dataclass(frozen=True)
 class Blocking:
     """Blocking work that is not an endpoint call (a store lookup, file reads); async runs it in a worker thread."""
@@ -136,7 +170,7 @@ class Blocking:
         return await asyncio.to_thread(self.fn)
 
 
-Call = Ask | Converse | Render | Blocking
+Call = Ask | Converse | Render | Edit | Blocking
 Steps = Generator[Call, Any, dict[str, Any]]
 
 
@@ -170,7 +204,7 @@ def _journal_entry(call: Call) -> tuple[str, int] | None:
     """What a call adds to the thread's journal: (`mllm`, 1) or (`generator`, images); nothing for Blocking work."""
     if isinstance(call, Ask | Converse):
         return "mllm", 1
-    if isinstance(call, Render):
+    if isinstance(call, Render | Edit):
         return "generator", len(call.seeds)
     return None
 

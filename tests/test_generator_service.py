@@ -163,6 +163,52 @@ def test_gems_generate_and_bench_run_through_the_service(service, mllm_server, i
     assert after["images"] - before["images"] == 7 and script.calls["verify"] == 7
 
 
+def test_edits_where_the_pipeline_takes_an_image_and_a_clear_400_where_not(service, tmp_path):
+    from ray import serve
+
+    from gems.interfaces.generator_service import build_app
+    from gems.nodes.generators import get_editor
+    from tests.support.servers import png_bytes
+    from tests.support.tiny_pipelines import save_tiny_flux2_klein
+
+    source = png_bytes((200, 30, 30), size=64)
+    form = {"prompt": "make it blue", "seed": "4", "size": "64x64"}
+    files = {"image": ("in.png", source, "image/png")}
+    sd = httpx.post(f"{service}/v1/images/edits", data=form, files=files, headers=AUTH, timeout=60)
+    assert sd.status_code == 400 and "takes no input image, so it cannot edit" in sd.json()["detail"]
+    assert httpx.post(f"{service}/v1/images/edits", json=form, headers=AUTH, timeout=30).status_code == 415
+    junk = httpx.post(f"{service}/v1/images/edits", data=form, files={"image": ("x.png", b"no", "image/png")},
+                      headers=AUTH, timeout=30)  # fmt: skip
+    assert junk.status_code == 422 and "not an image" in junk.json()["detail"]
+    assert httpx.post(f"{service}/v1/images/edits", data=form, files=files, timeout=30).status_code == 401
+
+    # FLUX.2 [klein] renders from text and from a reference image: one service answers generations and edits.
+    folder = save_tiny_flux2_klein(tmp_path / "klein")
+    klein = GeneratorSettings(backend="diffusers", preset=None, model=str(folder), width=64, height=64, steps=2,
+                              device="cpu", call_kwargs={"text_encoder_out_layers": [1]})  # fmt: skip
+    serve.run(build_app(klein, api_key=KEY), name="gems-klein", route_prefix="/klein", blocking=False)
+    base = f"{service}/klein/v1"
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{service}/klein/health", timeout=30).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        editor = get_editor(GeneratorSettings(backend="openai", preset=None, url=base, model="klein", api_key=KEY,
+                                              max_retries=0, width=64, height=64))  # fmt: skip
+        first = editor.edit(source, "make it blue", 11)
+        again = editor.edit(source, "make it blue", 11)
+        assert first.meta["edit"] is True and first.meta["seed"] == 11
+        assert Image.open(io.BytesIO(first.data)).size == (64, 64)
+        assert np.abs(pixels(first.data) - pixels(again.data)).max() <= 1  # seeded
+        other = editor.edit(png_bytes((20, 200, 30), size=64), "make it blue", 11)
+        assert np.abs(pixels(first.data) - pixels(other.data)).max() > 1  # the input image matters
+        listed = httpx.post(f"{base}/images/edits", data={"prompt": "x", "n": "2", "seed": "1"},
+                            files={"image[]": ("in.png", source, "image/png")}, headers=AUTH, timeout=60)  # fmt: skip
+        assert [d["seed"] for d in listed.json()["data"]] == [1, 2]
+        assert httpx.get(f"{service}/klein/health", timeout=30).json()["images"] == 5
+    finally:
+        serve.delete("gems-klein")
+
+
 def test_settings_that_are_not_a_local_pipeline_are_refused():
     from gems.interfaces.generator_service import build_app
 

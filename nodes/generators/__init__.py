@@ -1,4 +1,4 @@
-"""Text-to-image backends behind one interface: `render(prompt, seed) -> Rendered`.
+"""Text-to-image backends behind one interface: `render(prompt, seed) -> Rendered`; editors in `edit.py`.
 
 Backends: `diffusers` (local pipelines), `http` (the reference GEMS generator protocol) and `openai`
 (`/v1/images/generations`, also vLLM-Omni). torch and diffusers load only when a diffusers pipeline does.
@@ -12,9 +12,10 @@ from gems.configs import GeneratorSettings
 from gems.configs.settings import cache_key
 from gems.nodes.generators.base import Generator, GeneratorError, Rendered
 from gems.nodes.generators.diffusers_backend import DiffusersGenerator  # torch/diffusers load on first render
+from gems.nodes.generators.edit import Editor, get_editor
 from gems.nodes.generators.http_backend import HttpGenerator
 from gems.nodes.generators.openai_backend import OpenAIImagesGenerator
-from gems.nodes.generators.presets import PRESETS, effective_settings
+from gems.nodes.generators.presets import EDIT_PRESETS, PRESETS, editor_settings, effective_settings
 
 _cache: dict[str, Generator] = {}
 _cache_lock = threading.Lock()
@@ -42,4 +43,15 @@ def get_generator(settings: GeneratorSettings) -> Generator:
         return generator
 
 
-__all__ = ["PRESETS", "Generator", "GeneratorError", "Rendered", "effective_settings", "get_generator"]
+__all__ = [
+    "EDIT_PRESETS",
+    "PRESETS",
+    "Editor",
+    "Generator",
+    "GeneratorError",
+    "Rendered",
+    "editor_settings",
+    "effective_settings",
+    "get_editor",
+    "get_generator",
+]

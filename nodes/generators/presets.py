@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gems.configs import ConfigError, GeneratorSettings
+from gems.configs import ConfigError, GemsSettings, GeneratorSettings
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Reference Z-Image-Turbo server: bf16, 1024x1024, 9 scheduler steps (8 NFE), no CFG.
@@ -39,15 +39,38 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def effective_settings(settings: GeneratorSettings) -> GeneratorSettings:
+# Image editors (loop.refine_mode edit | auto): the settings their model cards use.
+EDIT_PRESETS: dict[str, dict[str, Any]] = {
+    # Qwen-Image-Edit-2511 (QwenImageEditPlusPipeline): real CFG through true_cfg_scale with a blank negative prompt.
+    "qwen-image-edit-2511": {
+        "model": "Qwen/Qwen-Image-Edit-2511",
+        "steps": 40,
+        "guidance_scale": 1.0,
+        "negative_prompt": " ",
+        "call_kwargs": {"true_cfg_scale": 4.0},
+        "dtype": "bfloat16",
+    },
+    # FLUX.1 Kontext [dev] (FluxKontextPipeline): guidance-distilled, 28 steps at guidance 2.5.
+    "flux-kontext": {
+        "model": "black-forest-labs/FLUX.1-Kontext-dev",
+        "steps": 28,
+        "guidance_scale": 2.5,
+        "dtype": "bfloat16",
+    },
+}
+
+
+def effective_settings(
+    settings: GeneratorSettings, presets: dict[str, dict[str, Any]] = PRESETS, section: str = "generator"
+) -> GeneratorSettings:
     """Fill unset fields from the preset (diffusers only); explicit settings always win."""
     if settings.backend != "diffusers" or not settings.preset:
         if settings.backend == "diffusers" and not settings.model:
-            raise ConfigError("generator.model is not set: give a diffusers model id or folder, or a preset")
+            raise ConfigError(f"{section}.model is not set: give a diffusers model id or folder, or a preset")
         return settings
-    if settings.preset not in PRESETS:
-        raise ConfigError(f"unknown generator.preset {settings.preset!r}; choose one of: {', '.join(PRESETS)}")
-    preset = PRESETS[settings.preset]
+    if settings.preset not in presets:
+        raise ConfigError(f"unknown {section}.preset {settings.preset!r}; choose one of: {', '.join(presets)}")
+    preset = presets[settings.preset]
     updates: dict[str, Any] = {}
     explicit = settings.model_fields_set
     for key, value in preset.items():
@@ -62,3 +85,36 @@ def effective_settings(settings: GeneratorSettings) -> GeneratorSettings:
     if settings.model:
         updates.pop("model", None)
     return settings.model_copy(update=updates)
+
+
+def editor_settings(settings: GemsSettings) -> GeneratorSettings:
+    """The editor as concrete backend settings (`diffusers` or `openai`), its preset filled in.
+
+    `editor.backend: generator` takes the generator's settings, with any editor field set explicitly on top.
+
+    Raises:
+        ConfigError: no editor is configured, or the generator's backend cannot edit.
+    """
+    editor = settings.editor
+    if editor.backend == "none":
+        raise ConfigError(
+            f"loop.refine_mode {settings.loop.refine_mode} needs an editor: "
+            "set editor.backend to diffusers, openai or generator"
+        )
+    # Fields that differ from their defaults (complete settings mark every field as set, so that cannot tell).
+    fields = {
+        k: getattr(editor, k)
+        for k, info in type(editor).model_fields.items()
+        if k not in ("backend", "preset") and getattr(editor, k) != info.get_default(call_default_factory=True)
+    }
+    if editor.backend == "generator":
+        base = effective_settings(settings.generator)
+        if base.backend == "http":
+            raise ConfigError(
+                "editor.backend generator needs a diffusers or openai generator (the http protocol has no edits); "
+                "set editor.backend to diffusers or openai"
+            )
+        return base.model_copy(update=fields)
+    concrete = GeneratorSettings(backend=editor.backend, preset=editor.preset, **fields)
+    # The preset is applied here; the result names none (generator presets are another list).
+    return effective_settings(concrete, EDIT_PRESETS, "editor").model_copy(update={"preset": None})

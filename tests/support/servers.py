@@ -1,7 +1,7 @@
 """Local HTTP servers on 127.0.0.1 that stand in for what sits behind the network boundary.
 
-- `OpenAIStub`: an OpenAI-compatible server (`/v1/chat/completions`, `/v1/images/generations`) answering from
-  per-test handlers; the real `ChatOpenAI` client talks to it.
+- `OpenAIStub`: an OpenAI-compatible server (`/v1/chat/completions`, `/v1/images/generations`, multipart
+  `/v1/images/edits`) answering from per-test handlers; the real `ChatOpenAI` client talks to it.
 - `ScriptedMLLM`: a chat handler that recognises each GEMS role by its system prompt and answers from a script.
 - `GeneratorStub`: the reference GEMS generator protocol (`POST /?prompt=` -> PNG bytes).
 """
@@ -130,10 +130,13 @@ ImageHandler = Callable[[dict[str, Any]], bytes]
 class OpenAIStub(_Server):
     """OpenAI-compatible endpoint; `chat` returns a str, a dict with content/reasoning_content, or raises."""
 
-    def __init__(self, chat: ChatHandler | None = None, images: ImageHandler | None = None):
+    def __init__(
+        self, chat: ChatHandler | None = None, images: ImageHandler | None = None, edits: ImageHandler | None = None
+    ):
         super().__init__()
         self.chat = chat
         self.images = images
+        self.edits = edits  # gets the form fields, plus `image` (bytes) and `image_type`
 
     @property
     def base_url(self) -> str:
@@ -141,7 +144,8 @@ class OpenAIStub(_Server):
 
     def _dispatch(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
         path = urlparse(handler.path).path
-        body = json.loads(raw or b"{}")
+        ctype = handler.headers.get("content-type") or ""
+        body = parse_multipart(ctype, raw) if ctype.startswith("multipart/") else json.loads(raw or b"{}")
         with self.lock:
             self.requests.append(
                 {"path": path, "body": body, "headers": {k.lower(): v for k, v in handler.headers.items()}}
@@ -190,8 +194,10 @@ class OpenAIStub(_Server):
                 ]
                 self._send_json(handler, 200, {"object": "list", "data": data, "model": body.get("model"),
                                                "usage": {"prompt_tokens": 1, "total_tokens": 1}})  # fmt: skip
-            elif path == "/v1/images/generations" and self.images is not None:
-                data = self.images(body)
+            elif path in ("/v1/images/generations", "/v1/images/edits") and (
+                handler_fn := self.images if path.endswith("generations") else self.edits
+            ):
+                data = handler_fn(body)
                 self._send_json(
                     handler,
                     200,
@@ -206,6 +212,30 @@ class OpenAIStub(_Server):
 
             traceback.print_exc()
             self._send_json(handler, 599, {"error": {"message": f"stub script crashed: {exc!r}", "type": "stub"}})
+
+
+def parse_multipart(content_type: str, raw: bytes) -> dict[str, Any]:
+    """A multipart/form-data body as a dict: text fields as str, a file field as bytes plus `<name>_type`."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    out: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None:
+            out[name] = payload
+            out[f"{name}_type"] = part.get_content_type()
+        else:
+            out[name] = payload.decode()
+    return out
+
+
+def edited_png(body: dict[str, Any], size: int | None = None) -> bytes:
+    """What the edit stub answers: the input image recoloured from the instruction, the instruction in its text."""
+    source = Image.open(io.BytesIO(body["image"]))
+    return png_bytes(color_for(body["prompt"]), size=size or source.width, text=body["prompt"])
 
 
 def _system_text(body: dict[str, Any]) -> str:
@@ -252,7 +282,7 @@ def role_of(body: dict[str, Any]) -> str:
     from gems.nodes.prompts.compress import COMPRESS_SYSTEM
     from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM
     from gems.nodes.prompts.plan import ENHANCE_SYSTEM, PLANNER_SYSTEM, ROUTER_SYSTEM
-    from gems.nodes.prompts.refine import REFINE_SYSTEM
+    from gems.nodes.prompts.refine import CHOOSE_SYSTEM, EDIT_SYSTEM, REFINE_SYSTEM
     from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
     from gems.nodes.prompts.verify import VERIFY_SYSTEM
 
@@ -265,6 +295,8 @@ def role_of(body: dict[str, Any]) -> str:
         ("verify", VERIFY_SYSTEM),
         ("compress", COMPRESS_SYSTEM),
         ("refine", REFINE_SYSTEM),
+        ("edit", EDIT_SYSTEM),
+        ("choose", CHOOSE_SYSTEM),
         ("rewrite", REWRITE_SYSTEM),
     ):
         if system.startswith(prompt.splitlines()[0]):
@@ -285,6 +317,8 @@ class ScriptedMLLM:
         planner: `f(turn, messages)` -> the planner's full answer, overriding route/enhance for tool mode.
         agent: `f(body)` -> the answer to requests from no GEMS role (an agent calling gems as a tool).
         refine: `f(n)` -> the n-th refined prompt; reasoning: sent as `reasoning_content` by the refiner.
+        edit: `f(n)` -> the n-th edit instruction (refine_mode edit).
+        choose: `f(n)` -> the n-th `ACTION:/REASON:/TEXT:` answer (refine_mode auto).
         fail_verify: criteria whose verifier call answers HTTP 500.
         block_at: `(role, n)`: the n-th call of that role waits until `release` is set (a test kills its client).
     """
@@ -304,6 +338,8 @@ class ScriptedMLLM:
         agent: Callable[[dict[str, Any]], Any] | None = None,
         verdict_by_image: Callable[[str, str | None], str] | None = None,
         block_at: tuple[str, int] | None = None,
+        edit: Callable[[int], str] = lambda n: f"edit instruction {n}",
+        choose: Callable[[int], str] = lambda n: f"ACTION: edit\nREASON: local fix\nTEXT: edit instruction {n}",
         tool_skills: tuple[str, ...] = (
             "creative-drawing",
             "aesthetic-drawing",
@@ -321,6 +357,8 @@ class ScriptedMLLM:
         self.route = route
         self.enhance = enhance
         self.refine = refine
+        self.edit = edit
+        self.choose = choose
         self.compress = compress
         self.reasoning = reasoning
         self.fail_verify = set(fail_verify)
@@ -381,6 +419,10 @@ class ScriptedMLLM:
             return self.compress
         if role == "refine":
             return {"content": self.refine(count), "reasoning_content": self.reasoning}
+        if role == "edit":
+            return self.edit(count)
+        if role == "choose":
+            return self.choose(count)
         if role == "rewrite":
             return f"rewritten: {user_text(body)}"
         if self.agent is not None:  # anything else is an outside agent that uses gems as a tool

@@ -150,20 +150,10 @@ def tiny_z_image(seed: int = 0):
     )
 
 
-def tiny_qwen_image(seed: int = 0):
-    """A ~4M-parameter QwenImagePipeline (Qwen2.5-VL text encoder), built in code."""
-    import torch
-    from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
-        QwenImagePipeline,
-        QwenImageTransformer2DModel,
-    )
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def _qwen_image_dit_and_vae():
+    """The transformer and VAE of diffusers' Qwen-Image fast tests (shared by the generation and edit pipelines)."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
 
-    torch.manual_seed(seed)
-    tok = qwen2_tokenizer()
-    n = len(tok)
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
         joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
@@ -172,6 +162,22 @@ def tiny_qwen_image(seed: int = 0):
         base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
     )  # fmt: skip
+    return transformer, vae
+
+
+def tiny_qwen_image(seed: int = 0):
+    """A ~4M-parameter QwenImagePipeline (Qwen2.5-VL text encoder), built in code."""
+    import torch
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tok = qwen2_tokenizer()
+    n = len(tok)
+    transformer, vae = _qwen_image_dit_and_vae()
     text = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 2, "vocab_size": n + 8,
             "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}}  # fmt: skip
@@ -184,3 +190,145 @@ def tiny_qwen_image(seed: int = 0):
         transformer=transformer, vae=vae, text_encoder=Qwen2_5_VLForConditionalGeneration(config), tokenizer=tok,
         scheduler=FlowMatchEulerDiscreteScheduler(),
     )  # fmt: skip
+
+
+def t5_tokenizer():
+    """A character-level T5 (Unigram) tokenizer built from an in-memory vocabulary."""
+    from transformers import T5Tokenizer
+
+    pieces = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:'\"!?-()\u2581"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0) for c in pieces]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def tiny_flux_kontext(seed: int = 0):
+    """A FluxKontextPipeline (image editing) with random weights, sized as diffusers' own fast tests."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok, tok2 = clip_tokenizer(), t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )  # fmt: skip
+    clip = CLIPTextModel(
+        CLIPTextConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, hidden_size=32,
+                       intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tok),
+                       projection_dim=32, max_position_embeddings=77)
+    )  # fmt: skip
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=len(tok2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                 relative_attention_num_buckets=8)
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )  # fmt: skip
+    return FluxKontextPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=clip, text_encoder_2=t5, tokenizer=tok,
+        tokenizer_2=tok2, transformer=transformer, vae=vae, image_encoder=None, feature_extractor=None,
+    )  # fmt: skip
+
+
+def save_tiny_flux_kontext(folder: Path) -> Path:
+    tiny_flux_kontext().save_pretrained(folder)
+    return folder
+
+
+def tiny_qwen_image_edit_plus(seed: int = 0):
+    """A QwenImageEditPlusPipeline (Qwen-Image-Edit-2509/2511's class) with random weights and an in-memory processor.
+
+    The pipeline encodes its input image at about one megapixel for the VAE (a module constant); the tiny one uses
+    64x64 so a CPU edit takes a fraction of a second. The processor is the real Qwen2VLProcessor without a video
+    processor (that needs torchvision, which the edit path never touches).
+    """
+    import torch
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+    )
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class ImageOnlyProcessor(Qwen2VLProcessor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE = 64 * 64
+    pipeline_qwenimage_edit_plus.CONDITION_IMAGE_SIZE = 56 * 56
+    torch.manual_seed(seed)
+    tok = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(_bytes_to_unicode())}, merges=[])
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    ids = {s: tok.convert_tokens_to_ids(s) for s in specials}
+    processor = ImageOnlyProcessor(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56),
+        tokenizer=tok,
+        video_processor=None,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    n = len(tok)
+    transformer, vae = _qwen_image_dit_and_vae()
+    text = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "vocab_size": n, "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}}  # fmt: skip
+    vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16}
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, hidden_size=16, vocab_size=n,
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        vision_token_id=ids["<|image_pad|>"], image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+    )  # fmt: skip
+    return QwenImageEditPlusPipeline(
+        transformer=transformer, vae=vae, text_encoder=Qwen2_5_VLForConditionalGeneration(config), tokenizer=tok,
+        processor=processor, scheduler=FlowMatchEulerDiscreteScheduler(),
+    )  # fmt: skip
+
+
+def tiny_flux2_klein(seed: int = 0):
+    """A Flux2KleinPipeline with random weights: text-to-image that also takes a reference image (`image=`).
+
+    Call it with `text_encoder_out_layers=(1,)`: the tiny text encoder has two layers, not the real model's 36.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    tok = qwen2_tokenizer()
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False,
+    )  # fmt: skip
+    encoder = Qwen3ForCausalLM(
+        Qwen3Config(intermediate_size=16, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512)
+    )  # fmt: skip
+    vae = AutoencoderKLFlux2(
+        sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",), block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+    return Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=encoder,
+        tokenizer=tok,
+        transformer=transformer,
+        vae=vae,
+    )
+
+
+def save_tiny_flux2_klein(folder: Path) -> Path:
+    tiny_flux2_klein().save_pretrained(folder)
+    return folder

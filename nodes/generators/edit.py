@@ -1,0 +1,141 @@
+"""Image editors behind one interface: `edit(image, instruction, seed) -> Rendered` (refine_mode edit | auto).
+
+Backends: `diffusers` (an image-conditioned pipeline: Qwen-Image-Edit-2511, FLUX.1 Kontext, FLUX.2 [klein] with a
+reference image, InstructPix2Pix...) and `openai` (`/v1/images/edits`, multipart, answered with `b64_json`:
+OpenAI's gpt-image models, vLLM-Omni, `gems serve-generator`). `editor.backend: generator` reuses the generator's
+own pipeline or server (see `presets.editor_settings`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from typing import Any, Protocol
+
+from gems.configs import GeneratorSettings
+from gems.configs.settings import cache_key
+from gems.nodes.generators.base import GeneratorError, Rendered
+from gems.nodes.generators.diffusers_backend import DiffusersGenerator
+from gems.nodes.generators.http_backend import apost_with_retries, post_with_retries
+from gems.nodes.generators.openai_backend import OpenAIImagesGenerator
+
+
+class Editor(Protocol):
+    """What every edit backend implements."""
+
+    backend: str
+
+    def edit(self, image: bytes, instruction: str, seed: int) -> Rendered:
+        """Edit the encoded `image` as `instruction` says, seeded with `seed` (None recorded where it cannot be)."""
+        ...
+
+
+class DiffusersEditor(DiffusersGenerator):
+    """A diffusers pipeline that takes an input image (`image=`); shares the process-wide pipeline cache."""
+
+    def __init__(self, settings: GeneratorSettings, pipe: Any = None):
+        super().__init__(settings, pipe)
+        if "image" not in self._accepted:
+            raise GeneratorError(
+                f"{type(self.pipe).__name__} ({self.model!r}) takes no input image, so it cannot edit; "
+                "point editor.model at an edit model (e.g. editor.preset qwen-image-edit-2511 or flux-kontext)"
+            )
+
+    def edit(self, image: bytes, instruction: str, seed: int) -> Rendered:
+        return self.edit_many(image, instruction, [seed])[0]
+
+    def edit_many(self, image: bytes, instruction: str, seeds: list[int], **overrides: Any) -> list[Rendered]:
+        """One pipeline call per seed (edit pipelines differ in how they batch; one at a time always works).
+
+        `overrides` (width, height, num_inference_steps, guidance_scale, negative_prompt) apply to every call.
+        """
+        from PIL import Image
+
+        try:
+            picture = Image.open(io.BytesIO(image)).convert("RGB")
+        except Exception as exc:
+            raise GeneratorError(f"the image to edit cannot be read ({len(image)} bytes): {exc}") from exc
+        out = []
+        for seed in seeds:
+            kwargs = self._call_kwargs(instruction, seed, **overrides)
+            kwargs["image"] = picture
+            out.extend(self._run(kwargs, [seed]))
+        for rendered in out:
+            rendered.meta["edit"] = True
+        return out
+
+
+class OpenAIImagesEditor(OpenAIImagesGenerator):
+    """`POST {url}/images/edits` with the image as a multipart file; open servers also get seed, steps, guidance."""
+
+    def __init__(self, settings: GeneratorSettings):
+        if not settings.url:
+            raise GeneratorError("the openai editor has no url: set editor.url (base URL ending in /v1)")
+        if not settings.model:
+            raise GeneratorError("the openai editor has no model: set editor.model")
+        super().__init__(settings)
+        self.url = settings.url.rstrip("/") + "/images/edits"
+
+    def _form(self, instruction: str, seed: int) -> dict[str, str]:
+        """The generation body as multipart form fields (numbers and objects as text, as curl sends them)."""
+        body = self._body(instruction, seed)
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items() if v is not None}
+
+    @staticmethod
+    def _files(image: bytes) -> dict[str, tuple[str, bytes, str]]:
+        return {"image": ("image.png", image, "image/png")}
+
+    def edit(self, image: bytes, instruction: str, seed: int) -> Rendered:
+        form = self._form(instruction, seed)
+        started = time.perf_counter()
+        what = f"image edit endpoint {self.url}"
+        response = post_with_retries(
+            self.client, what, self.settings.max_retries, url=self.url, data=form, files=self._files(image)
+        )
+        item = self._item(response)
+        data = self.plain.get(item["url"]).content if "b64_json" not in item else base64.b64decode(item["b64_json"])
+        return self._edited(data, form, time.perf_counter() - started)
+
+    async def aedit(self, image: bytes, instruction: str, seed: int) -> Rendered:
+        form = self._form(instruction, seed)
+        started = time.perf_counter()
+        what = f"image edit endpoint {self.url}"
+        response = await apost_with_retries(
+            self.async_clients.get(), what, self.settings.max_retries, url=self.url, data=form, files=self._files(image)
+        )
+        item = self._item(response)
+        url = item.get("url")
+        data = (await self.plain_async.get().get(url)).content if url else base64.b64decode(item["b64_json"])
+        return self._edited(data, form, time.perf_counter() - started)
+
+    def _edited(self, data: bytes, form: dict[str, str], busy: float) -> Rendered:
+        body: dict[str, Any] = {}
+        for key in ("seed", "num_inference_steps", "guidance_scale"):
+            if key in form:
+                body[key] = json.loads(form[key])
+        rendered = self._rendered(data, body, busy)
+        rendered.meta["edit"] = True
+        return rendered
+
+
+_cache: dict[str, Editor] = {}
+_cache_lock = threading.Lock()
+
+
+def get_editor(resolved: GeneratorSettings) -> Editor:
+    """The process-wide editor for concrete settings (from `editor_settings`); a pipeline loads once."""
+    key = cache_key(resolved)
+    with _cache_lock:
+        editor = _cache.get(key)
+        if editor is None:
+            if resolved.backend == "diffusers":
+                editor = DiffusersEditor(resolved)
+            elif resolved.backend == "openai":
+                editor = OpenAIImagesEditor(resolved)
+            else:
+                raise GeneratorError(f"editor backend {resolved.backend!r} cannot edit; use diffusers or openai")
+            _cache[key] = editor
+        return editor
