@@ -64,12 +64,14 @@ def lesson_from_state(state: dict[str, Any], settings: GemsSettings, thread_id: 
     final = state.get("final") or {}
     hard = [q for q in criteria if any(q in (r.get("failed") or []) for r in rounds)]
     fixed_by = None
+    fixed_by_edit = False
     if hard:
         # The first round after a failure in which the most hard criteria passed: its prompt is the fix.
         fixing = [r for r in rounds[1:] if any(q in (r.get("passed") or []) for q in hard)]
         if fixing:
             best = max(fixing, key=lambda r: sum(q in (r.get("passed") or []) for q in hard))
             fixed_by = best.get("prompt")
+            fixed_by_edit = best.get("mode") == "edit"
     experiences = [r["experience"] for r in rounds if r.get("experience")]
     success = bool(state.get("success"))
     parts = [f'Request: "{state["prompt"]}".']
@@ -77,7 +79,9 @@ def lesson_from_state(state: dict[str, Any], settings: GemsSettings, thread_id: 
         parts.append(f'Every criterion passed at once with the prompt "{rounds[0].get("prompt")}".')
     else:
         parts.append("Hard to satisfy: " + "; ".join(hard) + ".")
-        if fixed_by:
+        if fixed_by and fixed_by_edit:
+            parts.append(f'An edit of the image fixed it, instructed: "{fixed_by}".')
+        elif fixed_by:
             parts.append(f'Wording that fixed it: "{fixed_by}".')
         if experiences:
             parts.append(f"Last insight: {experiences[-1]}")

@@ -27,6 +27,7 @@ class ImageRef(TypedDict, total=False):
     steps: int | None
     guidance_scale: float | None
     candidate: int
+    edit: bool  # made by the editor from an earlier image
 
 
 class Verdict(TypedDict):
@@ -55,6 +56,25 @@ class RoundRecord(TypedDict, total=False):
     failed: list[str]
     verdicts: list[Verdict]
     experience: str | None
+    # How the image was made: "generate" (from a prompt) or "edit" (of `base_round`'s image by `instruction`).
+    mode: str
+    instruction: str
+    base_round: int | None  # edits: the edited round; new generations: the round before, for comparison
+    base_image: ImageRef
+    reason: str | None  # refine_mode auto: why the refiner chose this mode
+    kept: list[str]  # criteria that passed in the base round and still pass
+    fixed: list[str]  # criteria that failed in the base round and now pass
+    broken: list[str]  # criteria that passed in the base round and now fail
+
+
+class RoundAction(TypedDict, total=False):
+    """What the refiner decided for the next round: a new prompt (`generate`) or an edit of an earlier image."""
+
+    round: int
+    mode: str
+    base_round: int
+    base_image: ImageRef
+    reason: str | None
 
 
 class VerifyTask(TypedDict):
@@ -96,7 +116,8 @@ class GemsState(TypedDict):
     lesson_id: NotRequired[str]
     warnings: NotRequired[Annotated[list[str], operator.add]]
     criteria: NotRequired[list[str]]
-    current_prompt: NotRequired[str]
+    current_prompt: NotRequired[str]  # the next round's prompt, or its edit instruction when `action` is an edit
+    action: NotRequired[RoundAction]
     thought: NotRequired[str | None]
     max_rounds: NotRequired[int]
     human_review: NotRequired[bool]

@@ -22,6 +22,10 @@ MODE_LAYERS: dict[str, dict[str, bool]] = {
 }
 
 
+# How each round was made and what it kept, fixed and broke versus its base (see nodes/critique.py).
+LINEAGE_KEYS = ("mode", "reason", "instruction", "base_round", "base_image", "kept", "fixed", "broken")
+
+
 def context_size(parts: list[dict[str, Any]]) -> dict[str, int]:
     """Characters of text and number of image parts in a message (what a memory mode costs)."""
     chars = sum(len(p.get("text", "")) for p in parts if p.get("type") == "text")
@@ -58,6 +62,7 @@ def run_result(
             "thought": r.get("thought"),
             "verdicts": [{k: v[k] for k in ("criterion", "passed", "answer", "error")} for v in r.get("verdicts", [])],
             **({"candidates": r["candidates"]} if r.get("candidates") else {}),
+            **{k: r[k] for k in LINEAGE_KEYS if k in r},
         }
         for r in state.get("rounds") or []
     ]

@@ -121,4 +121,32 @@ def critique(state: GemsState) -> dict[str, Any]:
     )
     if len(candidates) > 1:
         record["candidates"] = candidates
+    record.update(_lineage(state, round_no, best_passed, best_failed))
     return {"rounds": [record]}
+
+
+def _lineage(state: GemsState, round_no: int, passed: list[str], failed: list[str]) -> RoundRecord:
+    """How the round was made, and which criteria it kept, fixed and broke versus its base.
+
+    An edit's base is the image it edited; a new generation is compared with the round before it, so runs in
+    either refine mode report the same three counts.
+    """
+    action = state.get("action") or {}
+    mine = action.get("round") == round_no
+    out = RoundRecord(mode="edit" if mine and action.get("mode") == "edit" else "generate")
+    if mine and action.get("reason"):
+        out["reason"] = action["reason"]
+    if out["mode"] == "edit":
+        out["instruction"] = state.get("current_prompt") or ""
+        out["base_image"] = action.get("base_image") or {}
+        base_round: int | None = action.get("base_round")
+    else:
+        base_round = round_no - 1 if round_no > 1 else None
+    out["base_round"] = base_round
+    base = next((r for r in state.get("rounds") or [] if r.get("round") == base_round), None)
+    if base is not None:
+        had = set(base.get("passed") or [])
+        out["kept"] = [q for q in passed if q in had]
+        out["fixed"] = [q for q in passed if q not in had]
+        out["broken"] = [q for q in failed if q in had]
+    return out

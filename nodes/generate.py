@@ -1,4 +1,4 @@
-"""Generator role: render the round's prompt and store each image in the artifact store."""
+"""Generator role: render the round's prompt (or edit an earlier image) and store each image in the artifact store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, ImageRef
-from gems.nodes.calls import Blocking, Render, Steps, node
+from gems.nodes.calls import Blocking, Edit, Render, Steps, node
+from gems.nodes.generators import editor_settings
 from gems.nodes.runtime import artifact_store, timed
 
 _rng = random.SystemRandom()
@@ -22,7 +23,7 @@ def seed_for(base: int | None, round_no: int, candidate: int, per_round: int) ->
 
 
 def generate_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
-    """Render this round's candidates.
+    """Render this round's candidates, or edit the base image when the refiner chose an edit for this round.
 
     With no criteria the original prompt is rendered once (nothing could judge a refinement).
 
@@ -47,8 +48,15 @@ def generate_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     timings: dict[str, float] = {}
     candidates: list[ImageRef] = []
     seeds = [seed_for(base_seed, round_no, c, count) for c in range(count)]
+    action = state.get("action") or {}
+    editing = has_criteria and action.get("mode") == "edit" and action.get("round") == round_no
     with timed(timings, "generate"):
-        results = yield Render(settings.generator, prompt, seeds)
+        if editing:
+            editor = editor_settings(settings)
+            image = yield Blocking(lambda: store.read_bytes(action["base_image"]))
+            results = yield Edit(editor, image, prompt, seeds)
+        else:
+            results = yield Render(settings.generator, prompt, seeds)
         # Time the generator itself was busy (excludes waiting for a shared pipeline): bench cost accounting.
         busy = sum(rendered.meta.pop("busy_s", 0.0) for rendered in results)
         timings["generator_busy"] = round(timings.get("generator_busy", 0.0) + busy, 6)

@@ -104,3 +104,31 @@ def clean_prompt(answer: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1]
     return text.strip()
+
+
+_CHOICE_RE = re.compile(r"^\s*(ACTION|REASON|TEXT)\s*:\s*", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_choice(answer: str) -> tuple[str | None, str | None, str]:
+    """Read the `ACTION:` / `REASON:` / `TEXT:` answer of refine_mode auto.
+
+    Returns:
+        (`"edit"`, `"regenerate"` or None when no valid action was given, the reason or None, the text). Without a
+        `TEXT:` field the whole answer (less the other fields) is the text.
+    """
+    text, _ = split_thinking(answer)
+    fields: dict[str, str] = {}
+    marks = list(_CHOICE_RE.finditer(text))
+    for i, mark in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        fields.setdefault(mark.group(1).upper(), text[mark.end() : end].strip())
+    # ACTION and REASON are one line each; lines after them are the text when no TEXT field came.
+    heads = {k: v.split("\n", 1) for k, v in fields.items() if k != "TEXT"}
+    words = _WORD_RE.findall(heads.get("ACTION", [""])[0].lower())
+    action = words[0] if words and words[0] in ("edit", "regenerate") else None
+    reason = " ".join(heads["REASON"][0].split())[:300] if heads.get("REASON", [""])[0].strip() else None
+    body = fields.get("TEXT")
+    if body is None:
+        leftovers = [text[: marks[0].start()] if marks else text] + [h[1] for h in heads.values() if len(h) > 1]
+        body = "\n".join(part.strip() for part in leftovers if part.strip())
+    return action, reason, clean_prompt(body)

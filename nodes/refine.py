@@ -1,4 +1,9 @@
-"""Refiner role: write the next prompt from the original request and the trajectory so far."""
+"""Refiner role: write the next prompt from the original request and the trajectory so far, or an edit instruction.
+
+`loop.refine_mode`: `regenerate` (the paper) writes a new prompt every round; `edit` writes an instruction for the
+editor to change an earlier image (`loop.edit_base`: the best round so far, or the last); `auto` lets the refiner
+choose per round and records its one-line reason.
+"""
 
 from __future__ import annotations
 
@@ -7,55 +12,98 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
-from gems.memory.state import GemsState
+from gems.memory.state import GemsState, RoundAction
+from gems.memory.trajectory import best_round
 from gems.nodes.calls import Ask, Blocking, Steps, node
+from gems.nodes.generators import editor_settings
 from gems.nodes.mllm import MLLMError
-from gems.nodes.parsing import clean_prompt
-from gems.nodes.prompts.refine import refine_system, refiner_parts
+from gems.nodes.parsing import clean_prompt, parse_choice
+from gems.nodes.prompts.refine import CHOOSE_ASK, CHOOSE_SYSTEM, EDIT_ASK, EDIT_SYSTEM, refine_system, refiner_parts
 from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills import registry_for
 
 EMPTY_PROMPT_ERROR = "the refiner returned an empty prompt; check mllm.model and mllm.max_tokens"
+NO_ACTION_WARNING = "the refiner named no ACTION (edit or regenerate); its text was used as a new prompt"
 
 
 def refine_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
-    """Write the next round's prompt; the server's separate reasoning becomes the next round's thought.
+    """Write the next round's prompt or edit instruction; the server's separate reasoning becomes its thought.
 
     Args:
         state: `prompt` and `rounds`.
         runtime: the run's settings as context.
 
     Returns:
-        `current_prompt`, `thought` and counters.
+        `current_prompt` (the prompt, or the instruction for an edit), `action` (the next round's mode, base image
+        and reason), `thought` and counters.
+
+    Raises:
+        ConfigError: refine_mode edit or auto with no editor configured.
     """
     settings = context_settings(runtime.context)
+    mode = settings.loop.refine_mode
+    rounds = list(state.get("rounds") or [])
+    next_round = state.get("round", len(rounds)) + 1
     timings: dict[str, float] = {}
+    base = None
+    if mode != "regenerate":
+        editor_settings(settings)  # no editor: one line now, before any call is paid for
+        chosen = best_round(rounds) if settings.loop.edit_base == "best" else (rounds[-1] if rounds else None)
+        base = dict(chosen) if chosen is not None and (chosen.get("image") or {}).get("sha256") else None
+    store = artifact_store(settings)
+    if base is None:  # regenerate, or nothing to edit yet
+        system, ask = _regenerate_system(state, settings), None
+    elif mode == "edit":
+        system, ask = EDIT_SYSTEM, EDIT_ASK
+    else:
+        system, ask = CHOOSE_SYSTEM, CHOOSE_ASK
+    with timed(timings, "refine"):
+        if ask is None:
+            parts = yield Blocking(lambda: refiner_parts(state, settings, store))
+        else:
+            parts = yield Blocking(lambda: refiner_parts(state, settings, store, base=base, ask=ask))
+        reply = yield Ask(settings.mllm, system, parts)
+    update: dict[str, Any] = {"warnings": []}
+    action = RoundAction(round=next_round, mode="generate")
+    if base is not None and mode == "auto":
+        choice, reason, text = parse_choice(reply.text)
+        if choice is None:
+            update["warnings"].append(NO_ACTION_WARNING)
+        action["reason"] = reason
+        mode_now = "edit" if choice == "edit" else "generate"
+    else:
+        text = clean_prompt(reply.text)
+        mode_now = "edit" if base is not None else "generate"
+    if mode_now == "edit":
+        assert base is not None
+        action["mode"], action["base_round"], action["base_image"] = "edit", base["round"], base["image"]
+    if not text:
+        raise MLLMError(EMPTY_PROMPT_ERROR)
+    cap = settings.loop.max_prompt_chars
+    if len(text) > cap:  # a runaway answer must not break the generator call (URLs, context windows)
+        update["warnings"].append(f"the refiner wrote {len(text)} characters; cut to {cap} (loop.max_prompt_chars)")
+        text = text[:cap].rsplit(" ", 1)[0]
+    if not update["warnings"]:
+        del update["warnings"]
+    return {
+        **update,
+        "current_prompt": text,
+        "action": action,
+        "thought": reply.thought,
+        "mllm_calls": 1,
+        "timings": timings,
+        "usage": usage_update(reply.usage),
+    }
+
+
+def _regenerate_system(state: GemsState, settings: GemsSettings) -> str:
     loaded = (state.get("skill_trace") or {}).get("loaded") or []
     skills = []
     if settings.skills.to_refiner and loaded:
         # Off by default: in the paper only the first prompt sees the skill.
         registry = registry_for(settings)
         skills = [skill for name in loaded if (skill := registry.get(name)) is not None]
-    system = refine_system(skills)
-    with timed(timings, "refine"):
-        parts = yield Blocking(lambda: refiner_parts(state, settings, artifact_store(settings)))
-        reply = yield Ask(settings.mllm, system, parts)
-    new_prompt = clean_prompt(reply.text)
-    if not new_prompt:
-        raise MLLMError(EMPTY_PROMPT_ERROR)
-    update: dict[str, Any] = {}
-    cap = settings.loop.max_prompt_chars
-    if len(new_prompt) > cap:  # a runaway answer must not break the generator call (URLs, context windows)
-        update["warnings"] = [f"the refiner wrote {len(new_prompt)} characters; cut to {cap} (loop.max_prompt_chars)"]
-        new_prompt = new_prompt[:cap].rsplit(" ", 1)[0]
-    return {
-        **update,
-        "current_prompt": new_prompt,
-        "thought": reply.thought,
-        "mllm_calls": 1,
-        "timings": timings,
-        "usage": usage_update(reply.usage),
-    }
+    return refine_system(skills)
 
 
 refine = node(refine_steps)

@@ -19,7 +19,14 @@ from gems.nodes.prompts import format_lessons, skill_block
 from gems.nodes.prompts import plan as plan_prompts
 from gems.nodes.prompts.compress import COMPRESS_SYSTEM, compressor_parts
 from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM, DECOMPOSE_USER, REPAIR_USER
-from gems.nodes.prompts.refine import refine_system, refiner_parts
+from gems.nodes.prompts.refine import (
+    CHOOSE_ASK,
+    CHOOSE_SYSTEM,
+    EDIT_ASK,
+    EDIT_SYSTEM,
+    refine_system,
+    refiner_parts,
+)
 from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
 from gems.nodes.prompts.verify import VERIFY_SYSTEM, VERIFY_USER
 from tests.support.servers import png_bytes
@@ -57,6 +64,7 @@ def _rendered(tmp_path: Path) -> dict[str, str]:
     state = _state(store)
     settings = GemsSettings(data_dir=tmp_path)
     lessons = format_lessons(LESSONS)
+    edited = {**state, "rounds": [state["rounds"][0], {**state["rounds"][1], "mode": "edit", "base_round": 1}]}
     roles = {
         "planner": (
             plan_prompts.PLANNER_SYSTEM.format(max_active=1, manifest=MANIFEST, lessons=lessons),
@@ -76,13 +84,16 @@ def _rendered(tmp_path: Path) -> dict[str, str]:
         "compressor": (COMPRESS_SYSTEM.format(max_words=100), _text(compressor_parts(state, settings, store))),
         "refiner": (refine_system([]), _text(refiner_parts(state, settings, store))),
         "refiner-with-skill": (refine_system([SKILL]), "(same user message as refiner)"),
+        # refine_mode edit: round 3 edits round 2's image; the history shows an earlier edit round as such.
+        "refiner-edit": (EDIT_SYSTEM, _text(refiner_parts(edited, settings, store, edited["rounds"][1], EDIT_ASK))),
+        "refiner-choose": (CHOOSE_SYSTEM, _text(refiner_parts(state, settings, store, state["rounds"][1], CHOOSE_ASK))),
         "rewrite": (REWRITE_SYSTEM, REQUEST),
     }
     return {role: f"=== system ===\n{system}\n=== user ===\n{user}\n" for role, (system, user) in roles.items()}
 
 
 ROLES = ["planner", "router", "enhancer", "decomposer", "decomposer-repair", "verifier", "compressor", "refiner",
-         "refiner-with-skill", "rewrite"]  # fmt: skip
+         "refiner-with-skill", "refiner-edit", "refiner-choose", "rewrite"]  # fmt: skip
 
 
 @pytest.mark.parametrize("role", ROLES)

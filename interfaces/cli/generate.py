@@ -73,12 +73,22 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
         lines = []
         for r in update.get("rounds") or []:
             total = len(r.get("passed", [])) + len(r.get("failed", []))
-            lines.append(f"critique   round {r['round']}: {len(r.get('passed', []))}/{total} criteria passed")
+            line = f"critique   round {r['round']}: {len(r.get('passed', []))}/{total} criteria passed"
+            if r.get("base_round") and "kept" in r:
+                changes = f"{len(r['kept'])} kept, {len(r['fixed'])} fixed, {len(r['broken'])} broken"
+                line += f" ({changes} vs round {r['base_round']})"
+            lines.append(line)
         return lines
     if node == "compress":
         return [f"compress   {short(r.get('experience'))}" for r in update.get("rounds") or []]
     if node == "refine":
-        return [f"refine     {short(update.get('current_prompt'))}", *_warnings(update)]
+        action = update.get("action") or {}
+        why = f" (why: {short(action['reason'], 60)})" if action.get("reason") else ""
+        if action.get("mode") == "edit":
+            line = f"refine     edit round {action.get('base_round')}'s image: {short(update.get('current_prompt'))}"
+        else:
+            line = f"refine     {short(update.get('current_prompt'))}"
+        return [line + why, *_warnings(update)]
     if node == "finalize":
         final = update.get("final") or {}
         verdict = {True: "success", None: "unverified"}.get(update.get("success"), "best so far")
@@ -140,6 +150,12 @@ def _where(settings: Any) -> str:
 @click.option("--out", help="output folder for final.png, trajectory.json, index.html (default gems-out/THREAD_ID)")
 @click.option("--max-rounds", type=int, help="generator rounds before returning the best image (default 5)")
 @click.option("--seed", type=int, help="base seed for reproducible generations")
+@click.option(
+    "--refine-mode",
+    type=click.Choice(["regenerate", "edit", "auto"]),
+    help="regenerate (a new prompt each round, the paper), edit (fix the best image so far), auto (the refiner "
+    "chooses); edit and auto need an editor: in the config",
+)
 @click.option("--thread-id", help="id for this run's checkpoint thread (default: random)")
 @click.option("--resume", metavar="THREAD_ID", help="continue an interrupted run from its last checkpoint")
 @click.option("--quiet", is_flag=True, help="print only the final image path")
@@ -150,6 +166,7 @@ def generate(
     out: str | None,
     max_rounds: int | None,
     seed: int | None,
+    refine_mode: str | None,
     thread_id: str | None,
     resume: str | None,
     quiet: bool,
@@ -161,7 +178,8 @@ def generate(
         raise UsageError("give either --resume ID or --thread-id ID, not two different ids")
     if not resume and not prompt:
         raise UsageError('the prompt is empty: gems generate "a red cube left of a blue sphere"')
-    settings = load_settings(configs(config), overrides={"loop.max_rounds": max_rounds, "loop.seed": seed})
+    overrides = {"loop.max_rounds": max_rounds, "loop.seed": seed, "loop.refine_mode": refine_mode}
+    settings = load_settings(configs(config), overrides=overrides)
 
     thread_id = resume or thread_id or uuid.uuid4().hex[:12]
     out_dir = Path(out) if out else Path("gems-out") / thread_id
