@@ -38,6 +38,32 @@ def round_pass_rates(records: list[dict[str, Any]], max_rounds: int) -> list[flo
     return [round(mean(v), 4) if v else None for v in per_round]
 
 
+def round_changes(records: list[dict[str, Any]], max_rounds: int) -> dict[str, Any]:
+    """Criteria kept, fixed and broken per round versus each round's base (edits: the edited image; new images: the
+    round before), summed over prompts, per round and per mode. `keep_rate` = kept / (kept + broken): how much of
+    what passed survived the round (the edit-mode goal is >= 0.95)."""
+
+    def tally() -> dict[str, Any]:
+        return {"rounds": 0, "edits": 0, "kept": 0, "fixed": 0, "broken": 0}
+
+    per_round = [tally() for _ in range(max(max_rounds - 1, 0))]
+    by_mode = {"edit": tally(), "generate": tally()}
+    for record in records:
+        for r in record.get("rounds") or []:
+            if "kept" not in r or not 2 <= r.get("round", 0) <= max_rounds:
+                continue
+            mode = "edit" if r.get("mode") == "edit" else "generate"
+            for bucket in (per_round[r["round"] - 2], by_mode[mode]):
+                bucket["rounds"] += 1
+                bucket["edits"] += mode == "edit"
+                for key in ("kept", "fixed", "broken"):
+                    bucket[key] += len(r.get(key) or [])
+    for bucket in [*per_round, *by_mode.values()]:
+        had = bucket["kept"] + bucket["broken"]
+        bucket["keep_rate"] = round(bucket["kept"] / had, 4) if had else None
+    return {"label": SELF_CHECK_LABEL, "per_round": per_round, "by_mode": by_mode}
+
+
 def soft_tifa_tables(scored: list[dict[str, Any]]) -> dict[str, Any]:
     """GenEval2's numbers on its 0-100 scale, as evaluation.py and soft_tifa_analysis.py compute them.
 
@@ -115,6 +141,7 @@ def build_summary(records: list[dict[str, Any]], *, run: dict[str, Any], total: 
             "label": SELF_CHECK_LABEL,
             "success_rate": round(mean(1.0 if r.get("success") else 0.0 for r in checked), 4) if checked else None,
             "round_pass_rate": round_pass_rates(records, max_rounds),
+            "round_changes": round_changes(records, max_rounds),
         },
         "rounds_used": round(mean(len(r.get("rounds") or []) for r in records), 3) if records else None,
         "lessons": {"enabled": bool(lessons.get("enabled")), "store": lessons.get("store")},
@@ -153,6 +180,20 @@ def headline(summary: dict[str, Any]) -> str:
     if scorer == "soft-tifa":
         return f"{label}: soft_tifa_gm {_num(scores['soft_tifa_gm'])}, soft_tifa_am {_num(scores['soft_tifa_am'])}"
     return f"{label}: {_num(scores.get('self_check'))}% of criteria passed by the final images"
+
+
+def changes_table(check: dict[str, Any]) -> Table:
+    """Kept / fixed / broken per round and per mode, as (title, header, rows)."""
+    changes = check.get("round_changes") or round_changes([], 0)
+    header = ["round", "rounds", "edits", "kept", "fixed", "broken", "keep_rate"]
+
+    def row(name: str, b: dict[str, Any]) -> list[str]:
+        return [name, *(str(b[k]) for k in header[1:-1]), _fmt(b["keep_rate"])]
+
+    rows = [row(str(i + 2), b) for i, b in enumerate(changes["per_round"])]
+    rows += [row(f"all {mode}", b) for mode, b in changes["by_mode"].items() if b["rounds"]]
+    title = f"Criteria kept, fixed and broken versus each round's base, {changes['label']}"
+    return title, header, rows
 
 
 def score_tables(summary: dict[str, Any]) -> list[Table]:
@@ -203,6 +244,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "|---|" + "---|" * len(rates),
         "| pass rate | " + " | ".join(_fmt(v) for v in rates) + " |",
         "",
+        *_markdown_table(*changes_table(check)),
         "## Cost",
         "",
         "| | total | per prompt |",
@@ -248,7 +290,7 @@ def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Pat
         line = f"{_record_score(record)} · {skill} · {cost_line(record.get('cost') or {})}"
         items.append(gallery_item(record, line, src_for))
     title = f"gems bench: {summary['method']} on {summary['dataset']}"
-    return render_gallery(title, intro, items, score_tables(summary))
+    return render_gallery(title, intro, items, [*score_tables(summary), changes_table(check)])
 
 
 def write_reports(out: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
