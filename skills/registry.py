@@ -180,17 +180,31 @@ class SkillRegistry:
 
 
 def registry_for(settings: GemsSettings) -> SkillRegistry:
-    """The registry a run uses: the bundled library plus `skills.paths`."""
-    return load_registry(tuple(settings.skills.paths))
+    """The registry a run uses: the bundled library (unless `skills.bundled` is off) plus `skills.paths`."""
+    return load_registry(tuple(settings.skills.paths), include_bundled=settings.skills.bundled)
 
 
 def load_registry(paths: list[Path] | tuple[Path, ...] = (), include_bundled: bool = True) -> SkillRegistry:
-    """Build a registry from the bundled library plus user folders (earlier folders win name clashes)."""
-    return _load_registry(tuple(Path(p).expanduser().resolve() for p in paths), include_bundled)
+    """Build a registry from the bundled library plus user folders (earlier folders win name clashes).
+
+    Cached per folder contents: a SKILL.md added, removed or rewritten (a user's edit, an evolved library) is read
+    on the next call.
+    """
+    roots = tuple(Path(p).expanduser().resolve() for p in paths)
+    return _load_registry(roots, include_bundled, tuple(_fingerprint(root) for root in roots))
+
+
+def _fingerprint(root: Path) -> tuple[tuple[str, int, int], ...]:
+    try:
+        return tuple((str(p), (s := p.stat()).st_mtime_ns, s.st_size) for p in sorted(root.glob("*/SKILL.md")))
+    except OSError:
+        return ()
 
 
 @functools.lru_cache(maxsize=8)
-def _load_registry(paths: tuple[Path, ...], include_bundled: bool) -> SkillRegistry:
+def _load_registry(
+    paths: tuple[Path, ...], include_bundled: bool, fingerprint: tuple[tuple[tuple[str, int, int], ...], ...]
+) -> SkillRegistry:
     registry = SkillRegistry()
     if include_bundled:
         registry.add_folder(bundled_library())

@@ -13,6 +13,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from langgraph.store.base import IndexConfig, PutOp
@@ -88,16 +89,20 @@ def _cached_vectors(texts: list[str], embeddings: Embeddings, cache_dir: Path | 
     return vectors
 
 
-_indexes: dict[tuple[int, int], SkillIndex] = {}
+_indexes: dict[tuple[Any, int], SkillIndex] = {}
 _lock = threading.Lock()
 
 
 def get_index(registry: SkillRegistry, embeddings: Embeddings, cache_dir: Path | None = None) -> SkillIndex:
     """Return the process-wide index for this registry and embedding model (built once, vectors cached on disk)."""
-    key = (id(registry), id(embeddings))
+    # By content, not id(): a registry rebuilt after an edit may reuse a collected one's id.
+    routing = tuple((s.name, s.description, str(s.path), repr(s.metadata)) for s in registry.skills.values())
+    key = (routing, id(embeddings))
     with _lock:
         index = _indexes.get(key)
         if index is None:
             index = SkillIndex(registry, embeddings, cache_dir)
+            if len(_indexes) >= 64:  # libraries come and go (edits, gems skills evolve): keep the newest
+                del _indexes[next(iter(_indexes))]
             _indexes[key] = index
         return index

@@ -339,3 +339,17 @@ def test_skills_cli(capsys, tmp_path):
     assert gems_main(["skills", "validate", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "ok     brand-look" in out and "error" in out and "must equal its folder name 'broken'" in out
+
+
+def test_the_registry_rereads_a_folder_whose_skills_changed(tmp_path):
+    from gems.skills import load_registry
+
+    folder = tmp_path / "lib" / "tidy"
+    folder.mkdir(parents=True)
+    text = "---\nname: tidy\ndescription: {d}\n---\n# Tidy\n\nKeep it tidy.\n"
+    (folder / "SKILL.md").write_text(text.format(d="First words."))
+    assert load_registry((tmp_path / "lib",), include_bundled=False).get("tidy").description == "First words."
+    (folder / "SKILL.md").write_text(text.format(d="Second, longer words."))
+    assert load_registry((tmp_path / "lib",), include_bundled=False).get("tidy").description == "Second, longer words."
+    (tmp_path / "lib" / "tidy" / "SKILL.md").unlink()
+    assert len(load_registry((tmp_path / "lib",), include_bundled=False)) == 0
