@@ -150,6 +150,9 @@ class SkillSettings(_Strict):
     """The SKILL.md library the planner routes to."""
 
     enabled: bool = Field(True, description="false reproduces the loop without skills")
+    bundled: bool = Field(
+        True, description="include the skills shipped with gems; false: only skills.paths (an evolved library)"
+    )
     paths: list[Path] = Field(default_factory=list, description="extra folders holding <name>/SKILL.md")
     top_k: int = Field(4, ge=1, le=50, description="candidates retrieved per prompt and shown to the planner")
     min_relevance: float = Field(0.0, ge=0, le=1, description="cosine relevance a candidate needs")

@@ -60,6 +60,11 @@ def gallery_item(record: dict[str, Any], line: str, src_for: Callable[[dict[str,
     return {"heading": heading, "line": line, "rounds": rounds}
 
 
+def render_template(name: str, **context: Any) -> str:
+    """Render one of the package's HTML templates (autoescaped)."""
+    return _templates.get_template(name).render(**context)
+
+
 def render_gallery(title: str, intro: list[str], items: list[dict[str, Any]], tables: list[Table] | None = None) -> str:
     return _templates.get_template("gallery.html.j2").render(title=title, intro=intro, tables=tables or [], items=items)
 

@@ -19,6 +19,7 @@ from gems.nodes.prompts import format_lessons, skill_block
 from gems.nodes.prompts import plan as plan_prompts
 from gems.nodes.prompts.compress import COMPRESS_SYSTEM, compressor_parts
 from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM, DECOMPOSE_USER, REPAIR_USER
+from gems.nodes.prompts.evolve import propose_system, propose_user
 from gems.nodes.prompts.refine import (
     CHOOSE_ASK,
     CHOOSE_SYSTEM,
@@ -88,12 +89,20 @@ def _rendered(tmp_path: Path) -> dict[str, str]:
         "refiner-edit": (EDIT_SYSTEM, _text(refiner_parts(edited, settings, store, edited["rounds"][1], EDIT_ASK))),
         "refiner-choose": (CHOOSE_SYSTEM, _text(refiner_parts(state, settings, store, state["rounds"][1], CHOOSE_ASK))),
         "rewrite": (REWRITE_SYSTEM, REQUEST),
+        "skill-proposer": (
+            propose_system(3),
+            propose_user(
+                {"counting": "---\nname: counting\n...\n---\n# Counting"},
+                ['Request: "three red apples". Hard to satisfy: Are there three apples?'],
+                [{"label": "delete counting", "rationale": "unused", "reason": "test score -2.00 points"}],
+            ),
+        ),
     }
     return {role: f"=== system ===\n{system}\n=== user ===\n{user}\n" for role, (system, user) in roles.items()}
 
 
 ROLES = ["planner", "router", "enhancer", "decomposer", "decomposer-repair", "verifier", "compressor", "refiner",
-         "refiner-with-skill", "refiner-edit", "refiner-choose", "rewrite"]  # fmt: skip
+         "refiner-with-skill", "refiner-edit", "refiner-choose", "rewrite", "skill-proposer"]  # fmt: skip
 
 
 @pytest.mark.parametrize("role", ROLES)

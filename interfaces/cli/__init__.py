@@ -23,7 +23,7 @@ EXIT_INTERRUPTED = 130
 COMMANDS = {
     "generate": ("gems.interfaces.cli.generate", "generate", "run the loop for one prompt"),
     "memory": ("gems.interfaces.cli.memory", "memory", "list, search and manage the lessons learned across runs"),
-    "skills": ("gems.interfaces.cli.skills", "skills", "list, show, validate and scaffold SKILL.md skills"),
+    "skills": ("gems.interfaces.cli.skills", "skills", "list, show, validate, scaffold and evolve SKILL.md skills"),
     "serve": ("gems.interfaces.cli.serve", "serve", "serve the graph over HTTP (LangServe: /gems/invoke, ...)"),
     "serve-generator": (
         "gems.interfaces.cli.serve_generator",
@@ -36,20 +36,27 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 class LazyGroup(click.Group):
-    """A group whose sub-commands are imported on use."""
+    """A group whose sub-commands in `lazy` (name -> module, attribute, help) are imported on use."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str, str]] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy = COMMANDS if lazy is None else lazy
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return [*super().list_commands(ctx), *self.lazy]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS:
-            return None
-        module, attr, _ = COMMANDS[cmd_name]
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in self.lazy:
+            return command
+        module, attr, _ = self.lazy[cmd_name]
         return getattr(importlib.import_module(module), attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, cmd.get_short_help_str(80)) for name, cmd in self.commands.items() if not cmd.hidden]
+        rows += [(name, text) for name, (_, _, text) in self.lazy.items()]
         with formatter.section("Commands"):
-            formatter.write_dl([(name, text) for name, (_, _, text) in COMMANDS.items()])
+            formatter.write_dl(rows)
 
 
 @click.group(

@@ -1,4 +1,4 @@
-"""`gems skills`: list, show, validate and scaffold SKILL.md skills."""
+"""`gems skills`: list, show, validate and scaffold SKILL.md skills; evolve the library and apply what was accepted."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from gems.configs import UsageError, load_settings
-from gems.interfaces.cli import CONTEXT, EXIT_ERROR, config_option, short
+from gems.interfaces.cli import CONTEXT, EXIT_ERROR, LazyGroup, config_option, short
 from gems.skills import SkillRegistry, registry_for
 from gems.skills.registry import NAME_RE
 
@@ -31,7 +31,18 @@ Return one paragraph, no lists.
 """
 
 
-@click.group(context_settings=CONTEXT)
+# The evolution commands load the bench and the graph: imported only when they run.
+EVOLVE_COMMANDS = {
+    "evolve": (
+        "gems.interfaces.cli.skills_evolve",
+        "evolve",
+        "propose skill changes from lessons; keep those tests confirm",
+    ),
+    "apply": ("gems.interfaces.cli.skills_evolve", "apply", "copy what an evolve run accepted into a skills folder"),
+}
+
+
+@click.group(cls=LazyGroup, lazy=EVOLVE_COMMANDS, context_settings=CONTEXT)
 @config_option()
 @click.pass_context
 def skills(ctx: click.Context, config: str | None) -> None:

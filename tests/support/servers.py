@@ -281,6 +281,7 @@ def role_of(body: dict[str, Any]) -> str:
     """Which GEMS role sent this request, told by the first line of its system prompt."""
     from gems.nodes.prompts.compress import COMPRESS_SYSTEM
     from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM
+    from gems.nodes.prompts.evolve import PROPOSE_SYSTEM
     from gems.nodes.prompts.plan import ENHANCE_SYSTEM, PLANNER_SYSTEM, ROUTER_SYSTEM
     from gems.nodes.prompts.refine import CHOOSE_SYSTEM, EDIT_SYSTEM, REFINE_SYSTEM
     from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
@@ -298,6 +299,7 @@ def role_of(body: dict[str, Any]) -> str:
         ("edit", EDIT_SYSTEM),
         ("choose", CHOOSE_SYSTEM),
         ("rewrite", REWRITE_SYSTEM),
+        ("propose", PROPOSE_SYSTEM),
     ):
         if system.startswith(prompt.splitlines()[0]):
             return role
@@ -313,12 +315,13 @@ class ScriptedMLLM:
         verdict: `f(criterion, attempt)` -> answer text, `attempt` counting from 1 per criterion.
         verdict_by_image: `f(criterion, prompt the image was generated from)` -> answer; use it when runs overlap.
         route: the router's answer (a skill name makes the tool-calling planner call load_skill with it).
-        enhance: the enhancer's answer (the planner's turn after a tool result).
+        enhance: the enhancer's answer (the planner's turn after a tool result), or `f(body)` -> the answer.
         planner: `f(turn, messages)` -> the planner's full answer, overriding route/enhance for tool mode.
         agent: `f(body)` -> the answer to requests from no GEMS role (an agent calling gems as a tool).
         refine: `f(n)` -> the n-th refined prompt; reasoning: sent as `reasoning_content` by the refiner.
         edit: `f(n)` -> the n-th edit instruction (refine_mode edit).
         choose: `f(n)` -> the n-th `ACTION:/REASON:/TEXT:` answer (refine_mode auto).
+        propose: `f(n, body)` -> the skill proposer's n-th answer (gems skills evolve).
         fail_verify: criteria whose verifier call answers HTTP 500.
         block_at: `(role, n)`: the n-th call of that role waits until `release` is set (a test kills its client).
     """
@@ -329,7 +332,7 @@ class ScriptedMLLM:
         criteria_retry: list[str] | str | None = None,
         verdict: Callable[[str, int], str] = lambda q, n: "yes",
         route: str = "NONE",
-        enhance: str = "an enhanced prompt",
+        enhance: str | Callable[[dict[str, Any]], str] = "an enhanced prompt",
         refine: Callable[[int], str] = lambda n: f"refined prompt {n}",
         compress: str = "Lesson: make the failed parts explicit.",
         reasoning: str | None = None,
@@ -340,6 +343,7 @@ class ScriptedMLLM:
         block_at: tuple[str, int] | None = None,
         edit: Callable[[int], str] = lambda n: f"edit instruction {n}",
         choose: Callable[[int], str] = lambda n: f"ACTION: edit\nREASON: local fix\nTEXT: edit instruction {n}",
+        propose: Callable[[int, dict[str, Any]], str] = lambda n, body: "[]",
         tool_skills: tuple[str, ...] = (
             "creative-drawing",
             "aesthetic-drawing",
@@ -359,6 +363,7 @@ class ScriptedMLLM:
         self.refine = refine
         self.edit = edit
         self.choose = choose
+        self.propose = propose
         self.compress = compress
         self.reasoning = reasoning
         self.fail_verify = set(fail_verify)
@@ -401,7 +406,7 @@ class ScriptedMLLM:
         if role == "route":
             return self.route
         if role == "enhance":
-            return self.enhance
+            return self.enhance(body) if callable(self.enhance) else self.enhance
         if role == "decompose":
             answer = self.criteria_answers[min(count - 1, len(self.criteria_answers) - 1)]
             return answer if isinstance(answer, str) else json.dumps(list(answer))
@@ -423,6 +428,8 @@ class ScriptedMLLM:
             return self.edit(count)
         if role == "choose":
             return self.choose(count)
+        if role == "propose":
+            return self.propose(count, body)
         if role == "rewrite":
             return f"rewritten: {user_text(body)}"
         if self.agent is not None:  # anything else is an outside agent that uses gems as a tool

@@ -1,0 +1,122 @@
+"""`DIR/report.md` and `DIR/report.html` of `gems skills evolve`: every proposal, its diff, scores and cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gems.interfaces.pages import render_template
+
+COST_KEYS = ("mllm_calls", "input_tokens", "output_tokens", "generator_calls", "generator_busy_s", "judge_calls")
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _delta(entry: dict[str, Any]) -> float | None:
+    before, after = (entry.get("before") or {}).get("score"), (entry.get("after") or {}).get("score")
+    return None if before is None or after is None else after - before
+
+
+def category_rows(entry: dict[str, Any]) -> list[list[str]]:
+    """Per category: before, after, change (the after run's categories; scores 0-100)."""
+    before = (entry.get("before") or {}).get("by_category") or {}
+    after = (entry.get("after") or {}).get("by_category") or {}
+    rows = []
+    for name in sorted(set(before) | set(after)):
+        b, a = before.get(name), after.get(name)
+        change = None if a is None or b is None else a - b
+        rows.append([name, _num(b), _num(a), "-" if change is None else f"{change:+.2f}"])
+    return rows
+
+
+def cost_text(entry: dict[str, Any]) -> str:
+    """What trying the proposal cost: the test run with the change (the baseline is shared), plus the proposer."""
+    cost = (entry.get("after") or {}).get("cost") or {}
+    parts = [f"{k} {cost[k]:g}" for k in COST_KEYS if cost.get(k)]
+    usage = entry.get("usage") or {}
+    if usage:
+        parts.append(f"proposer tokens {usage.get('input_tokens', 0):g} in / {usage.get('output_tokens', 0):g} out")
+    wall = (entry.get("after") or {}).get("wall_s")
+    if wall:
+        parts.append(f"{wall:.1f}s")
+    return ", ".join(parts) or "not run"
+
+
+def _metric(entries: list[dict[str, Any]]) -> str:
+    for entry in entries:
+        metric = (entry.get("after") or entry.get("before") or {}).get("metric")
+        if metric:
+            return str(metric)
+    return "the bench's scorer"
+
+
+def report_markdown(entries: list[dict[str, Any]]) -> str:
+    proposals = [e for e in entries if e.get("id")]
+    lines = [
+        "# gems skills evolve",
+        "",
+        f"Scores: {_metric(proposals)}, 0-100, on the held-out test prompts with the same seeds before and after "
+        "each change. A change is kept only when the score rises by the margin and no category falls by more "
+        "than the allowed drop.",
+        "",
+        "| id | change | decision | before | after | change in score | why |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in proposals:
+        before, after = (e.get("before") or {}).get("score"), (e.get("after") or {}).get("score")
+        delta = _delta(e)
+        lines.append(
+            f"| {e['id']} | {e.get('label')} | **{e.get('decision')}** | {_num(before)} | {_num(after)} | "
+            f"{'-' if delta is None else f'{delta:+.2f}'} | {e.get('reason', '')} |"
+        )
+    for e in proposals:
+        lines += ["", f"## {e['id']}: {e.get('label')} ({e.get('decision')})", ""]
+        lines.append(f"- rationale: {e.get('rationale') or '-'}")
+        for text in e.get("lesson_texts") or []:
+            lines.append(f"- from lesson {text}")
+        lines.append(f"- decision: {e.get('decision')}: {e.get('reason', '')}")
+        lines.append(f"- cost: {cost_text(e)}")
+        rows = category_rows(e)
+        if rows:
+            lines += ["", "| category | before | after | change |", "|---|---|---|---|"]
+            lines += [f"| {' | '.join(row)} |" for row in rows]
+        if e.get("diff"):
+            lines += ["", "```diff", e["diff"].rstrip("\n"), "```"]
+        elif e.get("op") != "delete" and e.get("skill_md"):
+            lines += ["", "Proposed SKILL.md (not applied):", "", "```markdown", e["skill_md"].strip(), "```"]
+    unreadable = [e for e in entries if e.get("decision") == "unreadable"]
+    if unreadable:
+        lines += ["", "## Proposer answers that could not be read", ""]
+        lines += [f"- cycle {e.get('cycle')} round {e.get('round')}: {e.get('reason')}" for e in unreadable]
+    return "\n".join(lines) + "\n"
+
+
+def _diff_lines(diff: str) -> list[dict[str, str]]:
+    kinds = {"+": "add", "-": "del", "@": "hunk"}
+    return [
+        {"text": line, "kind": "file" if line.startswith(("+++", "---")) else kinds.get(line[:1], "")}
+        for line in diff.splitlines()
+    ]
+
+
+def report_html(entries: list[dict[str, Any]]) -> str:
+    proposals = []
+    for e in (e for e in entries if e.get("id")):
+        delta = _delta(e)
+        proposals.append({
+            **e,
+            "before_text": _num((e.get("before") or {}).get("score")),
+            "after_text": _num((e.get("after") or {}).get("score")),
+            "delta_text": "-" if delta is None else f"{delta:+.2f}",
+            "rows": category_rows(e),
+            "cost": cost_text(e),
+            "diff_lines": _diff_lines(e.get("diff") or ""),
+        })  # fmt: skip
+    return render_template("evolve.html.j2", metric=_metric(proposals), proposals=proposals)
+
+
+def write_reports(out: Path, entries: list[dict[str, Any]]) -> None:
+    (out / "report.md").write_text(report_markdown(entries), encoding="utf-8")
+    (out / "report.html").write_text(report_html(entries), encoding="utf-8")
