@@ -240,6 +240,29 @@ class EvolutionLog:
         return max((int(e.get("cycle", 0)) for e in self.entries()), default=0)
 
 
+def replaced_texts(library: Path, proposal: Proposal) -> dict[str, str | None]:
+    """The SKILL.md texts a proposal replaces, by name (None: the skill did not exist), to tell a later revert."""
+    texts = skill_texts(library)
+    names = [*proposal.targets, *([proposal.name] if proposal.name else [])]
+    return {name: texts.get(name) for name in dict.fromkeys(names)}
+
+
+def undone(entries: list[dict[str, Any]], library: Path) -> list[dict[str, Any]]:
+    """Accepted changes that the library no longer carries because every skill they touched is back as it was.
+
+    A change that is undone is logged as `reverted`, so it is not proposed again unchanged.
+    """
+    texts = skill_texts(library)
+    reverted = {e.get("reverted_id") for e in entries if e.get("decision") == "reverted"}
+    out = []
+    for entry in entries:
+        if entry.get("decision") != "accepted" or entry.get("id") in reverted or not entry.get("replaced"):
+            continue
+        if all(texts.get(name) == old for name, old in entry["replaced"].items()):
+            out.append(entry)
+    return out
+
+
 def proposal_record(proposal: Proposal) -> dict[str, Any]:
     """The proposal's fields as the log stores them."""
     return {**asdict(proposal), "digest": proposal.digest(), "name": proposal.name, "label": proposal.label()}

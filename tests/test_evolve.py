@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,26 @@ def test_an_unreadable_answer_is_logged_and_the_cycle_ends_cleanly(stubs, sets, 
     (entry,) = [json.loads(line) for line in (out / "evolution.jsonl").read_text().splitlines()]
     assert entry["decision"] == "unreadable" and "no JSON list" in entry["reason"]
     assert "Proposer answers that could not be read" in (out / "report.md").read_text()
+
+
+def test_a_change_undone_later_is_logged_reverted_and_blocked(tmp_path, user_library):
+    from gems.interfaces.evolve.report import report_markdown
+    from gems.skills.evolution import EvolutionLog, proposal_record, replaced_texts, undone
+
+    library = tmp_path / "lib"
+    shutil.copytree(user_library, library)
+    original = (library / "plain-style" / "SKILL.md").read_text()
+    change = Proposal("revise", ["plain-style"], USER_SKILL.replace("Describe the object", "Describe it twice"))
+    entry = {"id": "c1-r1-p1", **proposal_record(change), "decision": "accepted",
+             "replaced": replaced_texts(library, change)}  # fmt: skip
+    assert entry["replaced"] == {"plain-style": original}
+    (library / "plain-style" / "SKILL.md").write_text(change.skill_md)
+    assert undone([entry], library) == []  # still in force
+    (library / "plain-style" / "SKILL.md").write_text(original)  # a later change put the old text back
+    assert undone([entry], library) == [entry]
+    log = EvolutionLog(tmp_path / "evolution.jsonl")
+    log.append(entry)
+    log.append({"decision": "reverted", "digest": entry["digest"], "reverted_id": "c1-r1-p1",
+                "label": entry["label"], "reason": "undone by c1-r2-p1"})  # fmt: skip
+    assert change.digest() in log.blocked() and undone(log.entries(), library) == []
+    assert "- c1-r1-p1 revise plain-style: undone by c1-r2-p1" in report_markdown(log.entries())

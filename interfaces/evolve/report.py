@@ -86,6 +86,10 @@ def report_markdown(entries: list[dict[str, Any]]) -> str:
             lines += ["", "```diff", e["diff"].rstrip("\n"), "```"]
         elif e.get("op") != "delete" and e.get("skill_md"):
             lines += ["", "Proposed SKILL.md (not applied):", "", "```markdown", e["skill_md"].strip(), "```"]
+    reverted = [e for e in entries if e.get("decision") == "reverted"]
+    if reverted:
+        lines += ["", "## Accepted changes undone later (never proposed again unchanged)", ""]
+        lines += [f"- {e.get('reverted_id')} {e.get('label')}: {e.get('reason')}" for e in reverted]
     unreadable = [e for e in entries if e.get("decision") == "unreadable"]
     if unreadable:
         lines += ["", "## Proposer answers that could not be read", ""]

@@ -41,7 +41,9 @@ from gems.skills.evolution import (
     materialize,
     parse_proposals,
     proposal_record,
+    replaced_texts,
     skill_texts,
+    undone,
     validate,
 )
 
@@ -238,6 +240,12 @@ def evolve(
             if entry["decision"] == "accepted":
                 baseline = entry["after"]
                 accepted_digests.add(entry["digest"])
+                for old in undone(log.entries(), library):  # this change put back what an earlier one replaced
+                    log.append({"cycle": cycle, "round": round_no, "decision": "reverted", "digest": old["digest"],
+                                "reverted_id": old["id"], "label": old.get("label"), "rationale": old.get("rationale"),
+                                "reason": f"undone by {entry['id']}", "time": _now()})  # fmt: skip
+                    accepted_digests.discard(old["digest"])
+                    say(f"  {old['id']} {old.get('label')}: reverted by {entry['id']}")
     after_cycle = score_of(bench.run(test, library, "test")[0]) if decisions else before_cycle
     summary = {
         "cycle": cycle,
@@ -284,6 +292,7 @@ def _try(
     candidate = out / "candidates" / ident
     if candidate.exists():
         shutil.rmtree(candidate)
+    entry["replaced"] = replaced_texts(library, proposal)
     apply_proposal(library, proposal, candidate)
     entry["diff"] = library_diff(library, candidate)
     after = score_of(bench.run(test, candidate, "test")[0])
