@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from http.cookies import CookieError, SimpleCookie
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from gems.configs import ConfigError, GemsSettings, load_settings
-from gems.configs.settings import KEY_HELP, api_keys_from_env, key_name, offered_key
+from gems.configs.settings import KEY_HELP, NO_EDITOR, api_keys_from_env, key_name, offered_key
 from gems.graph.builder import build_graph, continuation, run_config
 from gems.interfaces.pages import run_page
 from gems.memory.artifacts import ArtifactError, ArtifactStore
@@ -73,6 +73,12 @@ class GemsRequest(BaseModel):
     seed: Annotated[int, Field(strict=True, ge=0, lt=2**63)] | SkipJsonSchema[None] = Field(
         None, description="base seed for reproducible generations", json_schema_extra=_no_default
     )
+    refine_mode: Literal["regenerate", "edit", "auto"] | SkipJsonSchema[None] = Field(
+        None,
+        description="regenerate (a new prompt each round), edit (fix the best image so far) or auto; edit and auto "
+        "need an editor in the server's config",
+        json_schema_extra=_no_default,
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -96,6 +102,10 @@ def _with_urls(value: Any) -> Any:
     if isinstance(value, list):
         return [_with_urls(v) for v in value]
     return value
+
+
+class NoEditor(Exception):
+    """A request asks for refine_mode edit or auto and the server has no editor: answered 422."""
 
 
 class BatchTooLarge(Exception):
@@ -139,9 +149,10 @@ class GemsService(Runnable[dict, dict]):
 
     def _prepare(self, payload: Any, config: RunnableConfig | None) -> tuple[GemsSettings, dict[str, Any], str]:
         request = payload if isinstance(payload, GemsRequest) else GemsRequest.model_validate(payload)
-        loop = self.settings.loop.model_copy(
-            update={k: v for k, v in {"max_rounds": request.max_rounds, "seed": request.seed}.items() if v is not None}
-        )
+        chosen = {"max_rounds": request.max_rounds, "seed": request.seed, "refine_mode": request.refine_mode}
+        loop = self.settings.loop.model_copy(update={k: v for k, v in chosen.items() if v is not None})
+        if loop.refine_mode != "regenerate" and self.settings.editor.backend == "none":
+            raise NoEditor(NO_EDITOR.format(mode=loop.refine_mode) + " in the server's config")
         configurable = (config or {}).get("configurable") or {}
         tenant = configurable.get("tenant")
         memory = self.settings.memory.model_copy(update={"tenant": tenant}) if tenant else self.settings.memory
@@ -529,5 +540,6 @@ def create_app(
     app.add_exception_handler(ThreadConflict, refusal(409))
     app.add_exception_handler(ServerBusy, refusal(429, {"retry-after": "5"}))
     app.add_exception_handler(BatchTooLarge, refusal(413))
+    app.add_exception_handler(NoEditor, refusal(422))
     app.add_middleware(_Guard, keys=keys)
     return app

@@ -381,3 +381,20 @@ def test_a_served_run_may_ask_for_edit_only_where_the_server_has_an_editor():
     assert options.apply(served).loop.refine_mode == "auto"
     with pytest.raises(Exception, match="editor"):  # clients cannot point the server at another editor
         RunOptions.model_validate({"editor": {"backend": "openai"}})
+
+
+def test_a_lesson_says_when_an_edit_fixed_it():
+    from gems.memory.experiences import lesson_from_state
+
+    state = {
+        "prompt": "a red cat on a mat",
+        "criteria": CRITERIA,
+        "rounds": [
+            {"round": 1, "prompt": "a red cat on a mat", "passed": [CAT, MAT], "failed": [RED], "mode": "generate"},
+            {"round": 2, "prompt": "make the cat red", "passed": CRITERIA, "failed": [], "mode": "edit"},
+        ],
+        "final": {"passed": 3},
+        "success": True,
+    }
+    lesson = lesson_from_state(state, GemsSettings(), "t")
+    assert lesson is not None and 'An edit of the image fixed it, instructed: "make the cat red".' in lesson.text

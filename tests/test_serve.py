@@ -157,6 +157,24 @@ def test_bad_requests_get_422_naming_the_field(served, payload, field):
     assert gen.prompts == []
 
 
+def test_refine_mode_per_request_needs_an_editor_on_the_server(served):
+    server, _, gen = served()
+    with server:
+        body = {"input": {"prompt": "a cat", "refine_mode": "edit"}}
+        response = httpx.post(f"{server.url}/gems/invoke", json=body, headers={"X-API-Key": KEY})
+        assert response.status_code == 422
+        assert response.json()["detail"] == (
+            "loop.refine_mode edit needs an editor: set editor.backend to diffusers, openai or generator "
+            "in the server's config"
+        )
+        bad = httpx.post(f"{server.url}/gems/invoke", json={"input": {"prompt": "a cat", "refine_mode": "redo"}},
+                         headers={"X-API-Key": KEY})  # fmt: skip
+        assert bad.status_code == 422 and "refine_mode" in bad.text
+        plain = {"input": {"prompt": "a cat", "refine_mode": "regenerate", "max_rounds": 1}}
+        assert httpx.post(f"{server.url}/gems/invoke", json=plain, headers={"X-API-Key": KEY}).status_code == 200
+    assert len(gen.prompts) == 1
+
+
 def test_concurrency_cap_answers_429(served):
     server, _, gen = served(max_concurrent=1, queue_timeout_s=0.5, block_on_call=1)
     with server:
