@@ -264,7 +264,7 @@ def test_gems_serve_command_starts(tmp_path):
         health = wait_until_up(f"http://127.0.0.1:{port}/health", proc)
         assert health.json()["auth"] is True
         schema = httpx.get(f"http://127.0.0.1:{port}/gems/input_schema", headers={"X-API-Key": KEY}).json()
-        assert set(schema["properties"]) == {"prompt", "max_rounds", "seed"}
+        assert set(schema["properties"]) == {"prompt", "max_rounds", "seed", "refine_mode"}
         playground = httpx.get(f"http://127.0.0.1:{port}/gems/playground/", headers={"X-API-Key": KEY})
         assert playground.status_code == 200
     finally:
