@@ -262,8 +262,9 @@ class GemsSettings(_Strict):
 
     @model_validator(mode="after")
     def _editor_when_editing(self) -> GemsSettings:
-        if self.loop.refine_mode != "regenerate" and self.editor.backend == "none":
-            raise ValueError(NO_EDITOR.format(mode=self.loop.refine_mode))
+        why = missing_editor(self)
+        if why:
+            raise ValueError(why)
         return self
 
     @property
@@ -277,6 +278,13 @@ class GemsSettings(_Strict):
     @property
     def sqlite_path(self) -> Path:
         return self.storage.sqlite_path or self.data_dir / "checkpoints.sqlite"
+
+
+def missing_editor(settings: GemsSettings) -> str | None:
+    """Why these settings cannot run: refine_mode edit or auto with no editor configured; None when they can."""
+    if settings.loop.refine_mode != "regenerate" and settings.editor.backend == "none":
+        return NO_EDITOR.format(mode=settings.loop.refine_mode)
+    return None
 
 
 # env var -> dotted settings key; these are the knobs people change most.
@@ -501,8 +509,9 @@ class RunOptions(_Strict):
             if chosen:
                 updates[section] = getattr(base, section).model_copy(update=chosen)
         applied = base.model_copy(update=updates)
-        if applied.loop.refine_mode != "regenerate" and applied.editor.backend == "none":
-            raise ConfigError(NO_EDITOR.format(mode=applied.loop.refine_mode) + " in the server's config")
+        why = missing_editor(applied)
+        if why:
+            raise ConfigError(why + " in the server's config")
         return applied
 
 

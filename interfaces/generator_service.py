@@ -55,8 +55,18 @@ class _Job(BaseModel):
     guidance_scale: float | None = None
     negative_prompt: str | None = None
 
+    def overrides(self) -> dict[str, Any]:
+        """The pipeline arguments this job sets beside its prompt and seed."""
+        return {
+            "width": self.width,
+            "height": self.height,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "negative_prompt": self.negative_prompt,
+        }
+
     def group(self) -> tuple[Any, ...]:
-        return (self.width, self.height, self.num_inference_steps, self.guidance_scale, self.negative_prompt)
+        return tuple(self.overrides().values())
 
 
 @serve.deployment(name="GemsGeneratorCounters", num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -133,14 +143,7 @@ class PipelineReplica:
         for job, future in taken:
             groups.setdefault(job.group(), []).append((job, future))
         for group in groups.values():
-            first = group[0][0]
-            overrides = {
-                "width": first.width,
-                "height": first.height,
-                "num_inference_steps": first.num_inference_steps,
-                "guidance_scale": first.guidance_scale,
-                "negative_prompt": first.negative_prompt,
-            }
+            overrides = group[0][0].overrides()
             prompts, seeds = [job.prompt for job, _ in group], [job.seed for job, _ in group]
             try:
                 rendered = await asyncio.to_thread(self.generator.render_prompts, prompts, seeds, **overrides)
@@ -167,16 +170,11 @@ class PipelineReplica:
             return {"error": self.cannot_edit, "status": 400}
         image = job.pop("image")
         spec = _Job.model_validate(job)
-        overrides = {
-            "width": spec.width,
-            "height": spec.height,
-            "num_inference_steps": spec.num_inference_steps,
-            "guidance_scale": spec.guidance_scale,
-            "negative_prompt": spec.negative_prompt,
-        }
         async with self.pipeline:
             try:
-                (item,) = await asyncio.to_thread(self.editor.edit_many, image, spec.prompt, [spec.seed], **overrides)
+                (item,) = await asyncio.to_thread(
+                    self.editor.edit_many, image, spec.prompt, [spec.seed], **spec.overrides()
+                )
             except GeneratorError as exc:
                 return {"error": str(exc)}
         for key, add in (("images", 1), ("pipeline_calls", 1), ("batches", 1), ("busy_s", item.meta["busy_s"])):
@@ -296,9 +294,9 @@ class Gateway:
             raise HTTPException(result.get("status", 422), result["error"])
         return result
 
-    async def _render_all(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+    async def _render_all(self, jobs: list[_Job], image: bytes | None = None) -> list[dict[str, Any]]:
         self.requests += 1
-        return list(await asyncio.gather(*(self._render(job) for job in jobs)))
+        return list(await asyncio.gather(*(self._render(job, image) for job in jobs)))
 
     @_http.post("/generate")
     async def generate(
@@ -328,9 +326,7 @@ class Gateway:
         self._check_key(request)
         if body.response_format == "url":
             raise HTTPException(400, "this server answers response_format b64_json only")
-        results = await self._render_all(self._jobs(body))
-        data = [{"b64_json": base64.b64encode(r["png"]).decode(), "seed": r["seed"]} for r in results]
-        return JSONResponse({"created": int(time.time()), "model": self.model, "data": data})
+        return self._images_answer(await self._render_all(self._jobs(body)))
 
     @_http.post("/v1/images/edits")
     async def edits(self, request: Request) -> JSONResponse:
@@ -339,8 +335,10 @@ class Gateway:
         image, body = await _edit_form(request)
         if body.response_format == "url":
             raise HTTPException(400, "this server answers response_format b64_json only")
-        self.requests += 1
-        results = await asyncio.gather(*(self._render(job, image) for job in self._jobs(body)))
+        return self._images_answer(await self._render_all(self._jobs(body), image))
+
+    def _images_answer(self, results: list[dict[str, Any]]) -> JSONResponse:
+        """OpenAI's images answer: each image as `b64_json`, with the seed that drew it."""
         data = [{"b64_json": base64.b64encode(r["png"]).decode(), "seed": r["seed"]} for r in results]
         return JSONResponse({"created": int(time.time()), "model": self.model, "data": data})
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from gems.configs import ConfigError, GemsSettings, load_settings
-from gems.configs.settings import KEY_HELP, NO_EDITOR, api_keys_from_env, key_name, offered_key
+from gems.configs.settings import KEY_HELP, api_keys_from_env, key_name, missing_editor, offered_key
 from gems.graph.builder import build_graph, continuation, run_config
 from gems.interfaces.pages import run_page
 from gems.memory.artifacts import ArtifactError, ArtifactStore
@@ -151,12 +151,13 @@ class GemsService(Runnable[dict, dict]):
         request = payload if isinstance(payload, GemsRequest) else GemsRequest.model_validate(payload)
         chosen = {"max_rounds": request.max_rounds, "seed": request.seed, "refine_mode": request.refine_mode}
         loop = self.settings.loop.model_copy(update={k: v for k, v in chosen.items() if v is not None})
-        if loop.refine_mode != "regenerate" and self.settings.editor.backend == "none":
-            raise NoEditor(NO_EDITOR.format(mode=loop.refine_mode) + " in the server's config")
         configurable = (config or {}).get("configurable") or {}
         tenant = configurable.get("tenant")
         memory = self.settings.memory.model_copy(update={"tenant": tenant}) if tenant else self.settings.memory
         settings = self.settings.model_copy(update={"loop": loop, "memory": memory})
+        why = missing_editor(settings)
+        if why:
+            raise NoEditor(why + " in the server's config")
         thread_id = configurable.get("thread_id") or uuid.uuid4().hex
         return settings, run_config(settings, tenant_thread(tenant, thread_id)), request.prompt
 

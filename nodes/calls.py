@@ -103,15 +103,26 @@ class Render:
         return [generator.render(self.prompt, seed) for seed in self.seeds]
 
     async def arun(self) -> list[Rendered]:
-        if self.generator.backend == "diffusers":
-            # In-process pipelines compute on this host: off the event loop (loading included), one batch.
-            return await asyncio.to_thread(self.run)
-        generator = get_generator(self.generator)
-        arender = getattr(generator, "arender", None)
-        if arender is None:
-            return await asyncio.to_thread(self.run)
-        # Candidates go out together, so a batching server (gems serve-generator) can render them in one call.
-        return list(await asyncio.gather(*(arender(self.prompt, seed) for seed in self.seeds)))
+        return await _per_seed(self.generator, get_generator, "arender", self.run, (self.prompt,), self.seeds)
+
+
+async def _per_seed(
+    settings: GeneratorSettings,
+    client_for: Callable[[GeneratorSettings], Any],
+    method: str,
+    run: Callable[[], list[Rendered]],
+    args: tuple[Any, ...],
+    seeds: list[int],
+) -> list[Rendered]:
+    """An image call under `ainvoke`: remote backends get one awaited request per seed, sent together (so a batching
+    server, gems serve-generator, can render them in one call); in-process pipelines and clients without the async
+    `method` run `run` off the event loop (loading included)."""
+    if settings.backend == "diffusers":
+        return await asyncio.to_thread(run)
+    call = getattr(client_for(settings), method, None)
+    if call is None:
+        return await asyncio.to_thread(run)
+    return list(await asyncio.gather(*(call(*args, seed) for seed in seeds)))
 
 
 def _remote_deadline(g: GeneratorSettings, images: int, section: str) -> tuple[float, Exception] | None:
@@ -147,11 +158,7 @@ class Edit:
         return [editor.edit(self.image, self.instruction, seed) for seed in self.seeds]
 
     async def arun(self) -> list[Rendered]:
-        editor = get_editor(self.editor) if self.editor.backend != "diffusers" else None
-        aedit = getattr(editor, "aedit", None)
-        if aedit is None:  # in-process pipelines (loading included) run off the event loop
-            return await asyncio.to_thread(self.run)
-        return list(await asyncio.gather(*(aedit(self.image, self.instruction, seed) for seed in self.seeds)))
+        return await _per_seed(self.editor, get_editor, "aedit", self.run, (self.image, self.instruction), self.seeds)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,6 @@ choose per round and records its one-line reason.
 
 from __future__ import annotations
 
-from typing import Any
-
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
@@ -18,7 +16,15 @@ from gems.nodes.calls import Ask, Blocking, Steps, node
 from gems.nodes.generators import editor_settings
 from gems.nodes.mllm import MLLMError
 from gems.nodes.parsing import clean_prompt, parse_choice
-from gems.nodes.prompts.refine import CHOOSE_ASK, CHOOSE_SYSTEM, EDIT_ASK, EDIT_SYSTEM, refine_system, refiner_parts
+from gems.nodes.prompts.refine import (
+    CHOOSE_ASK,
+    CHOOSE_SYSTEM,
+    EDIT_ASK,
+    EDIT_SYSTEM,
+    REFINE_ASK,
+    refine_system,
+    refiner_parts,
+)
 from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills import registry_for
 
@@ -52,23 +58,20 @@ def refine_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
         base = dict(chosen) if chosen is not None and (chosen.get("image") or {}).get("sha256") else None
     store = artifact_store(settings)
     if base is None:  # regenerate, or nothing to edit yet
-        system, ask = _regenerate_system(state, settings), None
+        system, ask = _regenerate_system(state, settings), REFINE_ASK
     elif mode == "edit":
         system, ask = EDIT_SYSTEM, EDIT_ASK
     else:
         system, ask = CHOOSE_SYSTEM, CHOOSE_ASK
     with timed(timings, "refine"):
-        if ask is None:
-            parts = yield Blocking(lambda: refiner_parts(state, settings, store))
-        else:
-            parts = yield Blocking(lambda: refiner_parts(state, settings, store, base=base, ask=ask))
+        parts = yield Blocking(lambda: refiner_parts(state, settings, store, base=base, ask=ask))
         reply = yield Ask(settings.mllm, system, parts)
-    update: dict[str, Any] = {"warnings": []}
+    warnings: list[str] = []
     action = RoundAction(round=next_round, mode="generate")
     if base is not None and mode == "auto":
         choice, reason, text = parse_choice(reply.text)
         if choice is None:
-            update["warnings"].append(NO_ACTION_WARNING)
+            warnings.append(NO_ACTION_WARNING)
         action["reason"] = reason
         mode_now = "edit" if choice == "edit" else "generate"
     else:
@@ -81,12 +84,10 @@ def refine_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
         raise MLLMError(EMPTY_PROMPT_ERROR)
     cap = settings.loop.max_prompt_chars
     if len(text) > cap:  # a runaway answer must not break the generator call (URLs, context windows)
-        update["warnings"].append(f"the refiner wrote {len(text)} characters; cut to {cap} (loop.max_prompt_chars)")
+        warnings.append(f"the refiner wrote {len(text)} characters; cut to {cap} (loop.max_prompt_chars)")
         text = text[:cap].rsplit(" ", 1)[0]
-    if not update["warnings"]:
-        del update["warnings"]
     return {
-        **update,
+        **({"warnings": warnings} if warnings else {}),
         "current_prompt": text,
         "action": action,
         "thought": reply.thought,

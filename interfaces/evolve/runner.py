@@ -98,7 +98,7 @@ class _Bench:
     def __init__(self, settings: GemsSettings, runs: Path, seed: int, concurrency: int, say: Any):
         self.settings, self.runs, self.seed, self.concurrency, self.say = settings, runs, seed, concurrency, say
 
-    def run(self, prompts: Path, library: Path, label: str) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+    def run(self, prompts: Path, library: Path, label: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         probe = _with_library(self.settings, library, self.seed)
         ident = library_digest(library) + settings_digest(probe, RESUME_IGNORES | {"paths"}) + str(prompts)
         out = self.runs / f"{label}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
@@ -112,7 +112,7 @@ class _Bench:
         records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "results").glob("*.json"))]
         self.say(f"  {label}: {len(records)} prompts, score {_fmt(score_of(summary)['score'])} "
                  f"({time.perf_counter() - started:.1f}s)")  # fmt: skip
-        return summary, records, out
+        return summary, records
 
 
 def score_of(summary: dict[str, Any]) -> dict[str, Any]:
@@ -208,7 +208,7 @@ def evolve(
     before_cycle: dict[str, Any] | None = None
     for round_no in range(1, options.rounds + 1):
         say(f"round {round_no}: lessons from the training prompts")
-        _, train_records, _ = bench.run(train, library, "train")
+        _, train_records = bench.run(train, library, "train")
         lessons = _lessons(train_records, settings)
         baseline = score_of(bench.run(test, library, "test")[0])
         before_cycle = before_cycle or baseline

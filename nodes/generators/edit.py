@@ -8,7 +8,6 @@ own pipeline or server (see `presets.editor_settings`).
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import threading
@@ -19,7 +18,6 @@ from gems.configs import GeneratorSettings
 from gems.configs.settings import cache_key
 from gems.nodes.generators.base import GeneratorError, Rendered
 from gems.nodes.generators.diffusers_backend import DiffusersGenerator
-from gems.nodes.generators.http_backend import apost_with_retries, post_with_retries
 from gems.nodes.generators.openai_backend import OpenAIImagesGenerator
 
 
@@ -79,43 +77,25 @@ class OpenAIImagesEditor(OpenAIImagesGenerator):
         super().__init__(settings)
         self.url = settings.url.rstrip("/") + "/images/edits"
 
-    def _form(self, instruction: str, seed: int) -> dict[str, str]:
-        """The generation body as multipart form fields (numbers and objects as text, as curl sends them)."""
-        body = self._body(instruction, seed)
-        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items() if v is not None}
-
     @staticmethod
-    def _files(image: bytes) -> dict[str, tuple[str, bytes, str]]:
-        return {"image": ("image.png", image, "image/png")}
+    def _multipart(body: dict[str, Any], image: bytes) -> dict[str, Any]:
+        """The generation body as form fields (numbers and objects as text, as curl sends them) plus the image."""
+        form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items() if v is not None}
+        return {"data": form, "files": {"image": ("image.png", image, "image/png")}}
 
     def edit(self, image: bytes, instruction: str, seed: int) -> Rendered:
-        form = self._form(instruction, seed)
+        body = self._body(instruction, seed)
         started = time.perf_counter()
-        what = f"image edit endpoint {self.url}"
-        response = post_with_retries(
-            self.client, what, self.settings.max_retries, url=self.url, data=form, files=self._files(image)
-        )
-        item = self._item(response)
-        data = self.plain.get(item["url"]).content if "b64_json" not in item else base64.b64decode(item["b64_json"])
-        return self._edited(data, form, time.perf_counter() - started)
+        data = self._image(f"image edit endpoint {self.url}", **self._multipart(body, image))
+        return self._edited(data, body, time.perf_counter() - started)
 
     async def aedit(self, image: bytes, instruction: str, seed: int) -> Rendered:
-        form = self._form(instruction, seed)
+        body = self._body(instruction, seed)
         started = time.perf_counter()
-        what = f"image edit endpoint {self.url}"
-        response = await apost_with_retries(
-            self.async_clients.get(), what, self.settings.max_retries, url=self.url, data=form, files=self._files(image)
-        )
-        item = self._item(response)
-        url = item.get("url")
-        data = (await self.plain_async.get().get(url)).content if url else base64.b64decode(item["b64_json"])
-        return self._edited(data, form, time.perf_counter() - started)
+        data = await self._aimage(f"image edit endpoint {self.url}", **self._multipart(body, image))
+        return self._edited(data, body, time.perf_counter() - started)
 
-    def _edited(self, data: bytes, form: dict[str, str], busy: float) -> Rendered:
-        body: dict[str, Any] = {}
-        for key in ("seed", "num_inference_steps", "guidance_scale"):
-            if key in form:
-                body[key] = json.loads(form[key])
+    def _edited(self, data: bytes, body: dict[str, Any], busy: float) -> Rendered:
         rendered = self._rendered(data, body, busy)
         rendered.meta["edit"] = True
         return rendered

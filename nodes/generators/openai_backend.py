@@ -61,22 +61,28 @@ class OpenAIImagesGenerator:
     def render(self, prompt: str, seed: int) -> Rendered:
         body = self._body(prompt, seed)
         started = time.perf_counter()
-        what = f"image endpoint {self.url}"
-        response = post_with_retries(self.client, what, self.settings.max_retries, url=self.url, json=body)
-        item = self._item(response)
-        data = self.plain.get(item["url"]).content if "b64_json" not in item else base64.b64decode(item["b64_json"])
+        data = self._image(f"image endpoint {self.url}", json=body)
         return self._rendered(data, body, time.perf_counter() - started)
 
     async def arender(self, prompt: str, seed: int) -> Rendered:
         body = self._body(prompt, seed)
         started = time.perf_counter()
+        data = await self._aimage(f"image endpoint {self.url}", json=body)
+        return self._rendered(data, body, time.perf_counter() - started)
+
+    def _image(self, what: str, **request: Any) -> bytes:
+        """POST `request` to the endpoint (with retries) and return the image of `data[0]`, fetched if a URL."""
+        response = post_with_retries(self.client, what, self.settings.max_retries, url=self.url, **request)
+        item = self._item(response)
+        return self.plain.get(item["url"]).content if "b64_json" not in item else base64.b64decode(item["b64_json"])
+
+    async def _aimage(self, what: str, **request: Any) -> bytes:
+        """`_image` on the running event loop."""
         client = self.async_clients.get()
-        what = f"image endpoint {self.url}"
-        response = await apost_with_retries(client, what, self.settings.max_retries, url=self.url, json=body)
+        response = await apost_with_retries(client, what, self.settings.max_retries, url=self.url, **request)
         item = self._item(response)
         url = item.get("url")
-        data = (await self.plain_async.get().get(url)).content if url else base64.b64decode(item["b64_json"])
-        return self._rendered(data, body, time.perf_counter() - started)
+        return (await self.plain_async.get().get(url)).content if url else base64.b64decode(item["b64_json"])
 
     def _item(self, response: httpx.Response) -> dict[str, Any]:
         """`data[0]` with either `b64_json` or `url`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gems.configs import ConfigError, GemsSettings, GeneratorSettings
+from gems.configs.settings import NO_EDITOR
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Reference Z-Image-Turbo server: bf16, 1024x1024, 9 scheduler steps (8 NFE), no CFG.
@@ -97,10 +98,7 @@ def editor_settings(settings: GemsSettings) -> GeneratorSettings:
     """
     editor = settings.editor
     if editor.backend == "none":
-        raise ConfigError(
-            f"loop.refine_mode {settings.loop.refine_mode} needs an editor: "
-            "set editor.backend to diffusers, openai or generator"
-        )
+        raise ConfigError(NO_EDITOR.format(mode=settings.loop.refine_mode))
     # Fields that differ from their defaults (complete settings mark every field as set, so that cannot tell).
     fields = {
         k: getattr(editor, k)
