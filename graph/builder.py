@@ -11,6 +11,7 @@ from gems.configs import GemsSettings, RunOptions
 from gems.graph.routing import recursion_limit_for, route_after_critique, route_after_generate, route_after_plan
 from gems.graph.state import GemsInput, GemsOutput
 from gems.memory.state import GemsState
+from gems.nodes.calls import node
 from gems.nodes.compress import compress
 from gems.nodes.critique import critique, verify
 from gems.nodes.decompose import decompose
@@ -30,19 +31,20 @@ def build_builder(context_schema: type[Any] = GemsSettings) -> StateGraph[GemsSt
     clients send the context (the served `graph`): then nothing but run options can come from a request.
     """
     builder = StateGraph(GemsState, context_schema=context_schema, input_schema=GemsInput, output_schema=GemsOutput)
-    builder.add_node("plan", plan)  # lessons, skill candidates, the planner's turn
+    # Nodes that call models are async; `node` gives each a sync body too, so `invoke` and `ainvoke` both work.
+    builder.add_node("plan", node(plan))  # lessons, skill candidates, the planner's turn
     builder.add_node("skills", ToolNode(SKILL_TOOLS, handle_tool_errors=True))  # load_skill, read_skill_resource
     builder.add_node("prepare", prepare)  # the first prompt and the skill trace
-    builder.add_node("decompose", decompose)  # criteria of the original prompt, in parallel with plan
+    builder.add_node("decompose", node(decompose))  # criteria of the original prompt, in parallel with plan
     builder.add_node("review", review)  # optional human review (interrupt) before the first generation
-    builder.add_node("generate", generate)
+    builder.add_node("generate", node(generate))
     # One Send per (candidate, criterion): the node's input is the Send's VerifyTask, not the state.
-    builder.add_node("verify", verify)  # type: ignore[call-overload]
+    builder.add_node("verify", node(verify))
     builder.add_node("critique", critique)  # the round's factual record
-    builder.add_node("compress", compress)  # the round's experience
-    builder.add_node("refine", refine)
+    builder.add_node("compress", node(compress))  # the round's experience
+    builder.add_node("refine", node(refine))
     builder.add_node("finalize", finalize)
-    builder.add_node("learn", learn)  # the run's lesson, for later runs
+    builder.add_node("learn", node(learn))  # the run's lesson, for later runs
 
     builder.add_edge(START, "plan")
     builder.add_edge(START, "decompose")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
@@ -21,6 +19,7 @@ from pydantic import SecretStr
 
 from gems.configs import ConfigError, EmbeddingSettings, GemsError
 from gems.configs.settings import cache_key, settings_from_env
+from gems.memory.aio import PerLoop, run_blocking, within
 from gems.memory.encoder import NumpySentenceEncoder, supports
 
 
@@ -58,38 +57,53 @@ class LocalEmbeddings(Embeddings):
         return self.embed_documents([text])[0]
 
 
-_calls = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gems-embed")
-
-
 class EndpointEmbeddings(Embeddings):
-    """An OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, vLLM, Ollama, TEI) via `OpenAIEmbeddings`."""
+    """An OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, vLLM, Ollama, TEI) via `OpenAIEmbeddings`.
+
+    Every call is a coroutine with a wall-clock deadline (per-read timeouts do not bound a server that answers one
+    byte at a time); sync callers wait on the background loop, so a call past its deadline is cancelled for real.
+    """
 
     def __init__(self, settings: EmbeddingSettings):
-        from langchain_openai import OpenAIEmbeddings
-
         if not settings.model:
             raise ConfigError("embeddings.provider is openai but embeddings.model is not set")
-        key = settings.api_key.get_secret_value() if settings.api_key else os.environ.get("OPENAI_API_KEY", "EMPTY")
-        # check_embedding_ctx_length=False: otherwise tiktoken downloads its tables at first use.
-        self._client = OpenAIEmbeddings(  # type: ignore[call-arg]  # base_url/api_key are the fields' aliases
-            model=settings.model, base_url=settings.base_url, api_key=SecretStr(key), check_embedding_ctx_length=False,
-            request_timeout=settings.timeout_s, max_retries=settings.max_retries,
-        )  # fmt: skip
+        self.settings = settings
         self.name = f"openai:{settings.model}"
-        # Per-read timeouts do not bound a server that answers one byte at a time: the whole call has a deadline.
         self.deadline_s = settings.timeout_s * (settings.max_retries + 1) + 8.0 * settings.max_retries
+        self._clients: PerLoop[Embeddings] = PerLoop(self._client)
 
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        future = _calls.submit(self._client.embed_documents, list(texts))
+    def _client(self) -> Embeddings:
+        import httpx
+        from langchain_openai import OpenAIEmbeddings
+
+        s = self.settings
+        key = s.api_key.get_secret_value() if s.api_key else os.environ.get("OPENAI_API_KEY", "EMPTY")
+        # check_embedding_ctx_length=False: otherwise tiktoken downloads its tables at first use.
+        return OpenAIEmbeddings(  # type: ignore[call-arg]  # base_url/api_key are the fields' aliases
+            model=s.model, base_url=s.base_url, api_key=SecretStr(key), check_embedding_ctx_length=False,
+            request_timeout=s.timeout_s, max_retries=s.max_retries,
+            http_async_client=httpx.AsyncClient(timeout=s.timeout_s),
+        )  # fmt: skip
+
+    def _overdue(self) -> EmbeddingError:
+        return EmbeddingError(
+            f"embedding endpoint {self.name} gave no complete answer within {self.deadline_s:g}s; "
+            "check the server or raise embeddings.timeout_s"
+        )
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         try:
-            return future.result(timeout=self.deadline_s)
-        except FutureTimeout:
-            raise EmbeddingError(
-                f"embedding endpoint {self.name} gave no complete answer within {self.deadline_s:g}s; "
-                "check the server or raise embeddings.timeout_s"
-            ) from None
+            return await within(self.deadline_s, self._clients.get().aembed_documents(list(texts)), self._overdue)
+        except EmbeddingError:
+            raise
         except Exception as exc:
             raise EmbeddingError(f"embedding endpoint failed: {type(exc).__name__}: {str(exc)[:160]}") from exc
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return (await self.aembed_documents([text]))[0]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return run_blocking(self.aembed_documents(texts))
 
     def embed_query(self, text: str) -> list[float]:
         return self.embed_documents([text])[0]

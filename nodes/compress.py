@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState
 from gems.memory.trajectory import MODE_LAYERS
-from gems.nodes.calls import Ask, Blocking, Steps, node
+from gems.nodes.calls import ask, blocking
 from gems.nodes.prompts.compress import COMPRESS_SYSTEM, compressor_parts
 from gems.nodes.runtime import artifact_store, timed, usage_update
 
@@ -18,7 +20,7 @@ def truncate_words(text: str, max_words: int) -> str:
     return " ".join(words[:max_words])
 
 
-def compress_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
+async def compress(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """Write the experience of the latest round; a no-op in memory modes that do not use experiences.
 
     Args:
@@ -34,9 +36,9 @@ def compress_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     latest = state["rounds"][-1]
     timings: dict[str, float] = {}
     with timed(timings, "compress"):
-        parts = yield Blocking(lambda: compressor_parts(state, settings, artifact_store(settings)))
+        parts = await blocking(compressor_parts, state, settings, artifact_store(settings))
         system = COMPRESS_SYSTEM.format(max_words=settings.loop.experience_max_words)
-        reply = yield Ask(settings.mllm, system, parts)
+        reply = await ask(settings.mllm, system, parts)
     experience = truncate_words(reply.text, settings.loop.experience_max_words)
     return {
         "rounds": [{"round": latest["round"], "experience": experience}],
@@ -44,6 +46,3 @@ def compress_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
         "timings": timings,
         "usage": usage_update(reply.usage),
     }
-
-
-compress = node(compress_steps)

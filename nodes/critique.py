@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, RoundRecord, Verdict, VerifyTask
-from gems.nodes.calls import Ask, Blocking, Steps, node
+from gems.nodes.calls import ask, blocking
 from gems.nodes.mllm import MLLMError, image_part, text_part
 from gems.nodes.parsing import parse_verdict
 from gems.nodes.prompts.verify import VERIFY_SYSTEM, VERIFY_USER
@@ -16,7 +16,7 @@ from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills.verifiers import VERIFIERS, VerifierUnavailable, combine
 
 
-def verify_steps(task: VerifyTask, runtime: Runtime[GemsSettings]) -> Steps:
+async def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """Answer one criterion on one image; an error or an unclear answer counts as a fail, never a crash.
 
     Args:
@@ -34,8 +34,8 @@ def verify_steps(task: VerifyTask, runtime: Runtime[GemsSettings]) -> Steps:
     with timed(timings, "verify"):
         try:
             store = artifact_store(settings)
-            data_url = yield Blocking(lambda: store.data_url(task["image"], settings.mllm.image_max_side))
-            reply = yield Ask(
+            data_url = await blocking(store.data_url, task["image"], settings.mllm.image_max_side)
+            reply = await ask(
                 settings.mllm,
                 VERIFY_SYSTEM,
                 [text_part(VERIFY_USER.format(criterion=task["criterion"])), image_part(data_url)],
@@ -54,7 +54,7 @@ def verify_steps(task: VerifyTask, runtime: Runtime[GemsSettings]) -> Steps:
         error=error if error is not None else (None if verdict is not None else "answer was neither yes nor no"),
     )
     # Tools the loaded skills bring (e.g. OCR for quoted text) check the same criterion; see skills/verifiers.py.
-    checks = (yield Blocking(lambda: _tool_checks(task, settings, timings))) if task.get("verifiers") else []
+    checks = await blocking(_tool_checks, task, settings, timings) if task.get("verifiers") else []
     if checks:
         record["checks"] = checks
         record["mllm_passed"] = record["passed"]
@@ -78,9 +78,6 @@ def _tool_checks(task: VerifyTask, settings: GemsSettings, timings: dict[str, fl
         if result is not None:
             checks.append(result)
     return checks
-
-
-verify = node(verify_steps)
 
 
 def _score(verdicts: list[Verdict], criteria: list[str]) -> tuple[list[str], list[str]]:

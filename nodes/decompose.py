@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState
-from gems.nodes.calls import Ask, Steps, node
+from gems.nodes.calls import ask
 from gems.nodes.mllm import MLLMError
 from gems.nodes.parsing import CriteriaParseError, parse_criteria
 from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM, DECOMPOSE_USER, REPAIR_USER
@@ -17,7 +17,7 @@ from gems.nodes.runtime import timed, usage_update
 CRITERIA_ERROR = "the decomposer did not return a JSON list of questions after one retry ({detail}); check mllm.model"
 
 
-def decompose_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
+async def decompose(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """Ask for criteria of the original prompt; one repair retry, then a clear error.
 
     Args:
@@ -34,13 +34,13 @@ def decompose_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     prompt = state["prompt"]
     timings: dict[str, float] = {}
     with timed(timings, "decompose"):
-        reply = yield Ask(settings.mllm, DECOMPOSE_SYSTEM, DECOMPOSE_USER.format(prompt=prompt))
+        reply = await ask(settings.mllm, DECOMPOSE_SYSTEM, DECOMPOSE_USER.format(prompt=prompt))
         usages, calls = [reply.usage], 1
         try:
             criteria = parse_criteria(reply.text)
         except CriteriaParseError:
             # Step 2: one repair round with the unreadable answer shown back.
-            retry = yield Ask(settings.mllm, DECOMPOSE_SYSTEM, REPAIR_USER.format(prompt=prompt, bad=reply.text[:2000]))
+            retry = await ask(settings.mllm, DECOMPOSE_SYSTEM, REPAIR_USER.format(prompt=prompt, bad=reply.text[:2000]))
             usages.append(retry.usage)
             calls += 1
             try:
@@ -55,6 +55,3 @@ def decompose_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
         ]
         criteria = criteria[:cap]
     return {"criteria": criteria, **update}
-
-
-decompose = node(decompose_steps)

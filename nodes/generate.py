@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, ImageRef
-from gems.nodes.calls import Blocking, Edit, Render, Steps, node
+from gems.nodes.calls import blocking, edit, render
 from gems.nodes.generators import editor_settings
 from gems.nodes.runtime import artifact_store, timed
 
@@ -22,7 +23,7 @@ def seed_for(base: int | None, round_no: int, candidate: int, per_round: int) ->
     return base + (round_no - 1) * per_round + candidate
 
 
-def generate_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
+async def generate(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """Render this round's candidates, or edit the base image when the refiner chose an edit for this round.
 
     With no criteria the original prompt is rendered once (nothing could judge a refinement).
@@ -53,14 +54,14 @@ def generate_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     with timed(timings, "generate"):
         if editing:
             editor = editor_settings(settings)
-            image = yield Blocking(lambda: store.read_bytes(action["base_image"]))
-            results = yield Edit(editor, image, prompt, seeds)
+            image = await blocking(store.read_bytes, action["base_image"])
+            results = await edit(editor, image, prompt, seeds)
         else:
-            results = yield Render(settings.generator, prompt, seeds)
+            results = await render(settings.generator, prompt, seeds)
         # Time the generator itself was busy (excludes waiting for a shared pipeline): bench cost accounting.
         busy = sum(rendered.meta.pop("busy_s", 0.0) for rendered in results)
         timings["generator_busy"] = round(timings.get("generator_busy", 0.0) + busy, 6)
-        refs = yield Blocking(lambda: [store.put_bytes(r.data, **r.meta, candidate=c) for c, r in enumerate(results)])
+        refs = await blocking(lambda: [store.put_bytes(r.data, **r.meta, candidate=c) for c, r in enumerate(results)])
         candidates.extend(ImageRef(**ref) for ref in refs)  # type: ignore[typeddict-item]
     return {
         "round": round_no,
@@ -69,6 +70,3 @@ def generate_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
         "generator_calls": count,
         "timings": timings,
     }
-
-
-generate = node(generate_steps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
@@ -10,13 +11,13 @@ from langgraph.runtime import Runtime
 from gems.configs import GemsSettings, context_settings
 from gems.memory.experiences import ExperienceStore, lesson_from_state
 from gems.memory.state import GemsState
-from gems.nodes.calls import Blocking, Steps, node
+from gems.nodes.calls import blocking
 from gems.nodes.runtime import lesson_settings, timed
 
 log = logging.getLogger(__name__)
 
 
-def learn_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
+async def learn(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """Store what this run taught; a store failure is recorded as a warning and never fails the run.
 
     Args:
@@ -36,11 +37,8 @@ def learn_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     timings: dict[str, float] = {}
     try:
         with timed(timings, "learn"):
-            lesson_id = yield Blocking(lambda: ExperienceStore(settings, runtime.store).add(lesson))
+            lesson_id = await blocking(ExperienceStore(settings, runtime.store).add, lesson)
     except Exception as exc:  # the image is made; losing the lesson must not lose the run
         log.warning("could not store the lesson: %s", exc)
         return {"warnings": [f"lesson not stored: {exc}"], "timings": timings}
     return {"lesson_id": lesson_id, "timings": timings}
-
-
-learn = node(learn_steps)

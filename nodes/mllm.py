@@ -1,21 +1,26 @@
-"""The MLLM adapter: every LLM/MLLM role talks to an OpenAI-compatible chat-completions endpoint via ChatOpenAI."""
+"""The MLLM adapter: every LLM/MLLM role talks to a LangChain chat model (`ChatOpenAI` on any OpenAI-compatible
+server by default), asynchronously and with a deadline per call."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import contextvars
 import functools
 import re
 import threading
-import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
+from langgraph.constants import TAG_NOSTREAM
 
 from gems.configs import GemsError, MLLMSettings
 from gems.configs.settings import cache_key
+from gems.memory.aio import PerLoop, within
 
 
 class MLLMError(GemsError, RuntimeError):
@@ -107,80 +112,99 @@ def _describe_error(exc: Exception, settings: MLLMSettings) -> str:
     return f"the {where} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
-class MLLM:
-    """A thin, thread-safe wrapper that sends one system + one user message and returns a `Reply`."""
+_BACKOFF_S = 8.0  # the most one retry waits (the openai client's backoff cap)
+_GRACE_S = 1.0  # past the client's own timeouts, so a silent server gets the client's message, a dripping one ours
 
-    def __init__(self, settings: MLLMSettings):
+# Internal role conversations are not chat: LangGraph's "messages" stream skips model runs tagged like this.
+_INTERNAL = {"tags": [TAG_NOSTREAM]}
+
+# A chat model set for the current context (`use_chat_model`) replaces the configured endpoint for every role.
+_chat_override: contextvars.ContextVar[BaseChatModel | None] = contextvars.ContextVar("gems_chat_model", default=None)
+
+
+@contextlib.contextmanager
+def use_chat_model(chat: BaseChatModel) -> Iterator[BaseChatModel]:
+    """Play every MLLM role with `chat` (any LangChain chat model) for runs started inside this block.
+
+    For embedding gems in a LangChain app that already holds a model, and for tests that feed scripted replies to
+    a node. Deadlines, parsing and the prompts are unchanged.
+    """
+    token = _chat_override.set(chat)
+    try:
+        yield chat
+    finally:
+        _chat_override.reset(token)
+
+
+class MLLM:
+    """Sends a role's messages to the chat model and returns a `Reply`; every call has a wall-clock deadline.
+
+    The deadline covers the whole call, retries included (`timeout_s` per try plus backoff), because a per-read
+    timeout does not bound a server that answers one byte at a time. Past it, the call is cancelled (its socket
+    closed) and `MLLMError` says so in one line.
+    """
+
+    def __init__(self, settings: MLLMSettings, chat: BaseChatModel | None = None):
         self.settings = settings
+        tries = settings.max_retries + 1
+        self.deadline_s = settings.timeout_s * tries + _BACKOFF_S * settings.max_retries + _GRACE_S
+        self._fixed = chat
+        # An async HTTP pool belongs to the event loop that opened it: one client per loop.
+        self._chats: PerLoop[BaseChatModel] = PerLoop(self._openai_chat)
+
+    def _openai_chat(self) -> BaseChatModel:
+        s = self.settings
         kwargs: dict[str, Any] = {
-            "model": settings.model,
-            "base_url": settings.base_url,
-            "api_key": settings.resolved_api_key(),
-            "timeout": settings.timeout_s,
-            "max_retries": settings.max_retries,
+            "model": s.model,
+            "base_url": s.base_url,
+            "api_key": s.resolved_api_key(),
+            "timeout": s.timeout_s,
+            "max_retries": s.max_retries,
             "use_responses_api": False,  # chat completions, so vLLM, SGLang and Ollama work
             # Whole answers even under astream_events: the reasoning text is read from complete responses.
             "disable_streaming": True,
+            "http_async_client": httpx.AsyncClient(
+                timeout=s.timeout_s, limits=httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            ),
         }
-        if settings.temperature is not None:
-            kwargs["temperature"] = settings.temperature
-        if settings.max_tokens is not None:
-            kwargs["max_completion_tokens"] = settings.max_tokens
-        if settings.extra_body:
-            kwargs["extra_body"] = dict(settings.extra_body)
-        self._kwargs = kwargs
-        self.chat = GemsChatOpenAI(**kwargs)
-        # An async HTTP pool belongs to the event loop that opened it: one client per loop.
-        self._async_chats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GemsChatOpenAI] = (
-            weakref.WeakKeyDictionary()
+        if s.temperature is not None:
+            kwargs["temperature"] = s.temperature
+        if s.max_tokens is not None:
+            kwargs["max_completion_tokens"] = s.max_tokens
+        if s.extra_body:
+            kwargs["extra_body"] = dict(s.extra_body)
+        return GemsChatOpenAI(**kwargs)
+
+    @property
+    def chat(self) -> BaseChatModel:
+        """The chat model for the running event loop."""
+        return self._fixed or self._chats.get()
+
+    def _overdue(self) -> MLLMError:
+        s = self.settings
+        return MLLMError(
+            f"the MLLM endpoint {s.base_url} gave no complete answer within {self.deadline_s:g}s "
+            f"(mllm.timeout_s {s.timeout_s:g} x {s.max_retries + 1} tries); check the server or raise mllm.timeout_s"
         )
 
-    def _achat(self) -> GemsChatOpenAI:
-        loop = asyncio.get_running_loop()
-        chat = self._async_chats.get(loop)
-        if chat is None:
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-            client = httpx.AsyncClient(timeout=self.settings.timeout_s, limits=limits)
-            chat = self._async_chats[loop] = GemsChatOpenAI(**self._kwargs, http_async_client=client)
-        return chat
+    async def _call(self, runnable: Any, messages: list[Any]) -> Any:
+        try:
+            return await within(self.deadline_s, runnable.ainvoke(messages, _INTERNAL), self._overdue)
+        except MLLMError:
+            raise
+        except Exception as exc:
+            raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
 
-    @staticmethod
-    def _messages(system: str, user: str | list[dict[str, Any]]) -> list[Any]:
+    async def ask(self, system: str, user: str | list[dict[str, Any]]) -> Reply:
+        """Send one system + user exchange and return the reply; raises `MLLMError` with a one-line message."""
         content: str | list[str | dict[Any, Any]] = user if isinstance(user, str) else list(user)
-        return [SystemMessage(content=system), HumanMessage(content=content)]
-
-    def ask(self, system: str, user: str | list[dict[str, Any]]) -> Reply:
-        """Send one exchange and return the reply; raises `MLLMError` with a one-line message on failure."""
-        try:
-            message = self.chat.invoke(self._messages(system, user))
-        except Exception as exc:
-            raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
+        message = await self._call(self.chat, [SystemMessage(content=system), HumanMessage(content=content)])
         return _reply(message, user)
 
-    async def aask(self, system: str, user: str | list[dict[str, Any]]) -> Reply:
-        """`ask` on the running event loop."""
-        try:
-            message = await self._achat().ainvoke(self._messages(system, user))
-        except Exception as exc:
-            raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
-        return _reply(message, user)
-
-    def converse(self, messages: list[Any], tools: list[Any] | None = None) -> Any:
+    async def converse(self, messages: list[Any], tools: list[Any] | None = None) -> AIMessage:
         """Send a whole conversation (optionally with tools bound) and return the `AIMessage`."""
-        runnable = self.chat.bind_tools(tools) if tools else self.chat
-        try:
-            return runnable.invoke(messages)
-        except Exception as exc:
-            raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
-
-    async def aconverse(self, messages: list[Any], tools: list[Any] | None = None) -> Any:
-        """`converse` on the running event loop."""
-        chat = self._achat()
-        runnable = chat.bind_tools(tools) if tools else chat
-        try:
-            return await runnable.ainvoke(messages)
-        except Exception as exc:
-            raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
+        chat = self.chat
+        return await self._call(chat.bind_tools(tools) if tools else chat, messages)
 
 
 def _reply(message: Any, user: str | list[dict[str, Any]]) -> Reply:
@@ -202,6 +226,9 @@ def _cached_mllm(settings_json: str) -> MLLM:
 
 
 def get_mllm(settings: MLLMSettings) -> MLLM:
-    """Return a process-wide client for these settings (clients keep their HTTP connection pools)."""
+    """The MLLM for these settings: the context's chat model (`use_chat_model`), else a process-wide client."""
+    chat = _chat_override.get()
+    if chat is not None:
+        return MLLM(settings, chat=chat)
     with _lock:
         return _cached_mllm(cache_key(settings))

@@ -21,7 +21,7 @@ from gems.configs.settings import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.memory.embeddings import get_embeddings
 from gems.memory.experiences import ExperienceStore
 from gems.memory.state import GemsState
-from gems.nodes.calls import Ask, Blocking, Converse, Steps, node
+from gems.nodes.calls import ask, blocking, converse
 from gems.nodes.mllm import MLLMError
 from gems.nodes.parsing import clean_prompt, parse_skill_choice
 from gems.nodes.prompts import format_lessons, skill_block
@@ -81,11 +81,13 @@ def _manifest(candidates: list[dict[str, Any]], registry: Any) -> str:
     return registry.manifest([c["name"] for c in candidates])
 
 
-def _text_mode(state: GemsState, settings: GemsSettings, lessons_text: str, trace: dict[str, Any]) -> Steps:
+async def _text_mode(
+    state: GemsState, settings: GemsSettings, lessons_text: str, trace: dict[str, Any]
+) -> dict[str, Any]:
     """The paper's flow: one call names a skill or NONE, a second rewrites the prompt with the loaded body."""
     registry = registry_for(settings)
     names = [c["name"] for c in trace["offered"]]
-    reply = yield Ask(
+    reply = await ask(
         settings.mllm,
         ROUTER_SYSTEM,
         ROUTER_USER.format(
@@ -100,7 +102,7 @@ def _text_mode(state: GemsState, settings: GemsSettings, lessons_text: str, trac
         trace["chosen"] = [chosen]
         skill = registry.get(chosen)
         assert skill is not None
-        enhanced = yield Ask(
+        enhanced = await ask(
             settings.mllm,
             ENHANCE_SYSTEM.format(skills=skill_block([skill])),
             ENHANCE_USER.format(lessons=lessons_text.lstrip("\n"), prompt=state["prompt"]),
@@ -115,7 +117,7 @@ def _text_mode(state: GemsState, settings: GemsSettings, lessons_text: str, trac
     return {**update, "mllm_calls": calls, "usage": usage_update(*usages)}
 
 
-def plan_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
+async def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """One planner step: on entry, recall lessons and retrieve skill candidates; then ask the planner.
 
     Args:
@@ -132,8 +134,8 @@ def plan_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
     with timed(timings, "plan"):
         if not messages:
             # Step 1: what earlier runs taught, and which skills could apply (retrieval keeps the prompt small).
-            lessons, warnings = yield Blocking(lambda: recall_lessons(state["prompt"], settings, runtime.store))
-            candidates = yield Blocking(lambda: skill_candidates(state["prompt"], settings))
+            lessons, warnings = await blocking(recall_lessons, state["prompt"], settings, runtime.store)
+            candidates = await blocking(skill_candidates, state["prompt"], settings)
             trace: dict[str, Any] = {
                 "mode": settings.skills.tool_calling,
                 "offered": [{"name": s.name, "relevance": score} for s, score in candidates],
@@ -158,7 +160,7 @@ def plan_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
                 return {**update, "timings": timings}
             lessons_text = format_lessons(lessons)
             if settings.skills.tool_calling == "text":
-                text_update = yield from _text_mode(state, settings, lessons_text, trace)
+                text_update = await _text_mode(state, settings, lessons_text, trace)
                 return {**update, **text_update, "timings": timings}
             registry = registry_for(settings)
             system = PLANNER_SYSTEM.format(
@@ -174,7 +176,7 @@ def plan_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
 
         # Step 2: the planner answers, or calls load_skill / read_skill_resource (run by the `skills` node).
         try:
-            reply = yield Converse(settings.mllm, messages, SKILL_TOOLS)
+            reply = await converse(settings.mllm, messages, SKILL_TOOLS)
         except MLLMError as exc:
             first_call = len(messages) == 2
             if settings.skills.tool_calling == "auto" and first_call and exc.status in (400, 404, 405, 422, 501):
@@ -182,15 +184,12 @@ def plan_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
                 trace = dict(update.get("skill_trace") or state.get("skill_trace") or {})
                 trace["mode"] = f"text (tools refused: HTTP {exc.status})"
                 lessons_text = format_lessons(update.get("lessons") or state.get("lessons") or [])
-                fallback = yield from _text_mode(state, settings, lessons_text, trace)
+                fallback = await _text_mode(state, settings, lessons_text, trace)
                 return {**update, "messages": [], "skill_trace": trace, **fallback, "timings": timings}
             raise
     usage = dict(getattr(reply, "usage_metadata", None) or {})
     new_messages = [*update.get("messages", []), reply]
     return {**update, "messages": new_messages, "mllm_calls": 1, "timings": timings, "usage": usage_update(usage)}
-
-
-plan = node(plan_steps)
 
 
 def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:

@@ -7,12 +7,14 @@ choose per round and records its one-line reason.
 
 from __future__ import annotations
 
+from typing import Any
+
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, RoundAction
 from gems.memory.trajectory import best_round
-from gems.nodes.calls import Ask, Blocking, Steps, node
+from gems.nodes.calls import ask, blocking
 from gems.nodes.generators import editor_settings
 from gems.nodes.mllm import MLLMError
 from gems.nodes.parsing import clean_prompt, parse_choice
@@ -32,7 +34,7 @@ EMPTY_PROMPT_ERROR = "the refiner returned an empty prompt; check mllm.model and
 NO_ACTION_WARNING = "the refiner named no ACTION (edit or regenerate); its text was used as a new prompt"
 
 
-def refine_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
+async def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """Write the next round's prompt or edit instruction; the server's separate reasoning becomes its thought.
 
     Args:
@@ -58,14 +60,14 @@ def refine_steps(state: GemsState, runtime: Runtime[GemsSettings]) -> Steps:
         base = dict(chosen) if chosen is not None and (chosen.get("image") or {}).get("sha256") else None
     store = artifact_store(settings)
     if base is None:  # regenerate, or nothing to edit yet
-        system, ask = _regenerate_system(state, settings), REFINE_ASK
+        system, question = _regenerate_system(state, settings), REFINE_ASK
     elif mode == "edit":
-        system, ask = EDIT_SYSTEM, EDIT_ASK
+        system, question = EDIT_SYSTEM, EDIT_ASK
     else:
-        system, ask = CHOOSE_SYSTEM, CHOOSE_ASK
+        system, question = CHOOSE_SYSTEM, CHOOSE_ASK
     with timed(timings, "refine"):
-        parts = yield Blocking(lambda: refiner_parts(state, settings, store, base=base, ask=ask))
-        reply = yield Ask(settings.mllm, system, parts)
+        parts = await blocking(lambda: refiner_parts(state, settings, store, base=base, ask=question))
+        reply = await ask(settings.mllm, system, parts)
     warnings: list[str] = []
     action = RoundAction(round=next_round, mode="generate")
     if base is not None and mode == "auto":
@@ -105,6 +107,3 @@ def _regenerate_system(state: GemsState, settings: GemsSettings) -> str:
         registry = registry_for(settings)
         skills = [skill for name in loaded if (skill := registry.get(name)) is not None]
     return refine_system(skills)
-
-
-refine = node(refine_steps)

@@ -15,6 +15,7 @@ from gems.graph import build_graph, run_config
 from gems.memory.trajectory import run_result
 from gems.nodes.generators import GeneratorError, editor_settings, get_editor
 from gems.nodes.generators.edit import DiffusersEditor
+from tests.support.aio import one_image
 from tests.support.servers import OpenAIStub, edited_png, png_bytes
 
 CAT, RED, MAT = "Is there a cat?", "Is the cat red?", "Is the cat on a mat?"
@@ -189,7 +190,7 @@ def test_openai_editor_sends_multipart_and_reads_b64(edit_server):
     editor = get_editor(GeneratorSettings(backend="openai", preset=None, url=edit_server.base_url, model="qwen-edit",
                                           steps=7, guidance_scale=2.5, max_retries=0, api_key="sk-e"))  # fmt: skip
     source = png_bytes((10, 20, 30), size=24, text="the original")
-    out = editor.edit(source, "paint it green", 42)
+    out = one_image(editor.edit(source, "paint it green", [42]))
     request = edit_server.requests[-1]
     assert request["path"] == "/v1/images/edits" and request["headers"]["authorization"] == "Bearer sk-e"
     body = request["body"]
@@ -240,9 +241,9 @@ def test_flux_kontext_folder_through_the_real_backend(tmp_path):
     assert isinstance(resolved, GeneratorSettings)
     editor = get_editor(resolved)
     assert isinstance(editor, DiffusersEditor) and type(editor.pipe).__name__ == "FluxKontextPipeline"
-    first = editor.edit(_png(), "make it blue", 7)
-    again = editor.edit(_png(), "make it blue", 7)
-    other = editor.edit(_png(), "make it blue", 8)
+    first = one_image(editor.edit(_png(), "make it blue", [7]))
+    again = one_image(editor.edit(_png(), "make it blue", [7]))
+    other = one_image(editor.edit(_png(), "make it blue", [8]))
     assert first.data == again.data and first.data != other.data  # seeded
     assert Image.open(io.BytesIO(first.data)).size == (32, 32)
     assert first.meta["edit"] is True and first.meta["seed"] == 7 and first.meta["steps"] == 2
@@ -258,7 +259,7 @@ def test_qwen_image_edit_plus_through_the_real_backend():
     editor = DiffusersEditor(settings, pipe=tiny_qwen_image_edit_plus())
     outs = editor.edit_many(_png(), "make the cat red", [1, 2])
     assert [o.meta["seed"] for o in outs] == [1, 2] and outs[0].data != outs[1].data
-    assert editor.edit(_png(), "make the cat red", 1).data == outs[0].data
+    assert one_image(editor.edit(_png(), "make the cat red", [1])).data == outs[0].data
     assert Image.open(io.BytesIO(outs[0].data)).size == (32, 32)
 
 

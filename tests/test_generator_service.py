@@ -21,6 +21,7 @@ from PIL import Image
 from gems.configs import ConfigError, GeneratorSettings
 from gems.interfaces.bench.runner import run_bench
 from tests.conftest import make_settings
+from tests.support.aio import one_image
 from tests.support.net import free_port, write_stub_config
 from tests.test_cli import gems
 
@@ -194,12 +195,12 @@ def test_edits_where_the_pipeline_takes_an_image_and_a_clear_400_where_not(servi
     try:
         editor = get_editor(GeneratorSettings(backend="openai", preset=None, url=base, model="klein", api_key=KEY,
                                               max_retries=0, width=64, height=64))  # fmt: skip
-        first = editor.edit(source, "make it blue", 11)
-        again = editor.edit(source, "make it blue", 11)
+        first = one_image(editor.edit(source, "make it blue", [11]))
+        again = one_image(editor.edit(source, "make it blue", [11]))
         assert first.meta["edit"] is True and first.meta["seed"] == 11
         assert Image.open(io.BytesIO(first.data)).size == (64, 64)
         assert np.abs(pixels(first.data) - pixels(again.data)).max() <= 1  # seeded
-        other = editor.edit(png_bytes((20, 200, 30), size=64), "make it blue", 11)
+        other = one_image(editor.edit(png_bytes((20, 200, 30), size=64), "make it blue", [11]))
         assert np.abs(pixels(first.data) - pixels(other.data)).max() > 1  # the input image matters
         listed = httpx.post(f"{base}/images/edits", data={"prompt": "x", "n": "2", "seed": "1"},
                             files={"image[]": ("in.png", source, "image/png")}, headers=AUTH, timeout=60)  # fmt: skip

@@ -13,6 +13,7 @@ from gems.configs import ConfigError, GeneratorSettings
 from gems.graph import build_graph, run_config
 from gems.nodes.generators import GeneratorError, effective_settings, get_generator
 from tests.conftest import make_settings
+from tests.support.aio import one_image
 from tests.support.servers import HTTPFailure, OpenAIStub, png_bytes
 
 
@@ -31,9 +32,9 @@ def test_diffusers_loads_local_folder_once_and_seeds_reproducibly(tiny_sd_dir):
 
     generator = get_generator(tiny_settings(tiny_sd_dir))
     assert type(generator.pipe).__name__ == "StableDiffusionPipeline"
-    first = generator.render("a red cube", seed=3)
-    again = generator.render("a red cube", seed=3)
-    other = generator.render("a red cube", seed=4)
+    first = one_image(generator.render("a red cube", [3]))
+    again = one_image(generator.render("a red cube", [3]))
+    other = one_image(generator.render("a red cube", [4]))
     assert Image.open(io.BytesIO(first.data)).size == (64, 64)
     assert np.abs(pixels(first.data) - pixels(again.data)).max() <= 1
     assert np.abs(pixels(first.data) - pixels(other.data)).max() > 1
@@ -55,7 +56,7 @@ def test_diffusers_loads_local_folder_once_and_seeds_reproducibly(tiny_sd_dir):
 def test_diffusers_rejects_call_kwargs_the_pipeline_does_not_take(tiny_sd_dir):
     generator = get_generator(tiny_settings(tiny_sd_dir, call_kwargs={"true_cfg_scale": 4.0}))
     with pytest.raises(GeneratorError, match=r"StableDiffusionPipeline does not accept generator.call_kwargs"):
-        generator.render("x", seed=1)
+        one_image(generator.render("x", [1]))
 
 
 def test_diffusers_unknown_model_is_a_clear_error(tmp_path):
@@ -97,7 +98,7 @@ def test_presets_fill_gaps_and_explicit_values_win():
 def test_http_backend_speaks_the_reference_protocol(gen_server):
     gen = gen_server()
     generator = get_generator(GeneratorSettings(backend="http", preset=None, url=gen.url, model="zit-server"))
-    rendered = generator.render("a blue bird & a cat", seed=5)
+    rendered = one_image(generator.render("a blue bird & a cat", [5]))
     assert gen.prompts == ["a blue bird & a cat"]
     assert Image.open(io.BytesIO(rendered.data)).format == "PNG"
     assert (
@@ -108,7 +109,7 @@ def test_http_backend_speaks_the_reference_protocol(gen_server):
 def test_http_backend_retries_transient_errors(gen_server):
     gen = gen_server(fail_first=2, status=503)
     generator = get_generator(GeneratorSettings(backend="http", preset=None, url=gen.url, max_retries=2))
-    generator.render("x", seed=1)
+    one_image(generator.render("x", [1]))
     assert len(gen.prompts) == 3
 
 
@@ -116,7 +117,7 @@ def test_http_backend_does_not_retry_client_errors_and_rejects_non_images(gen_se
     gen = gen_server(fail_first=1, status=400)
     generator = get_generator(GeneratorSettings(backend="http", preset=None, url=gen.url, max_retries=3))
     with pytest.raises(GeneratorError, match="answered HTTP 400"):
-        generator.render("x", seed=1)
+        one_image(generator.render("x", [1]))
     assert len(gen.prompts) == 1
 
 
@@ -134,7 +135,7 @@ def test_openai_backend_posts_generations_and_decodes_b64(isolated_env):
         settings = GeneratorSettings(
             backend="openai", preset=None, url=server.base_url, model="Qwen/Qwen-Image", width=48, height=48, steps=20
         )
-        rendered = get_generator(settings).render("a green square", seed=9)
+        rendered = one_image(get_generator(settings).render("a green square", [9]))
     finally:
         server.stop()
     assert seen[-1] == {
@@ -183,7 +184,7 @@ def test_z_image_turbo_preset_drives_a_real_z_image_pipeline(tiny_folders):
         device="cpu", call_kwargs={"max_sequence_length": 64},
     )  # fmt: skip
     generator = get_generator(settings)
-    rendered = generator.render("a red cube", seed=1)
+    rendered = one_image(generator.render("a red cube", [1]))
     assert type(generator.pipe).__name__ == "ZImagePipeline"
     assert (rendered.meta["steps"], rendered.meta["guidance_scale"]) == (9, 0.0)  # the reference server's settings
     assert Image.open(io.BytesIO(rendered.data)).size == (64, 64)
@@ -200,9 +201,9 @@ def test_qwen_image_preset_uses_true_cfg(tiny_folders):
     calls = []
     hook = with_cfg.pipe.transformer.register_forward_hook(lambda *args: calls.append(1))
     try:
-        with_cfg.render("a red cube", seed=1)
+        one_image(with_cfg.render("a red cube", [1]))
         guided = len(calls)
-        no_cfg.render("a red cube", seed=1)
+        one_image(no_cfg.render("a red cube", [1]))
     finally:
         hook.remove()
     # Real classifier-free guidance runs the transformer twice per step (prompt and negative prompt).
@@ -216,7 +217,7 @@ def test_candidates_of_a_round_render_in_one_batch(tiny_sd_dir, mllm_server, iso
     try:
         batch = generator.render_many("a red cube", [5, 6, 7])
         batched_calls = len(calls)
-        single = generator.render("a red cube", seed=6)
+        single = one_image(generator.render("a red cube", [6]))
     finally:
         hook.remove()
     assert batched_calls == 2  # 2 steps for all three images together, not 6

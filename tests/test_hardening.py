@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
@@ -17,6 +22,7 @@ from gems.graph import build_graph, run_config
 from gems.interfaces.cli import short
 from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.nodes.generators.openai_backend import OpenAIImagesGenerator
+from tests.support.aio import one_image
 from tests.support.servers import OpenAIStub, png_bytes
 
 
@@ -85,7 +91,7 @@ def test_openai_image_urls_are_fetched_without_the_key():
     server = Endpoint().start()
     try:
         settings = GeneratorSettings(backend="openai", url=server.base_url, model="m", api_key="sk-secret")
-        rendered = OpenAIImagesGenerator(settings).render("a cat", 1)
+        rendered = one_image(OpenAIImagesGenerator(settings).render("a cat", [1]))
         assert rendered.data.startswith(b"\x89PNG")
         assert seen["/v1/images/generations"]["authorization"] == "Bearer sk-secret"
         assert "authorization" not in seen["/cdn/a.png"]
@@ -136,6 +142,8 @@ class Drip:
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.stop = threading.Event()
+        self.open = 0  # connections still being dripped to: a client that gave up closes its end, which ends one
+        self.lock = threading.Lock()
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -151,12 +159,25 @@ class Drip:
             threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
 
     def _drip(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
-            while not self.stop.is_set():
-                conn.sendall(b"1\r\n \r\n")
-                time.sleep(0.2)
+        with self.lock:
+            self.open += 1
+        try:
+            with contextlib.suppress(OSError), conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+                while not self.stop.is_set():
+                    conn.sendall(b"1\r\n \r\n")  # fails once the client has closed the connection
+                    time.sleep(0.2)
+        finally:
+            with self.lock:
+                self.open -= 1
+
+    def open_connections(self, settle_s: float = 3.0) -> int:
+        """Connections a client still holds, after giving closed ones `settle_s` to be noticed (two sends)."""
+        deadline = time.monotonic() + settle_s
+        while self.open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.open
 
     def close(self) -> None:
         self.stop.set()
@@ -164,23 +185,20 @@ class Drip:
 
 
 def test_a_dripping_endpoint_cannot_hold_a_call_past_its_deadline():
+    """Past the deadline the call is cancelled: its connection is closed, no thread is left reading it."""
     from gems.configs import MLLMSettings
-    from gems.nodes.calls import Ask, adrive, drive
-    from gems.nodes.mllm import MLLMError
+    from gems.memory.aio import run_blocking
+    from gems.nodes.mllm import MLLM, MLLMError
 
     drip = Drip()
     try:
-        mllm = MLLMSettings(base_url=drip.url, model="m", api_key="k", timeout_s=1.0, max_retries=0)
-
-        def steps():
-            yield Ask(mllm, "system", "user")
-            return {}
-
-        for run in (drive, lambda s: asyncio.run(adrive(s))):
+        mllm = MLLM(MLLMSettings(base_url=drip.url, model="m", api_key="k", timeout_s=1.0, max_retries=0))
+        for run in (run_blocking, asyncio.run):
             started = time.monotonic()
-            with pytest.raises(MLLMError, match=r"no complete answer within 1s"):
-                run(steps())
+            with pytest.raises(MLLMError, match=r"no complete answer within 2s"):
+                run(mllm.ask("system", "user"))
             assert time.monotonic() - started < 4  # not the 10+ s the drip would take
+        assert drip.open_connections() == 0
     finally:
         drip.close()
 
@@ -256,5 +274,64 @@ def test_a_dripping_embedding_endpoint_is_bounded_too():
         with pytest.raises(EmbeddingError, match=r"no complete answer within 1s"):
             EndpointEmbeddings(settings).embed_documents(["a cat"])
         assert time.monotonic() - started < 4
+        assert drip.open_connections() == 0
     finally:
         drip.close()
+
+
+def _gems_process(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "GEMS_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "gems.interfaces.cli", *args], env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+
+
+def _line_then_exit(proc: subprocess.Popen, wanted: str, timeout: float = 60) -> tuple[str, float]:
+    """Read stderr until a line holding `wanted`; return it and the seconds from that line to the process's exit."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    for line in proc.stderr:
+        if wanted in line:
+            seen = time.monotonic()
+            proc.wait(timeout=max(1, deadline - seen))
+            return line, time.monotonic() - seen
+        assert time.monotonic() < deadline, f"no line with {wanted!r}"
+    raise AssertionError(f"the process ended without a line holding {wanted!r}")
+
+
+@pytest.mark.slow
+def test_a_fired_deadline_ends_the_cli_promptly(gen_server, tmp_path):
+    """The one-line error, then exit: no worker left reading the dripping server keeps the process alive."""
+    from tests.support.net import write_stub_config
+
+    drip = Drip()
+    try:
+        cfg = write_stub_config(tmp_path / "c.yaml", drip.url, gen_server().url,
+                                mllm={"timeout_s": 2, "max_retries": 0})  # fmt: skip
+        proc = _gems_process(["generate", "a red cat", "--config", str(cfg)], tmp_path)
+        line, exit_after = _line_then_exit(proc, "gems: error:")
+        assert "no complete answer within 3s" in line and proc.returncode == 1
+        assert exit_after < 2.0, f"exited {exit_after:.1f}s after the error"
+        assert drip.open_connections() == 0
+    finally:
+        drip.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_call_ends_the_cli_promptly_and_the_run_resumes(mllm_server, gen_server, tmp_path):
+    from tests.support.net import write_stub_config
+
+    server, script = mllm_server(criteria=["Is there a cat?"], block_at=("verify", 1))
+    cfg = write_stub_config(tmp_path / "c.yaml", server.base_url, gen_server().url)
+    proc = _gems_process(["generate", "a red cat", "--config", str(cfg), "--thread-id", "t1"], tmp_path)
+    try:
+        assert script.blocked.wait(60), "the verifier call never arrived"
+        proc.send_signal(signal.SIGINT)
+        line, exit_after = _line_then_exit(proc, "progress is saved")
+        assert "--resume t1" in line and proc.returncode == 130 and exit_after < 2.0
+    finally:
+        script.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    resumed = _gems_process(["generate", "--resume", "t1", "--config", str(cfg)], tmp_path)
+    _, _ = _line_then_exit(resumed, "all criteria passed")
+    assert resumed.returncode == 0

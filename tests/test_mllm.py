@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gems.configs import MLLMSettings
+from gems.memory.aio import run_blocking
 from gems.nodes.mllm import MLLM, MLLMError, image_part, split_thinking, text_part
 from gems.nodes.parsing import CriteriaParseError, clean_prompt, parse_criteria, parse_skill_choice, parse_verdict
 from tests.support.servers import HTTPFailure, OpenAIStub
@@ -74,7 +75,7 @@ def test_reply_keeps_reasoning_content_and_sends_images_as_data_urls():
     server = serve(lambda body: {"content": "a crimson cat", "reasoning_content": "red was too weak"})
     try:
         mllm = MLLM(MLLMSettings(base_url=server.base_url, model="m1", api_key="sk-x", max_retries=0))
-        reply = mllm.ask("sys", [text_part("look"), image_part("data:image/png;base64,iVBORw0KGgo=")])
+        reply = run_blocking(mllm.ask("sys", [text_part("look"), image_part("data:image/png;base64,iVBORw0KGgo=")]))
     finally:
         server.stop()
     assert (reply.text, reply.thought) == ("a crimson cat", "red was too weak")
@@ -93,7 +94,7 @@ def test_reply_keeps_reasoning_content_and_sends_images_as_data_urls():
 def test_inline_think_tags_become_the_thought():
     server = serve(lambda body: "<think>try bolder words</think>a bold red cat")
     try:
-        reply = MLLM(MLLMSettings(base_url=server.base_url, max_retries=0)).ask("s", "u")
+        reply = run_blocking(MLLM(MLLMSettings(base_url=server.base_url, max_retries=0)).ask("s", "u"))
     finally:
         server.stop()
     assert (reply.text, reply.thought) == ("a bold red cat", "try bolder words")
@@ -110,7 +111,7 @@ def test_transient_errors_are_retried_with_backoff():
 
     server = serve(chat)
     try:
-        reply = MLLM(MLLMSettings(base_url=server.base_url, max_retries=3)).ask("s", "u")
+        reply = run_blocking(MLLM(MLLMSettings(base_url=server.base_url, max_retries=3)).ask("s", "u"))
     finally:
         server.stop()
     assert reply.text == "fine" and len(calls) == 3
@@ -131,7 +132,7 @@ def test_http_errors_become_one_line(status, expected):
     server = serve(chat)
     try:
         with pytest.raises(MLLMError) as info:
-            MLLM(MLLMSettings(base_url=server.base_url, model="mx", max_retries=0)).ask("s", "u")
+            run_blocking(MLLM(MLLMSettings(base_url=server.base_url, model="mx", max_retries=0)).ask("s", "u"))
     finally:
         server.stop()
     assert expected in str(info.value) and "\n" not in str(info.value)
@@ -150,7 +151,7 @@ def test_timeout_is_reported():
     server = serve(chat)
     try:
         with pytest.raises(MLLMError, match=r"timed out after 0.3s; raise mllm.timeout_s"):
-            MLLM(MLLMSettings(base_url=server.base_url, timeout_s=0.3, max_retries=0)).ask("s", "u")
+            run_blocking(MLLM(MLLMSettings(base_url=server.base_url, timeout_s=0.3, max_retries=0)).ask("s", "u"))
     finally:
         gate.set()
         server.stop()
@@ -166,7 +167,7 @@ def test_settings_options_reach_the_request():
             extra_body={"chat_template_kwargs": {"enable_thinking": False}},
             max_retries=0,
         )
-        MLLM(settings).ask("s", "u")
+        run_blocking(MLLM(settings).ask("s", "u"))
     finally:
         server.stop()
     body = server.requests[0]["body"]

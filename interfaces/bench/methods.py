@@ -17,7 +17,7 @@ from gems.configs import ConfigError, GemsSettings
 from gems.graph.builder import continuation, run_config
 from gems.interfaces.bench.datasets import BenchPrompt
 from gems.memory.trajectory import run_result
-from gems.nodes.calls import Ask, Blocking, Render, Steps, adrive, drive
+from gems.nodes.calls import ask, blocking, render
 from gems.nodes.generate import seed_for
 from gems.nodes.parsing import clean_prompt
 from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
@@ -43,19 +43,19 @@ def method_settings(method: str, base: GemsSettings, search_n: int = 5) -> GemsS
     return base
 
 
-def _one_shot(method: str, item: BenchPrompt, settings: GemsSettings) -> Steps:
+async def _one_shot(method: str, item: BenchPrompt, settings: GemsSettings) -> dict[str, Any]:
     """original / rewrite: no criteria, no loop; the same result shape as a graph run."""
     usage: dict[str, float] = {}
     prompt, mllm_calls = item.prompt, 0
     if method == "rewrite":
-        reply = yield Ask(settings.mllm, REWRITE_SYSTEM, item.prompt)
+        reply = await ask(settings.mllm, REWRITE_SYSTEM, item.prompt)
         prompt = clean_prompt(reply.text) or item.prompt
         mllm_calls = 1
         usage = {k: float(reply.usage.get(k, 0)) for k in ("input_tokens", "output_tokens")}
     started = time.perf_counter()
-    (rendered,) = yield Render(settings.generator, prompt, [seed_for(settings.loop.seed, 1, 0, 1)])
+    (rendered,) = await render(settings.generator, prompt, [seed_for(settings.loop.seed, 1, 0, 1)])
     busy = time.perf_counter() - started
-    ref = yield Blocking(lambda: artifact_store(settings).put_bytes(rendered.data, **rendered.meta, candidate=0))
+    ref = await blocking(lambda: artifact_store(settings).put_bytes(rendered.data, **rendered.meta, candidate=0))
     state: dict[str, Any] = {
         "prompt": item.prompt,
         "criteria": [],
@@ -68,15 +68,6 @@ def _one_shot(method: str, item: BenchPrompt, settings: GemsSettings) -> Steps:
         "timings": {"generator_busy": busy},
     }
     return run_result(state)
-
-
-def _graph_run(item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str) -> dict[str, Any]:
-    config = run_config(settings, thread_id)
-    # A bench killed mid-prompt continues from the checkpoint.
-    pending, run_input = continuation(graph.get_state(config), item.prompt)
-    if pending:
-        graph.invoke(run_input, config, context=settings, durability="sync")
-    return run_result(graph.get_state(config).values, thread_id=thread_id)
 
 
 async def _agraph_run(item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str) -> dict[str, Any]:
@@ -99,25 +90,16 @@ def _cost(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_method(
-    method: str, item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str | None = None
-) -> dict[str, Any]:
-    """Run one prompt with one method and return its record: the run's result plus bench fields (no score yet)."""
-    started = time.perf_counter()
-    if method in ("original", "rewrite"):
-        result = drive(_one_shot(method, item, settings))
-    else:
-        result = _graph_run(item, settings, graph, thread_id or f"{method}-{item.id}")
-    return _record(result, item, method, started)
-
-
 async def arun_method(
     method: str, item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str | None = None
 ) -> dict[str, Any]:
-    """`run_method` on the running event loop (the graph runs with `ainvoke` and an async checkpointer)."""
+    """Run one prompt with one method and return its record: the run's result plus bench fields (no score yet).
+
+    The graph runs with `ainvoke` and an async checkpointer, so many prompts share one event loop.
+    """
     started = time.perf_counter()
     if method in ("original", "rewrite"):
-        result = await adrive(_one_shot(method, item, settings))
+        result = await _one_shot(method, item, settings)
     else:
         result = await _agraph_run(item, settings, graph, thread_id or f"{method}-{item.id}")
     return _record(result, item, method, started)

@@ -22,6 +22,7 @@ from gems.configs.settings import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.graph import build_graph, continuation, run_config
 from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short
 from gems.interfaces.pages import copied_beside, run_page
+from gems.memory.aio import run_main
 from gems.memory.artifacts import ArtifactStore
 from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
@@ -144,6 +145,49 @@ def _where(settings: Any) -> str:
     return str(settings.sqlite_path) if kind == "sqlite" else f"the {kind} checkpointer"
 
 
+async def _run(settings: Any, thread_id: str, prompt: str, resume: bool, say: Any, hint: str) -> dict[str, Any]:
+    """Start or resume the thread, printing each node's progress; returns the thread's final values."""
+    run_cfg = run_config(settings, thread_id)
+    with _thread_lock(settings, thread_id):
+        async with open_checkpointer(settings, asynchronous=True) as saver:
+            graph = build_graph(checkpointer=saver, store=open_store(settings))
+            existing = await graph.aget_state(run_cfg)
+            if resume:
+                pending, run_input = _resumed(existing, settings, thread_id, prompt, say)
+            else:
+                if existing.values:
+                    raise UsageError(f"thread {thread_id} already exists; continue it with --resume {thread_id}")
+                pending, run_input = True, {"prompt": prompt}
+                say(f"thread {thread_id}: {short(prompt)}")
+            try:
+                if pending:
+                    async for node_updates in graph.astream(
+                        run_input, run_cfg, context=settings, stream_mode="updates", durability="sync"
+                    ):
+                        for node, update in node_updates.items():
+                            for line in describe_update(node, update):
+                                say(line)
+            except Exception as exc:
+                exc.add_note(hint)
+                raise
+            return (await graph.aget_state(run_cfg)).values
+
+
+def _resumed(existing: Any, settings: Any, thread_id: str, prompt: str, say: Any) -> tuple[bool, Any]:
+    """How to continue a thread named by --resume; refuses an unknown thread or another prompt."""
+    if not existing.values:
+        raise UsageError(f"no run with thread id {thread_id!r} in {_where(settings)}")
+    if prompt and prompt != existing.values.get("prompt"):
+        raise UsageError(f"thread {thread_id} was started with a different prompt; drop the prompt to resume")
+    say(f"resuming thread {thread_id}: {short(existing.values.get('prompt'))}")
+    started_with = existing.values.get("config_digest")
+    if started_with and started_with != settings_digest(settings, RESUME_IGNORES | RUN_OPTIONS):
+        # Endpoints, keys and timeouts may move; models, sizes and loop settings should not.
+        say(f"warning    thread {thread_id} was started with other models or loop settings; "
+            f"the rest of it runs with this config")  # fmt: skip
+    return continuation(existing, existing.values.get("prompt") or "")
+
+
 @click.command(context_settings=CONTEXT)
 @click.argument("prompt", required=False, default="")
 @config_option(multiple=True)
@@ -183,46 +227,15 @@ def generate(
 
     thread_id = resume or thread_id or uuid.uuid4().hex[:12]
     out_dir = Path(out) if out else Path("gems-out") / thread_id
-    run_cfg = run_config(settings, thread_id)
     say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     hint = RESUME_HINT.format(thread_id=thread_id, config=_config_flag(config))
     started = time.perf_counter()
-
-    with _thread_lock(settings, thread_id), open_checkpointer(settings) as saver:
-        graph = build_graph(checkpointer=saver, store=open_store(settings))
-        existing = graph.get_state(run_cfg)
-        if resume:
-            if not existing.values:
-                raise UsageError(f"no run with thread id {thread_id!r} in {_where(settings)}")
-            if prompt and prompt != existing.values.get("prompt"):
-                raise UsageError(f"thread {thread_id} was started with a different prompt; drop the prompt to resume")
-            pending, run_input = continuation(existing, existing.values.get("prompt") or "")
-            say(f"resuming thread {thread_id}: {short(existing.values.get('prompt'))}")
-            started_with = existing.values.get("config_digest")
-            if started_with and started_with != settings_digest(settings, RESUME_IGNORES | RUN_OPTIONS):
-                # Endpoints, keys and timeouts may move; models, sizes and loop settings should not.
-                say(f"warning    thread {thread_id} was started with other models or loop settings; "
-                    f"the rest of it runs with this config")  # fmt: skip
-        else:
-            if existing.values:
-                raise UsageError(f"thread {thread_id} already exists; continue it with --resume {thread_id}")
-            pending, run_input = True, {"prompt": prompt}
-            say(f"thread {thread_id}: {short(prompt)}")
-        try:
-            if pending:
-                for node_updates in graph.stream(
-                    run_input, run_cfg, context=settings, stream_mode="updates", durability="sync"
-                ):
-                    for node, update in node_updates.items():
-                        for line in describe_update(node, update):
-                            say(line)
-        except KeyboardInterrupt:
-            say(hint)
-            return EXIT_INTERRUPTED
-        except Exception as exc:
-            exc.add_note(hint)
-            raise
-        values = graph.get_state(run_cfg).values
+    try:
+        # One event loop for the run: a deadline or Ctrl-C cancels the calls in flight, nothing is left reading.
+        values = run_main(_run(settings, thread_id, prompt, bool(resume), say, hint))
+    except KeyboardInterrupt:
+        say(hint)
+        return EXIT_INTERRUPTED
 
     trajectory = run_result(values, thread_id=thread_id, settings=settings)
     trajectory["timings"]["wall_s"] = round(time.perf_counter() - started, 3)

@@ -27,8 +27,9 @@ from gems.configs.settings import RESUME_IGNORES, settings_digest
 from gems.interfaces.bench.datasets import load_prompts
 from gems.interfaces.bench.runner import run_bench
 from gems.interfaces.evolve.report import write_reports
+from gems.memory.aio import run_blocking
 from gems.memory.experiences import lesson_from_state
-from gems.nodes.calls import Ask, Steps, drive
+from gems.nodes.calls import ask
 from gems.nodes.prompts.evolve import propose_system, propose_user
 from gems.skills import load_registry, registry_for
 from gems.skills.evolution import (
@@ -164,11 +165,7 @@ def _lessons(records: list[dict[str, Any]], settings: GemsSettings) -> list[str]
 
 
 def _propose(settings: GemsSettings, system: str, user: str) -> Any:
-    def steps() -> Steps:
-        reply = yield Ask(settings.mllm, system, user)
-        return {"reply": reply}
-
-    return drive(steps())["reply"]
+    return run_blocking(ask(settings.mllm, system, user))
 
 
 def evolve(

@@ -21,10 +21,13 @@ class Rendered:
 
 
 class Generator(Protocol):
-    """What every backend implements."""
+    """What every backend implements: one coroutine, so a deadline or a cancel stops the call itself."""
 
     backend: str
 
-    def render(self, prompt: str, seed: int) -> Rendered:
-        """Render one image for `prompt` with `seed` (backends that cannot seed record seed None)."""
+    async def render(self, prompt: str, seeds: list[int]) -> list[Rendered]:
+        """One image of `prompt` per seed, in seed order (backends that cannot seed record seed None).
+
+        Local pipelines render the seeds in one batch; remote backends send one request per seed, together.
+        """
         ...

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import io
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gems.configs import GeneratorSettings
 from gems.nodes.generators.base import GeneratorError, Rendered
 
 _pipelines: dict[tuple[str, str, str, bool], Any] = {}
 _pipelines_lock = threading.Lock()
+T = TypeVar("T")
+
+
+class Cancelled(GeneratorError):
+    """The awaiting run was cancelled; the pipeline stopped at the end of a denoising step."""
+
+
+async def off_loop(work: Callable[[threading.Event], T]) -> T:
+    """Run `work(cancel)` in a worker thread; if the awaiting task is cancelled, set `cancel` so the pipeline stops at
+    its next step instead of rendering on for nobody (a thread cannot be killed, but it can be asked to stop)."""
+    cancel = threading.Event()
+    try:
+        return await asyncio.to_thread(work, cancel)
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
 
 
 def _pick_device(requested: str) -> str:
@@ -120,20 +138,21 @@ class DiffusersGenerator:
         kwargs["generator"] = torch.Generator(gen_device).manual_seed(seed)
         return kwargs
 
-    def render(self, prompt: str, seed: int) -> Rendered:
-        return self.render_many(prompt, [seed])[0]
+    async def render(self, prompt: str, seeds: list[int]) -> list[Rendered]:
+        """`render_many` off the event loop (loading the pipeline included); a cancel stops it at the next step."""
+        return await off_loop(lambda cancel: self.render_many(prompt, seeds, cancel))
 
-    def render_many(self, prompt: str, seeds: list[int]) -> list[Rendered]:
+    def render_many(self, prompt: str, seeds: list[int], cancel: threading.Event | None = None) -> list[Rendered]:
         """Render one image per seed in a single batched pipeline call (one seeded generator per image)."""
         import torch
 
         if len(seeds) > 1 and "num_images_per_prompt" not in self._accepted:
-            return [self.render_many(prompt, [seed])[0] for seed in seeds]
+            return [self.render_many(prompt, [seed], cancel)[0] for seed in seeds]
         kwargs = self._call_kwargs(prompt, seeds[0])
         if len(seeds) > 1:
             kwargs["generator"] = [torch.Generator(kwargs["generator"].device).manual_seed(s) for s in seeds]
             kwargs["num_images_per_prompt"] = len(seeds)
-        return self._run(kwargs, seeds)
+        return self._run(kwargs, seeds, cancel)
 
     def render_prompts(self, prompts: list[str], seeds: list[int], **overrides: Any) -> list[Rendered]:
         """One pipeline call for several prompts, image i from prompt i with its own generator seeded `seeds[i]`.
@@ -150,9 +169,21 @@ class DiffusersGenerator:
             kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(prompts)
         return self._run(kwargs, seeds)
 
-    def _run(self, kwargs: dict[str, Any], seeds: list[int]) -> list[Rendered]:
+    def _stop_when(self, cancel: threading.Event) -> Callable[..., dict[str, Any]]:
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancel.is_set():
+                raise Cancelled(f"generation cancelled after step {step + 1}")
+            return tensors
+
+        return on_step_end
+
+    def _run(self, kwargs: dict[str, Any], seeds: list[int], cancel: threading.Event | None = None) -> list[Rendered]:
+        if cancel is not None and "callback_on_step_end" in self._accepted:
+            kwargs["callback_on_step_end"] = self._stop_when(cancel)
         try:
             with self.pipe._gems_lock:
+                if cancel is not None and cancel.is_set():  # cancelled while waiting for the pipeline
+                    raise Cancelled("generation cancelled before it started")
                 started = time.perf_counter()
                 images = self.pipe(**kwargs).images
                 busy = time.perf_counter() - started

@@ -8,6 +8,7 @@ own pipeline or server (see `presets.editor_settings`).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -17,17 +18,17 @@ from typing import Any, Protocol
 from gems.configs import GeneratorSettings
 from gems.configs.settings import cache_key
 from gems.nodes.generators.base import GeneratorError, Rendered
-from gems.nodes.generators.diffusers_backend import DiffusersGenerator
+from gems.nodes.generators.diffusers_backend import DiffusersGenerator, off_loop
 from gems.nodes.generators.openai_backend import OpenAIImagesGenerator
 
 
 class Editor(Protocol):
-    """What every edit backend implements."""
+    """What every edit backend implements: one coroutine, so a deadline or a cancel stops the call itself."""
 
     backend: str
 
-    def edit(self, image: bytes, instruction: str, seed: int) -> Rendered:
-        """Edit the encoded `image` as `instruction` says, seeded with `seed` (None recorded where it cannot be)."""
+    async def edit(self, image: bytes, instruction: str, seeds: list[int]) -> list[Rendered]:
+        """Edit the encoded `image` as `instruction` says, one result per seed (None recorded where it cannot be)."""
         ...
 
 
@@ -42,10 +43,13 @@ class DiffusersEditor(DiffusersGenerator):
                 "point editor.model at an edit model (e.g. editor.preset qwen-image-edit-2511 or flux-kontext)"
             )
 
-    def edit(self, image: bytes, instruction: str, seed: int) -> Rendered:
-        return self.edit_many(image, instruction, [seed])[0]
+    async def edit(self, image: bytes, instruction: str, seeds: list[int]) -> list[Rendered]:
+        """`edit_many` off the event loop; a cancel stops it at the next step."""
+        return await off_loop(lambda cancel: self.edit_many(image, instruction, seeds, cancel=cancel))
 
-    def edit_many(self, image: bytes, instruction: str, seeds: list[int], **overrides: Any) -> list[Rendered]:
+    def edit_many(
+        self, image: bytes, instruction: str, seeds: list[int], cancel: threading.Event | None = None, **overrides: Any
+    ) -> list[Rendered]:
         """One pipeline call per seed (edit pipelines differ in how they batch; one at a time always works).
 
         `overrides` (width, height, num_inference_steps, guidance_scale, negative_prompt) apply to every call.
@@ -60,7 +64,7 @@ class DiffusersEditor(DiffusersGenerator):
         for seed in seeds:
             kwargs = self._call_kwargs(instruction, seed, **overrides)
             kwargs["image"] = picture
-            out.extend(self._run(kwargs, [seed]))
+            out.extend(self._run(kwargs, [seed], cancel))
         for rendered in out:
             rendered.meta["edit"] = True
         return out
@@ -83,16 +87,14 @@ class OpenAIImagesEditor(OpenAIImagesGenerator):
         form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items() if v is not None}
         return {"data": form, "files": {"image": ("image.png", image, "image/png")}}
 
-    def edit(self, image: bytes, instruction: str, seed: int) -> Rendered:
-        body = self._body(instruction, seed)
-        started = time.perf_counter()
-        data = self._image(f"image edit endpoint {self.url}", **self._multipart(body, image))
-        return self._edited(data, body, time.perf_counter() - started)
+    async def edit(self, image: bytes, instruction: str, seeds: list[int]) -> list[Rendered]:
+        """One request per seed, sent together."""
+        return list(await asyncio.gather(*(self._edit_one(image, instruction, seed) for seed in seeds)))
 
-    async def aedit(self, image: bytes, instruction: str, seed: int) -> Rendered:
+    async def _edit_one(self, image: bytes, instruction: str, seed: int) -> Rendered:
         body = self._body(instruction, seed)
         started = time.perf_counter()
-        data = await self._aimage(f"image edit endpoint {self.url}", **self._multipart(body, image))
+        data = await self._image(f"image edit endpoint {self.url}", **self._multipart(body, image))
         return self._edited(data, body, time.perf_counter() - started)
 
     def _edited(self, data: bytes, body: dict[str, Any], busy: float) -> Rendered:

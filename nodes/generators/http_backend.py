@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from gems.configs import GeneratorSettings
+from gems.memory.aio import PerLoop
 from gems.nodes.generators.base import GeneratorError, Rendered
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -22,13 +22,6 @@ class _TransientStatus(Exception):
     def __init__(self, response: httpx.Response):
         super().__init__(response.status_code)
         self.response = response
-
-
-def _post(client: httpx.Client, request: dict[str, Any]) -> httpx.Response:
-    response = client.post(**request)
-    if response.status_code in RETRY_STATUS:
-        raise _TransientStatus(response)
-    return response
 
 
 async def _apost(client: httpx.AsyncClient, request: dict[str, Any]) -> httpx.Response:
@@ -47,23 +40,12 @@ def _retry_policy(max_retries: int) -> dict[str, Any]:
     }
 
 
-def post_with_retries(client: httpx.Client, what: str, max_retries: int, **request: Any) -> httpx.Response:
+async def apost_with_retries(client: httpx.AsyncClient, what: str, max_retries: int, **request: Any) -> httpx.Response:
     """POST with exponential backoff (0.5 s doubling, at most 8 s) on connection errors, timeouts and 408/429/5xx.
 
     Raises:
         GeneratorError: one line saying what failed and what to do.
     """
-    try:
-        response: httpx.Response = Retrying(**_retry_policy(max_retries))(_post, client, request)
-    except (httpx.TransportError, _TransientStatus) as exc:
-        response = _failure(exc, what, client.timeout.read)
-    except httpx.InvalidURL as exc:
-        raise GeneratorError(f"{what}: the request URL is invalid ({exc}); check generator.url") from exc
-    return _checked(response, what)
-
-
-async def apost_with_retries(client: httpx.AsyncClient, what: str, max_retries: int, **request: Any) -> httpx.Response:
-    """`post_with_retries` on the running event loop."""
     try:
         response: httpx.Response = await AsyncRetrying(**_retry_policy(max_retries))(_apost, client, request)
     except (httpx.TransportError, _TransientStatus) as exc:
@@ -88,21 +70,10 @@ def _checked(response: httpx.Response, what: str) -> httpx.Response:
     return response
 
 
-class LoopClients:
-    """One `httpx.AsyncClient` per event loop (an async pool belongs to the loop that opened it)."""
-
-    def __init__(self, **options: Any):
-        self.options = {"limits": httpx.Limits(max_connections=None, max_keepalive_connections=64), **options}
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def get(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = httpx.AsyncClient(**self.options)
-        return client
+def async_clients(timeout: float, headers: dict[str, str] | None = None) -> PerLoop[httpx.AsyncClient]:
+    """One pooled `httpx.AsyncClient` per event loop, with these options."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    return PerLoop(lambda: httpx.AsyncClient(timeout=timeout, headers=headers or {}, limits=limits))
 
 
 class HttpGenerator:
@@ -116,27 +87,22 @@ class HttpGenerator:
         self.settings = settings
         # The reference servers take no key; one set for a keyed server (gems serve-generator) goes as Bearer.
         headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"} if settings.api_key else {}
-        self.client = httpx.Client(timeout=settings.timeout_s, headers=headers)
-        self.async_clients = LoopClients(timeout=settings.timeout_s, headers=headers)
+        self.clients = async_clients(settings.timeout_s, headers)
 
     def _request(self, prompt: str, seed: int) -> dict[str, Any]:
         # `seed` is an extra the reference servers ignore (they draw their own); gems serve-generator honours it.
         params = {"prompt": prompt, "seed": str(seed), **{k: str(v) for k, v in self.settings.call_kwargs.items()}}
         return {"url": self.settings.url, "params": params}
 
-    def render(self, prompt: str, seed: int) -> Rendered:
-        s = self.settings
-        started = time.perf_counter()
-        response = post_with_retries(
-            self.client, f"generator server {s.url}", s.max_retries, **self._request(prompt, seed)
-        )
-        return self._rendered(response, time.perf_counter() - started)
+    async def render(self, prompt: str, seeds: list[int]) -> list[Rendered]:
+        """One request per seed, sent together (a batching server, gems serve-generator, renders them at once)."""
+        return list(await asyncio.gather(*(self._one(prompt, seed) for seed in seeds)))
 
-    async def arender(self, prompt: str, seed: int) -> Rendered:
+    async def _one(self, prompt: str, seed: int) -> Rendered:
         s = self.settings
         started = time.perf_counter()
         response = await apost_with_retries(
-            self.async_clients.get(), f"generator server {s.url}", s.max_retries, **self._request(prompt, seed)
+            self.clients.get(), f"generator server {s.url}", s.max_retries, **self._request(prompt, seed)
         )
         return self._rendered(response, time.perf_counter() - started)
 

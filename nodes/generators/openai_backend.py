@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -11,7 +12,7 @@ import httpx
 
 from gems.configs import GeneratorSettings
 from gems.nodes.generators.base import GeneratorError, Rendered
-from gems.nodes.generators.http_backend import LoopClients, apost_with_retries, post_with_retries
+from gems.nodes.generators.http_backend import apost_with_retries, async_clients
 
 
 class OpenAIImagesGenerator:
@@ -30,11 +31,9 @@ class OpenAIImagesGenerator:
             if settings.api_key
             else os.environ.get("GEMS_GENERATOR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         )
-        self.client = httpx.Client(timeout=settings.timeout_s, headers={"Authorization": f"Bearer {key}"})
-        self.async_clients = LoopClients(timeout=settings.timeout_s, headers={"Authorization": f"Bearer {key}"})
+        self.clients = async_clients(settings.timeout_s, {"Authorization": f"Bearer {key}"})
         # Image URLs in an answer may point anywhere (a CDN, or a hostile server): fetched without the key.
-        self.plain = httpx.Client(timeout=settings.timeout_s)
-        self.plain_async = LoopClients(timeout=settings.timeout_s)
+        self.plain = async_clients(settings.timeout_s)
         self.url = settings.url.rstrip("/") + "/images/generations"
         # OpenAI's own API rejects parameters it does not know; open servers (vLLM-Omni) take them.
         self.hosted_openai = "api.openai.com" in settings.url
@@ -58,31 +57,24 @@ class OpenAIImagesGenerator:
         body.update(s.call_kwargs)
         return body
 
-    def render(self, prompt: str, seed: int) -> Rendered:
+    async def render(self, prompt: str, seeds: list[int]) -> list[Rendered]:
+        """One request per seed, sent together."""
+        return list(await asyncio.gather(*(self._one(prompt, seed) for seed in seeds)))
+
+    async def _one(self, prompt: str, seed: int) -> Rendered:
         body = self._body(prompt, seed)
         started = time.perf_counter()
-        data = self._image(f"image endpoint {self.url}", json=body)
+        data = await self._image(f"image endpoint {self.url}", json=body)
         return self._rendered(data, body, time.perf_counter() - started)
 
-    async def arender(self, prompt: str, seed: int) -> Rendered:
-        body = self._body(prompt, seed)
-        started = time.perf_counter()
-        data = await self._aimage(f"image endpoint {self.url}", json=body)
-        return self._rendered(data, body, time.perf_counter() - started)
-
-    def _image(self, what: str, **request: Any) -> bytes:
+    async def _image(self, what: str, **request: Any) -> bytes:
         """POST `request` to the endpoint (with retries) and return the image of `data[0]`, fetched if a URL."""
-        response = post_with_retries(self.client, what, self.settings.max_retries, url=self.url, **request)
-        item = self._item(response)
-        return self.plain.get(item["url"]).content if "b64_json" not in item else base64.b64decode(item["b64_json"])
-
-    async def _aimage(self, what: str, **request: Any) -> bytes:
-        """`_image` on the running event loop."""
-        client = self.async_clients.get()
-        response = await apost_with_retries(client, what, self.settings.max_retries, url=self.url, **request)
+        response = await apost_with_retries(
+            self.clients.get(), what, self.settings.max_retries, url=self.url, **request
+        )
         item = self._item(response)
         url = item.get("url")
-        return (await self.plain_async.get().get(url)).content if url else base64.b64decode(item["b64_json"])
+        return (await self.plain.get().get(url)).content if url else base64.b64decode(item["b64_json"])
 
     def _item(self, response: httpx.Response) -> dict[str, Any]:
         """`data[0]` with either `b64_json` or `url`."""
