@@ -66,17 +66,17 @@ def main() -> None:
         check("modules on GPU", all(p.is_cuda for p in pipe.unet.parameters()) and pipe.vae.device.type == "cuda",
               f"unet {pipe.unet.device}, vae {pipe.vae.device}, text {pipe.text_encoder.device}")  # fmt: skip
 
-        gen.render("warm up", 0)
+        gen.render_many("warm up", [0])[0]
         sync()
-        a, b = gen.render("a red cube", 7), gen.render("a red cube", 7)
+        a, b = gen.render_many("a red cube", [7])[0], gen.render_many("a red cube", [7])[0]
         diff = int(np.abs(pixels(a.data) - pixels(b.data)).max())
         check("same seed twice", diff <= 1, f"max pixel diff {diff}")
-        other = gen.render("a red cube", 8)
+        other = gen.render_many("a red cube", [8])[0]
         check("another seed differs", int(np.abs(pixels(a.data) - pixels(other.data)).max()) > 0, "seed 8 vs 7")
 
         seeds = list(range(100, 100 + args.batch))
         started = time.perf_counter()
-        alone = [gen.render("a blue sphere", s) for s in seeds]
+        alone = [gen.render_many("a blue sphere", [s])[0] for s in seeds]
         sync()
         single_s = (time.perf_counter() - started) / len(seeds)
         started = time.perf_counter()
@@ -90,12 +90,12 @@ def main() -> None:
 
         fp16 = DiffusersGenerator(GeneratorSettings(**common, dtype="float16"))
         check("dtype float16", fp16.pipe.unet.dtype == torch.float16, str(fp16.pipe.unet.dtype))
-        image = fp16.render("a green cone", 3)
+        image = fp16.render_many("a green cone", [3])[0]
         check("float16 renders", pixels(image.data).shape == (args.size, args.size, 3), f"{len(image.data)} B PNG")
 
         diffusers_backend._pipelines.clear()
         offload = DiffusersGenerator(GeneratorSettings(**common, cpu_offload=True))
-        image = offload.render("a yellow ring", 5)
+        image = offload.render_many("a yellow ring", [5])[0]
         check("cpu_offload renders", pixels(image.data).shape == (args.size, args.size, 3),
               f"unet on {offload.pipe.unet.device} between calls")  # fmt: skip
         if args.ray:
