@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from gems.configs.errors import ConfigError
+from gems.configs.errors import ConfigError, UsageError
 
 
 class _Strict(BaseModel):
@@ -119,10 +119,13 @@ RefineMode = Literal["regenerate", "edit", "auto"]
 NO_EDITOR = "loop.refine_mode {mode} needs an editor: set editor.backend to diffusers, openai or generator"
 
 
+MAX_ROUNDS = 50  # the most rounds any run may take, wherever its options come from
+
+
 class LoopSettings(_Strict):
     """The GEMS loop; defaults reproduce the reference method."""
 
-    max_rounds: int = Field(5, ge=1, le=50, description="generator rounds before returning the best image")
+    max_rounds: int = Field(5, ge=1, le=MAX_ROUNDS, description="generator rounds before returning the best image")
     images_per_round: int = Field(1, ge=1, le=16, description="candidates per round; the best one is kept")
     experience_max_words: int = Field(100, ge=10, le=1000)
     verifier_concurrency: int = Field(10, ge=1, le=256, description="parallel verifier calls")
@@ -143,6 +146,11 @@ class LoopSettings(_Strict):
     )
     edit_base: Literal["best", "last"] = Field(
         "best", description="the image an edit starts from: the best round so far, or the last one"
+    )
+    review_rounds: bool = Field(
+        False,
+        description="pause after each round that did not pass everything: accept its image now, edit the next "
+        "prompt or the criteria, or go on",
     )
 
 
@@ -471,11 +479,45 @@ def settings_from_env() -> GemsSettings:
 
 
 class _RunLoop(_Strict):
-    max_rounds: int | None = Field(None, ge=1, le=50, description="generator rounds before returning the best image")
+    max_rounds: int | None = Field(
+        None, ge=1, le=MAX_ROUNDS, description="generator rounds before returning the best image"
+    )
     seed: int | None = Field(None, ge=0, lt=2**63, description="base seed for reproducible generations")
     images_per_round: int | None = Field(None, ge=1, le=16, description="candidates per round")
     human_review: bool | None = Field(None, description="pause before the first generation for review")
+    review_rounds: bool | None = Field(None, description="pause after each round for review")
     refine_mode: RefineMode | None = Field(None, description="regenerate, edit or auto (edit and auto need an editor)")
+
+
+# What a run keeps in its state as it started (a resume runs with these, whoever resumes it).
+PINNED = ("max_rounds", "seed", "images_per_round", "human_review", "review_rounds", "refine_mode")
+
+
+def pinned_options(settings: GemsSettings) -> dict[str, Any]:
+    """The run options to pin in a run's first checkpoint, plus the digest of the settings that make its images."""
+    options = {key: getattr(settings.loop, key) for key in PINNED}
+    options["config_digest"] = settings_digest(settings, RESUME_IGNORES | RUN_OPTIONS)
+    return options
+
+
+def checked_options(options: Any) -> dict[str, Any]:
+    """Pinned run options from a run's input, within the same bounds as the settings.
+
+    Raises:
+        UsageError: not a mapping, an unknown key, or a value out of bounds; one line naming it.
+    """
+    if not isinstance(options, Mapping):
+        raise UsageError("options must be an object of run options")
+    unknown = sorted(set(options) - {*PINNED, "config_digest"})
+    if unknown:
+        raise UsageError(f"options: unknown {', '.join(map(str, unknown))}; known: {', '.join(PINNED)}")
+    given = {k: options[k] for k in PINNED if k in options and options[k] is not None}
+    try:
+        loop = _RunLoop.model_validate(given)
+    except ValidationError as exc:
+        raise UsageError(_format_validation_error("options", exc).removeprefix("invalid config ")) from None
+    digest = options.get("config_digest")
+    return {**loop.model_dump(exclude_none=True), **({"config_digest": str(digest)[:64]} if digest else {})}
 
 
 class _RunMemory(_Strict):
@@ -571,7 +613,7 @@ def api_keys_from_env() -> dict[str, str]:
 # What a resumed run may change (a server on a new port, a new key or timeout) and still be the run it was.
 RESUME_IGNORES = frozenset({"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency",
                             "chroma", "base_url", "url", "headers", "host", "port", "tenant"})  # fmt: skip
-RUN_OPTIONS = frozenset({"max_rounds", "seed", "images_per_round", "human_review"})
+RUN_OPTIONS = frozenset({"max_rounds", "seed", "images_per_round", "human_review", "review_rounds"})
 
 
 def strip_keys(data: Any, ignore: frozenset[str]) -> Any:

@@ -35,7 +35,7 @@ def main(request: str) -> None:
     result = agent.invoke({"messages": [{"role": "user", "content": request}]})
     for message in result["messages"]:
         if message.type == "tool":
-            print(f"[tool {message.name}] {message.content}")
+            print(f"[tool {message.name}] {message.text}")  # the summary; the image travels as a content block
     print(result["messages"][-1].content)
 
 

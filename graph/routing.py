@@ -7,14 +7,15 @@ from typing import Literal
 from langchain_core.messages import AIMessage
 from langgraph.types import Send
 
-from gems.memory.state import GemsState, VerifyTask
+from gems.configs.settings import MAX_ROUNDS
+from gems.memory.state import GemsState, PlannerState, VerifyTask
 
 MAX_TOOL_TURNS = 6  # planner turns before planning stops calling tools
 
 
-def route_after_plan(state: GemsState) -> Literal["skills", "prepare"]:
+def route_after_plan(state: PlannerState) -> Literal["skills", "prepare"]:
     """Run the planner's tool calls, or move on once it has answered in text."""
-    messages = state.get("messages") or []
+    messages = state.get("planner_messages") or []
     if messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls:
         turns = sum(1 for m in messages if isinstance(m, AIMessage))
         if turns <= MAX_TOOL_TURNS:
@@ -44,16 +45,26 @@ def route_after_generate(state: GemsState) -> list[Send] | Literal["finalize"]:
     ]
 
 
-def route_after_critique(state: GemsState) -> Literal["finalize", "compress"]:
-    """Stop when every criterion passed or the round budget is spent; otherwise learn and refine."""
+def route_after_critique(state: GemsState) -> Literal["finalize", "review_round", "compress"]:
+    """Stop when every criterion passed or the round budget is spent; else a person's review if asked, or refine."""
     rounds = state.get("rounds") or []
     if rounds and not rounds[-1].get("failed"):
         return "finalize"
-    if state.get("round", 0) >= state.get("max_rounds", 5):
+    if state.get("round", 0) >= round_budget(state):
         return "finalize"
-    return "compress"
+    return "review_round" if state.get("review_rounds") else "compress"
+
+
+def route_after_review(state: GemsState) -> Literal["finalize", "compress"]:
+    """A reviewer who accepted the round's image ends the run with it; otherwise the loop goes on."""
+    return "finalize" if state.get("accepted_round") else "compress"
+
+
+def round_budget(state: GemsState) -> int:
+    """The run's own round budget, never past the cap (a state edit cannot buy more rounds)."""
+    return max(1, min(int(state.get("max_rounds") or 5), MAX_ROUNDS))
 
 
 def recursion_limit_for(max_rounds: int) -> int:
-    """Supersteps a run may take: planning with its tool loop, five per round, then finalize and learn."""
-    return 5 * max_rounds + 28
+    """Supersteps a run may take: intake, planning with its tool loop, six per round, then finalize and learn."""
+    return 6 * max_rounds + 30

@@ -49,13 +49,30 @@ def copied_beside(folder: Path) -> Callable[[dict[str, Any]], str]:
     return src_for
 
 
+def caption(image: dict[str, Any]) -> str:
+    """What made an image: seed, model, steps and size, in one line."""
+    parts = [f"seed {image['seed']}" if image.get("seed") is not None else "seed not reported"]
+    if image.get("model"):
+        parts.append(str(image["model"]))
+    if image.get("steps"):
+        parts.append(f"{image['steps']} steps")
+    if image.get("width"):
+        parts.append(f"{image['width']}×{image.get('height')}")
+    return " · ".join(parts)
+
+
 def gallery_item(record: dict[str, Any], line: str, src_for: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
-    """One run as the template draws it: every round's image, prompt, ticks and experience; the chosen one marked."""
+    """One run as the template draws it: every round's images (each candidate, the kept one marked) with what made
+    them, prompt, ticks and experience; the returned round marked."""
     final_round = (record.get("final") or {}).get("round")
-    rounds = [
-        {**r, "src": src_for(r.get("image") or {}), "final": r.get("round") == final_round}
-        for r in record.get("rounds") or []
-    ]
+    rounds = []
+    for r in record.get("rounds") or []:
+        kept = (r.get("image") or {}).get("sha256")
+        images = [
+            {"src": src_for(image), "chosen": image.get("sha256") == kept, "caption": caption(image)}
+            for image in (r.get("candidates") or [r.get("image") or {}])
+        ]
+        rounds.append({**r, "images": images, "final": r.get("round") == final_round})
     heading = f"{record['id']}: {record['prompt']}" if record.get("id") else record.get("prompt", "")
     return {"heading": heading, "line": line, "rounds": rounds}
 
@@ -65,18 +82,30 @@ def render_template(name: str, **context: Any) -> str:
     return _templates.get_template(name).render(**context)
 
 
-def render_gallery(title: str, intro: list[str], items: list[dict[str, Any]], tables: list[Table] | None = None) -> str:
-    return _templates.get_template("gallery.html.j2").render(title=title, intro=intro, tables=tables or [], items=items)
+def render_gallery(
+    title: str, intro: list[str], items: list[dict[str, Any]], tables: list[Table] | None = None, refresh: int = 0
+) -> str:
+    """A gallery page; `refresh` (seconds) makes the browser reload it, for a run still going."""
+    return _templates.get_template("gallery.html.j2").render(
+        title=title, intro=intro, tables=tables or [], items=items, refresh=refresh
+    )
 
 
 def run_page(result: dict[str, Any], src_for: Callable[[dict[str, Any]], str]) -> str:
     """The page of one run (`run_result`'s shape): request, skill, criteria, every round, the chosen image, cost."""
     final = result.get("final") or {}
     criteria = result.get("criteria") or []
-    if not criteria:
+    running = not final
+    if running:
+        done = len(result.get("rounds") or [])
+        outcome = f"running, round {done + 1}" if done else "running: planning the first round"
+        outcome += " (this page refreshes itself)"
+    elif not criteria:
         outcome = "no criteria to check: one image from the request as written"
     else:
         verdict = "all criteria passed" if result.get("success") else "best so far (not every criterion passed)"
+        if final.get("accepted"):
+            verdict = "accepted by the reviewer"
         outcome = f"{verdict}: round {final.get('round')} chosen, {final.get('passed')}/{final.get('total')} passed"
     counts, usage, timings = result.get("counts") or {}, result.get("usage") or {}, result.get("timings") or {}
     cost = {
@@ -86,7 +115,8 @@ def run_page(result: dict[str, Any], src_for: Callable[[dict[str, Any]], str]) -
         "image_parts": int(usage.get("image_parts", 0)),
         "generator_calls": counts.get("generator_calls", 0),
         "generator_busy_s": timings.get("generator_busy", 0.0),
-        "wall_s": sum(v for k, v in timings.items() if k != "generator_busy"),
+        # The process's wall time when it was measured; else the nodes' own time (they overlap: an estimate).
+        "wall_s": timings.get("wall_s") or sum(v for k, v in timings.items() if k != "generator_busy"),
     }
     intro = [
         f"request: {result.get('prompt', '')}",
@@ -96,4 +126,4 @@ def run_page(result: dict[str, Any], src_for: Callable[[dict[str, Any]], str]) -
         f"cost: {cost_line(cost)}",
     ]
     item = gallery_item(result, "the green frame marks the image returned", src_for)
-    return render_gallery(f"gems run: {result.get('prompt', '')}", intro, [item])
+    return render_gallery(f"gems run: {result.get('prompt', '')}", intro, [item], refresh=3 if running else 0)

@@ -96,7 +96,7 @@ def _with_urls(value: Any) -> Any:
     """Add `url` (`/artifacts/<sha256>.png`) next to every image reference."""
     if isinstance(value, dict):
         out = {k: _with_urls(v) for k, v in value.items()}
-        if isinstance(out.get("sha256"), str) and "path" in out:
+        if isinstance(out.get("sha256"), str):
             out["url"] = f"/artifacts/{out['sha256']}.png"
         return out
     if isinstance(value, list):

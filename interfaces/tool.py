@@ -9,13 +9,14 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
 from gems.configs import GemsSettings, load_settings
-from gems.graph.builder import build_graph, run_config
+from gems.graph.builder import build_graph, run_config, run_input
+from gems.memory.artifacts import ArtifactStore
 from gems.memory.trajectory import run_result
 
 TOOL_DESCRIPTION = (
     "Generate an image from a detailed description. The tool plans, renders, checks the image against every "
-    "requirement in the description and retries until they all pass. Returns the image file path and how many "
-    "requirements passed."
+    "requirement in the description and retries until they all pass. Returns the image itself, its file path and "
+    "how many requirements passed."
 )
 
 
@@ -38,26 +39,35 @@ def gems_tool(
         name: the tool's name as the agent sees it.
 
     Returns:
-        A `StructuredTool` whose content is a one-line summary and whose artifact is the run's result
-        (`gems.memory.trajectory.run_result`).
+        A `StructuredTool` whose content is a one-line summary plus the image as a standard image content block
+        (so the calling model and a chat UI see it), and whose artifact is the run's result
+        (`gems.memory.trajectory.run_result`, with the image's file path).
     """
     base = settings or load_settings()
     graph = build_graph(checkpointer=checkpointer, store=store)
 
-    def generate_image(prompt: str, max_rounds: int | None = None) -> tuple[str, dict[str, Any]]:
+    def generate_image(prompt: str, max_rounds: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         run_settings = base
         if max_rounds is not None:
             run_settings = base.model_copy(update={"loop": base.loop.model_copy(update={"max_rounds": max_rounds})})
         thread_id = f"tool-{uuid.uuid4().hex[:12]}"
-        result = graph.invoke({"prompt": prompt}, run_config(run_settings, thread_id), context=run_settings)
-        final = result.get("final") or {}
+        result = graph.invoke(
+            run_input(prompt, run_settings), run_config(run_settings, thread_id), context=run_settings
+        )
+        public = run_result(result, thread_id=thread_id, artifacts_dir=run_settings.artifacts_dir)
+        final = public.get("final") or {}
         image = final.get("image") or {}
         status = {True: "all requirements passed", None: "not verified"}.get(result.get("success"), "best attempt")
         summary = (
             f"Image saved to {image.get('path')} ({status}: {final.get('passed')}/{final.get('total')} "
             f"requirements, round {final.get('round')})."
         )
-        return summary, run_result(result, thread_id=thread_id)
+        content: list[dict[str, Any]] = [{"type": "text", "text": summary}]
+        if image.get("sha256"):
+            store = ArtifactStore(run_settings.artifacts_dir)
+            url = store.data_url(image, run_settings.mllm.image_max_side)  # the size the MLLM roles see
+            content.append({"type": "image", "base64": url.split(",", 1)[1], "mime_type": "image/png"})
+        return content, public
 
     return StructuredTool.from_function(
         func=generate_image,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from gems.configs.errors import GemsError
 
-IMAGE_REF_KEYS = ("sha256", "path", "width", "height", "seed", "backend", "model", "steps", "guidance_scale")
+IMAGE_REF_KEYS = ("sha256", "width", "height", "seed", "backend", "model", "steps", "guidance_scale")
 
 
 class ArtifactError(GemsError, RuntimeError):
@@ -62,27 +62,31 @@ class ArtifactStore:
         image.save(buf, format="PNG")
         return self.put_bytes(buf.getvalue(), **meta)
 
-    def put_bytes(self, data: bytes, **meta: Any) -> dict[str, Any]:
-        """Store encoded image bytes (any format PIL reads; re-encoded to PNG if needed) and return a reference."""
+    def put_bytes(self, data: bytes, *, origin: str = "the generator", **meta: Any) -> dict[str, Any]:
+        """Store encoded image bytes (any format PIL reads; re-encoded to PNG if needed) and return a reference.
+
+        `origin` names where the bytes came from in errors ("the generator", "an attached image").
+        """
         try:
             image = Image.open(io.BytesIO(data))  # reads the header only
         except Exception as exc:
-            raise ArtifactError(f"generator returned bytes that are not an image ({len(data)} bytes)") from exc
+            raise ArtifactError(f"{origin} sent bytes that are not an image ({len(data)} bytes)") from exc
         if self.max_pixels and image.width * image.height > self.max_pixels:
             raise ArtifactError(
-                f"generator returned a {image.width}x{image.height} image, over storage.max_pixels "
-                f"({self.max_pixels}); set a smaller size or raise the limit"
+                f"{origin} sent a {image.width}x{image.height} image, over storage.max_pixels "
+                f"({self.max_pixels}); send a smaller one or raise the limit"
             )
         try:
             image.load()
         except Exception as exc:
-            raise ArtifactError(f"generator returned bytes that are not an image ({len(data)} bytes)") from exc
+            raise ArtifactError(f"{origin} sent bytes that are not an image ({len(data)} bytes)") from exc
         if image.format != "PNG":
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             data = buf.getvalue()
-        digest, path = self.put_png(data)
-        ref = {"sha256": digest, "path": str(path), "width": image.width, "height": image.height}
+        digest, _ = self.put_png(data)
+        # No file path: state and whatever serves it name images by digest only (`path_for` finds the file).
+        ref = {"sha256": digest, "width": image.width, "height": image.height}
         ref.update(meta)
         return ref
 

@@ -1,7 +1,12 @@
-"""The run's state: plain JSON types (plus the planner's messages); images are `ImageRef`s into the artifact store.
+"""The run's state: plain JSON types plus two message lists; images are `ImageRef`s into the artifact store.
 
 The round records are the paper's working memory (raw facts per round plus the compressed experience); the reducers
 say how node updates merge. Nodes, memory helpers and the graph all read this one contract.
+
+`messages` is the conversation a person reads (chat UIs, LangGraph Studio): each request, one message per round
+with its image and verdicts, the final answer. The planner's own tool loop lives in `planner_messages`; the other
+roles keep no conversation in state. A thread may hold several requests (a chat): `turns` records the finished
+ones, and a new request starts its run with the per-run channels reset.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ class ImageRef(TypedDict, total=False):
     """A stored image: where it is and what produced it."""
 
     sha256: str
-    path: str
     width: int
     height: int
     seed: int | None
@@ -104,13 +108,30 @@ def add_numbers(left: dict[str, float] | None, right: dict[str, float] | None) -
     return out
 
 
+class Turn(TypedDict, total=False):
+    """A finished request of the conversation, as later requests on the thread see it."""
+
+    request: str  # the request as the run took it (a follow-up already made whole)
+    request_id: str | None  # the id of the human message that asked it
+    image: ImageRef
+    passed: list[str]
+    failed: list[str]
+    success: bool | None
+
+
 class GemsState(TypedDict):
-    """The whole state of one run (one thread)."""
+    """The whole state of one thread: the current run, plus the conversation it belongs to."""
 
     prompt: str
+    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]  # what a person reads
+    owner: NotRequired[str]  # the tenant whose run this is ("" without tenants): pages and links check it
+    request_id: NotRequired[str | None]  # the human message this run answers
+    references: NotRequired[list[ImageRef]]  # images the person attached to the request
+    options: NotRequired[dict[str, Any]]  # run options a trusted caller pins in the input (see configs.PINNED)
+    turns: NotRequired[Annotated[list[Turn], operator.add]]  # earlier requests on this thread
+    planner_messages: NotRequired[Annotated[list[AnyMessage], add_messages]]  # the planner's tool loop
     skill: NotRequired[str | None]
     skill_trace: NotRequired[dict[str, Any]]
-    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]
     verifiers: NotRequired[list[str]]
     lessons: NotRequired[list[dict[str, Any]]]
     lesson_id: NotRequired[str]
@@ -121,6 +142,10 @@ class GemsState(TypedDict):
     thought: NotRequired[str | None]
     max_rounds: NotRequired[int]
     human_review: NotRequired[bool]
+    review_rounds: NotRequired[bool]
+    refine_mode: NotRequired[str]
+    accepted_round: NotRequired[int | None]  # a reviewer accepted this round's image: the run ends with it
+    reviewer_prompt: NotRequired[str | None]  # a reviewer wrote the next prompt: the refiner is not asked
     seed: NotRequired[int | None]  # the run's base seed as started; a resume keeps it
     images_per_round: NotRequired[int]
     config_digest: NotRequired[str]  # what produced the run (settings_digest without run options)
@@ -134,3 +159,46 @@ class GemsState(TypedDict):
     generator_calls: NotRequired[Annotated[int, operator.add]]
     timings: NotRequired[Annotated[dict[str, float], add_numbers]]
     usage: NotRequired[Annotated[dict[str, float], add_numbers]]
+
+
+class PlannerState(TypedDict):
+    """The planner's own state (a subgraph): its tool loop never reaches the run's `messages`."""
+
+    prompt: str
+    references: NotRequired[list[ImageRef]]
+    action: NotRequired[RoundAction]  # an edit planned for round 1 (intake): the planner does not rewrite
+    current_prompt: NotRequired[str | None]
+    planner_messages: NotRequired[Annotated[list[AnyMessage], add_messages]]
+    lessons: NotRequired[list[dict[str, Any]]]
+    skill_trace: NotRequired[dict[str, Any]]
+    skill: NotRequired[str | None]
+    thought: NotRequired[str | None]
+    verifiers: NotRequired[list[str]]
+    warnings: NotRequired[Annotated[list[str], operator.add]]
+    mllm_calls: NotRequired[Annotated[int, operator.add]]
+    timings: NotRequired[Annotated[dict[str, float], add_numbers]]
+    usage: NotRequired[Annotated[dict[str, float], add_numbers]]
+
+
+class PlannerInput(TypedDict):
+    """What the planner reads from the run (counters start at zero inside, so its totals add up once)."""
+
+    prompt: str
+    references: NotRequired[list[ImageRef]]
+    action: NotRequired[RoundAction]
+    current_prompt: NotRequired[str | None]
+
+
+class PlannerOutput(TypedDict, total=False):
+    """What the planner hands back to the run."""
+
+    lessons: list[dict[str, Any]]
+    skill_trace: dict[str, Any]
+    skill: str | None
+    current_prompt: str | None
+    thought: str | None
+    verifiers: list[str]
+    warnings: list[str]
+    mllm_calls: int
+    timings: dict[str, float]
+    usage: dict[str, float]

@@ -6,10 +6,13 @@ only reads them. `MODE_LAYERS` decides what the refiner sees in each mode (`gems
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from gems.configs import GemsSettings
+from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.journal import calls_made
 
 # Which layers of memory each mode gives the refiner (the paper's ablation rows).
@@ -43,13 +46,18 @@ def best_round(rounds: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 
 def run_result(
-    state: dict[str, Any], *, thread_id: str | None = None, settings: GemsSettings | None = None
+    state: dict[str, Any],
+    *,
+    thread_id: str | None = None,
+    settings: GemsSettings | None = None,
+    artifacts_dir: Path | None = None,
 ) -> dict[str, Any]:
     """A run's public result, the one shape the CLI (`trajectory.json`), the server, the bench and the tool return.
 
     JSON-ready: prompt, criteria, skill, every round (prompt, image, passed/failed, experience, thought, verdicts),
     the final image, lessons used, warnings, counts, token usage and timings; `settings` adds the models and the
-    loop and memory options that produced it.
+    loop and memory options that produced it. Images are named by digest; with `artifacts_dir` (or `settings`)
+    each also gets its file's `path`, for local use (never in what a server sends).
     """
     rounds = [
         {
@@ -86,6 +94,9 @@ def run_result(
         "usage": state.get("usage", {}),
         "timings": state.get("timings", {}),
     }
+    folder = artifacts_dir or (settings.artifacts_dir if settings is not None else None)
+    if folder is not None:
+        report = _with_paths(report, ArtifactStore(folder))
     if settings is not None and thread_id:
         made = calls_made(settings.data_dir, thread_id)
         if made is not None:  # every call this machine started for the thread, redone ones included
@@ -102,3 +113,16 @@ def run_result(
             "memory": settings.memory.model_dump(),
         }
     return report
+
+
+def _with_paths(value: Any, store: ArtifactStore) -> Any:
+    """`value` with `path` beside every image reference's digest (the file in `store`)."""
+    if isinstance(value, dict):
+        out = {k: _with_paths(v, store) for k, v in value.items()}
+        if isinstance(out.get("sha256"), str):
+            with contextlib.suppress(ArtifactError):
+                out["path"] = str(store.path_for(out["sha256"]))
+        return out
+    if isinstance(value, list):
+        return [_with_paths(v, store) for v in value]
+    return value

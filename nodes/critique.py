@@ -9,6 +9,7 @@ from langgraph.runtime import Runtime
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, RoundRecord, Verdict, VerifyTask
 from gems.nodes.calls import ask, blocking
+from gems.nodes.chat import round_message, run_links
 from gems.nodes.mllm import MLLMError, image_part, text_part
 from gems.nodes.parsing import parse_verdict
 from gems.nodes.prompts.verify import VERIFY_SYSTEM, VERIFY_USER
@@ -87,14 +88,15 @@ def _score(verdicts: list[Verdict], criteria: list[str]) -> tuple[list[str], lis
     return passed, failed
 
 
-def critique(state: GemsState) -> dict[str, Any]:
+async def critique(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """Collect the round's verdicts into its factual record; with several candidates keep the best one.
 
     Args:
         state: `round`, `criteria`, `candidates`, `verdicts`, `current_prompt`, `thought`.
+        runtime: the run's settings as context; its stream writer gets the round's `custom` event.
 
     Returns:
-        The new `RoundRecord` (merged into `rounds` by round number).
+        The new `RoundRecord` (merged into `rounds` by round number) and the round's message for `messages`.
     """
     round_no = state["round"]
     criteria = state.get("criteria") or []
@@ -119,7 +121,14 @@ def critique(state: GemsState) -> dict[str, Any]:
     if len(candidates) > 1:
         record["candidates"] = candidates
     record.update(_lineage(state, round_no, best_passed, best_failed))
-    return {"rounds": [record]}
+    links = await run_links(context_settings(runtime.context))
+    turn = len(state.get("turns") or []) + 1
+    # For UIs that draw their own progress: one event per round, as soon as its verdicts are in.
+    runtime.stream_writer(
+        {"event": "round", "round": round_no, "image_url": links.image(record["image"]) if candidates else None,
+         "passed": len(best_passed), "total": len(criteria), "mode": record.get("mode")}
+    )  # fmt: skip
+    return {"rounds": [record], "messages": [round_message(turn, record, criteria, links)]}
 
 
 def _lineage(state: GemsState, round_no: int, passed: list[str], failed: list[str]) -> RoundRecord:

@@ -10,6 +10,7 @@ from langgraph.runtime import Runtime
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, ImageRef
 from gems.nodes.calls import blocking, edit, render
+from gems.nodes.chat import run_links
 from gems.nodes.generators import editor_settings
 from gems.nodes.runtime import artifact_store, timed
 
@@ -63,6 +64,8 @@ async def generate(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str
         timings["generator_busy"] = round(timings.get("generator_busy", 0.0) + busy, 6)
         refs = await blocking(lambda: [store.put_bytes(r.data, **r.meta, candidate=c) for c, r in enumerate(results)])
         candidates.extend(ImageRef(**ref) for ref in refs)  # type: ignore[typeddict-item]
+    links = await run_links(settings)
+    runtime.stream_writer({"event": "image", "round": round_no, "image_urls": [links.image(r) for r in candidates]})
     return {
         "round": round_no,
         "current_prompt": prompt,

@@ -17,12 +17,11 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
 from gems.configs import GemsSettings, context_settings
-from gems.configs.settings import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.memory.embeddings import get_embeddings
 from gems.memory.experiences import ExperienceStore
-from gems.memory.state import GemsState
+from gems.memory.state import PlannerState
 from gems.nodes.calls import ask, blocking, converse
-from gems.nodes.mllm import MLLMError
+from gems.nodes.mllm import MLLMError, image_part, text_part
 from gems.nodes.parsing import clean_prompt, parse_skill_choice
 from gems.nodes.prompts import format_lessons, skill_block
 from gems.nodes.prompts.plan import (
@@ -30,12 +29,14 @@ from gems.nodes.prompts.plan import (
     ENHANCE_USER,
     PLANNER_SYSTEM,
     PLANNER_USER,
+    REFERENCES_NOTE,
     ROUTER_SYSTEM,
     ROUTER_USER,
+    THOUGHT_EDIT,
     THOUGHT_ORIGINAL,
     THOUGHT_WITH_SKILL,
 )
-from gems.nodes.runtime import lesson_settings, timed, usage_update
+from gems.nodes.runtime import artifact_store, lesson_settings, timed, usage_update
 from gems.skills import Skill, registry_for
 from gems.skills.retrieval import get_index
 from gems.skills.tools import SKILL_TOOLS, loaded_skills
@@ -82,18 +83,14 @@ def _manifest(candidates: list[dict[str, Any]], registry: Any) -> str:
 
 
 async def _text_mode(
-    state: GemsState, settings: GemsSettings, lessons_text: str, trace: dict[str, Any]
+    state: PlannerState, settings: GemsSettings, lessons_text: str, trace: dict[str, Any]
 ) -> dict[str, Any]:
     """The paper's flow: one call names a skill or NONE, a second rewrites the prompt with the loaded body."""
     registry = registry_for(settings)
     names = [c["name"] for c in trace["offered"]]
-    reply = await ask(
-        settings.mllm,
-        ROUTER_SYSTEM,
-        ROUTER_USER.format(
-            manifest=_manifest(trace["offered"], registry), lessons=lessons_text, prompt=state["prompt"]
-        ),
-    )
+    manifest = _manifest(trace["offered"], registry)
+    user = ROUTER_USER.format(manifest=manifest, lessons=lessons_text, prompt=state["prompt"])
+    reply = await ask(settings.mllm, ROUTER_SYSTEM, await blocking(_with_references, user, state, settings))
     usages, calls = [reply.usage], 1
     trace["router_reply"] = reply.text[:200]
     chosen = parse_skill_choice(reply.text, names)
@@ -117,19 +114,20 @@ async def _text_mode(
     return {**update, "mllm_calls": calls, "usage": usage_update(*usages)}
 
 
-async def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+async def plan(state: PlannerState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """One planner step: on entry, recall lessons and retrieve skill candidates; then ask the planner.
 
     Args:
-        state: `prompt`, and on later steps the planner's `messages` (tool results included).
+        state: `prompt` (and `references`, images the person attached); on later steps `planner_messages`, the
+            planner's own conversation with its tool results.
         runtime: the run's settings as context.
 
     Returns:
-        New `messages` while the planner is calling tools; otherwise what `prepare` needs.
+        New `planner_messages` while the planner is calling tools; otherwise what `prepare` needs.
     """
     settings = lesson_settings(context_settings(runtime.context))
     timings: dict[str, float] = {}
-    messages = list(state.get("messages") or [])
+    messages = list(state.get("planner_messages") or [])
     update: dict[str, Any] = {}
     with timed(timings, "plan"):
         if not messages:
@@ -143,18 +141,10 @@ async def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, An
                 "loaded": [],
                 "resources": [],
             }
-            # Run options the later steps need are kept in state, so a resumed run keeps them.
-            update = {
-                "lessons": lessons,
-                "skill_trace": trace,
-                "max_rounds": settings.loop.max_rounds,
-                "human_review": settings.loop.human_review,
-                "seed": settings.loop.seed,
-                "images_per_round": settings.loop.images_per_round,
-                "config_digest": settings_digest(settings, RESUME_IGNORES | RUN_OPTIONS),
-            }
-            if warnings:
-                update["warnings"] = warnings
+            update = {"lessons": lessons, "skill_trace": trace, **({"warnings": warnings} if warnings else {})}
+            if (state.get("action") or {}).get("mode") == "edit":
+                trace["mode"] = "off (round 1 edits an image)"  # the instruction is the person's own words
+                return {**update, "timings": timings}
             if not candidates:
                 trace["mode"] = "off"
                 return {**update, "timings": timings}
@@ -168,11 +158,9 @@ async def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, An
                 manifest=_manifest(trace["offered"], registry),
                 lessons=lessons_text,
             )
-            messages = [
-                SystemMessage(content=system),
-                HumanMessage(content=PLANNER_USER.format(prompt=state["prompt"])),
-            ]
-            update["messages"] = messages
+            request = await blocking(_with_references, PLANNER_USER.format(prompt=state["prompt"]), state, settings)
+            messages = [SystemMessage(content=system), HumanMessage(content=request)]
+            update["planner_messages"] = messages
 
         # Step 2: the planner answers, or calls load_skill / read_skill_resource (run by the `skills` node).
         try:
@@ -185,14 +173,30 @@ async def plan(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, An
                 trace["mode"] = f"text (tools refused: HTTP {exc.status})"
                 lessons_text = format_lessons(update.get("lessons") or state.get("lessons") or [])
                 fallback = await _text_mode(state, settings, lessons_text, trace)
-                return {**update, "messages": [], "skill_trace": trace, **fallback, "timings": timings}
+                return {**update, "planner_messages": [], "skill_trace": trace, **fallback, "timings": timings}
             raise
     usage = dict(getattr(reply, "usage_metadata", None) or {})
-    new_messages = [*update.get("messages", []), reply]
-    return {**update, "messages": new_messages, "mllm_calls": 1, "timings": timings, "usage": usage_update(usage)}
+    new_messages = [*update.get("planner_messages", []), reply]
+    return {
+        **update,
+        "planner_messages": new_messages,
+        "mllm_calls": 1,
+        "timings": timings,
+        "usage": usage_update(usage),
+    }
 
 
-def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
+def _with_references(text: str, state: PlannerState, settings: GemsSettings) -> Any:
+    """The planner's request, with the images the person attached (as references it may use)."""
+    refs = state.get("references") or []
+    if not refs:
+        return text
+    store = artifact_store(settings)
+    images: list[str | dict[str, Any]] = [image_part(store.data_url(r, settings.mllm.image_max_side)) for r in refs]
+    return [text_part(text + "\n" + REFERENCES_NOTE), *images]
+
+
+def prepare(state: PlannerState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """Fix the first prompt: the planner's rewrite when a skill was loaded, else the request as written.
 
     Returns:
@@ -200,7 +204,10 @@ def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
     """
     settings = context_settings(runtime.context)
     trace = dict(state.get("skill_trace") or {})
-    messages = state.get("messages") or []
+    if (state.get("action") or {}).get("mode") == "edit":  # round 1 edits an image by the person's own words
+        return {"current_prompt": state.get("current_prompt"), "thought": THOUGHT_EDIT, "skill": None,
+                "skill_trace": trace, "verifiers": []}  # fmt: skip
+    messages = state.get("planner_messages") or []
     current = state.get("current_prompt")
     thought = state.get("thought")
     if messages:
@@ -233,5 +240,4 @@ def prepare(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
         "skill": loaded[0] if loaded else None,
         "skill_trace": trace,
         "verifiers": verifiers,
-        "max_rounds": state.get("max_rounds") or settings.loop.max_rounds,
     }

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, RoundAction
 from gems.memory.trajectory import best_round
 from gems.nodes.calls import ask, blocking
+from gems.nodes.chat import Links, next_step_line, round_message, run_links
 from gems.nodes.generators import editor_settings
 from gems.nodes.mllm import MLLMError
 from gems.nodes.parsing import clean_prompt, parse_choice
@@ -31,6 +33,7 @@ from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills import registry_for
 
 EMPTY_PROMPT_ERROR = "the refiner returned an empty prompt; check mllm.model and mllm.max_tokens"
+REVIEWER_THOUGHT = "Prompt written by the reviewer after the previous round."
 NO_ACTION_WARNING = "the refiner named no ACTION (edit or regenerate); its text was used as a new prompt"
 
 
@@ -49,10 +52,15 @@ async def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, 
         ConfigError: refine_mode edit or auto with no editor configured.
     """
     settings = context_settings(runtime.context)
-    mode = settings.loop.refine_mode
+    mode = state.get("refine_mode") or settings.loop.refine_mode  # as the run started
     rounds = list(state.get("rounds") or [])
     next_round = state.get("round", len(rounds)) + 1
     timings: dict[str, float] = {}
+    if state.get("reviewer_prompt"):  # a person wrote the next prompt in the round's review
+        text = str(state["reviewer_prompt"])
+        action = RoundAction(round=next_round, mode="generate")
+        return {"current_prompt": text, "action": action, "thought": REVIEWER_THOUGHT, "reviewer_prompt": None,
+                "messages": _completed(state, await run_links(settings), action, text)}  # fmt: skip
     base = None
     if mode != "regenerate":
         editor_settings(settings)  # no editor: one line now, before any call is paid for
@@ -93,10 +101,21 @@ async def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, 
         "current_prompt": text,
         "action": action,
         "thought": reply.thought,
+        "messages": _completed(state, await run_links(settings), action, text),
         "mllm_calls": 1,
         "timings": timings,
         "usage": usage_update(reply.usage),
     }
+
+
+def _completed(state: GemsState, links: Links, action: RoundAction, text: str) -> list[AIMessage]:
+    """The latest round's message again (same id), now with its lesson and what comes next."""
+    rounds = state.get("rounds") or []
+    if not rounds:
+        return []
+    latest = rounds[-1]
+    turn = len(state.get("turns") or []) + 1
+    return [round_message(turn, latest, state.get("criteria") or [], links, next_step_line(action, text))]
 
 
 def _regenerate_system(state: GemsState, settings: GemsSettings) -> str:

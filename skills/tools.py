@@ -12,6 +12,7 @@ from gems.configs import context_settings
 from gems.skills.registry import SkillRegistry, registry_for
 
 MAX_RESOURCE_CHARS = 20_000
+PLANNER_MESSAGES = "planner_messages"  # the state key of the planner's conversation (its ToolNode's messages_key)
 
 
 def _registry(context: Any) -> SkillRegistry:
@@ -37,7 +38,7 @@ def load_skill(name: str, runtime: ToolRuntime[Any, Any]) -> tuple[str, dict[str
     if name not in offered:
         raise ToolException(f"{name!r} is not one of the candidate skills: {', '.join(offered) or 'none'}")
     settings = context_settings(runtime.context)
-    already = loaded_skills(state.get("messages") or [])
+    already = loaded_skills(state.get(PLANNER_MESSAGES) or [])
     if name not in already and len(already) >= settings.skills.max_active:
         raise ToolException(f"only {settings.skills.max_active} skill(s) may be active; already loaded: {already}")
     skill = _registry(runtime.context).get(name)
@@ -51,7 +52,7 @@ def load_skill(name: str, runtime: ToolRuntime[Any, Any]) -> tuple[str, dict[str
 @tool(response_format="content_and_artifact")
 def read_skill_resource(name: str, path: str, runtime: ToolRuntime[Any, Any]) -> tuple[str, dict[str, Any]]:
     """Read one reference file of a loaded skill, e.g. references/palettes.md."""
-    if name not in loaded_skills((runtime.state or {}).get("messages") or []):
+    if name not in loaded_skills((runtime.state or {}).get(PLANNER_MESSAGES) or []):
         raise ToolException(f"load the skill {name!r} with load_skill before reading its resources")
     skill = _registry(runtime.context).get(name)
     if skill is None or path not in skill.resources():

@@ -298,6 +298,11 @@ def _line_then_exit(proc: subprocess.Popen, wanted: str, timeout: float = 60) ->
     raise AssertionError(f"the process ended without a line holding {wanted!r}")
 
 
+# The drip never stops and the held call is never released: a process left waiting on either would not exit at all.
+# The bound below only tells "exits" from "hangs"; the measured time is printed (0.9 s here, other jobs running).
+EXITS_S = 30
+
+
 @pytest.mark.slow
 def test_a_fired_deadline_ends_the_cli_promptly(gen_server, tmp_path):
     """The one-line error, then exit: no worker left reading the dripping server keeps the process alive."""
@@ -310,7 +315,8 @@ def test_a_fired_deadline_ends_the_cli_promptly(gen_server, tmp_path):
         proc = _gems_process(["generate", "a red cat", "--config", str(cfg)], tmp_path)
         line, exit_after = _line_then_exit(proc, "gems: error:")
         assert "no complete answer within 3s" in line and proc.returncode == 1
-        assert exit_after < 2.0, f"exited {exit_after:.1f}s after the error"
+        print(f"exited {exit_after:.2f}s after the error")
+        assert exit_after < EXITS_S, f"exited {exit_after:.1f}s after the error"
         assert drip.open_connections() == 0
     finally:
         drip.close()
@@ -327,7 +333,8 @@ def test_ctrl_c_mid_call_ends_the_cli_promptly_and_the_run_resumes(mllm_server, 
         assert script.blocked.wait(60), "the verifier call never arrived"
         proc.send_signal(signal.SIGINT)
         line, exit_after = _line_then_exit(proc, "progress is saved")
-        assert "--resume t1" in line and proc.returncode == 130 and exit_after < 2.0
+        print(f"exited {exit_after:.2f}s after Ctrl-C")
+        assert "--resume t1" in line and proc.returncode == 130 and exit_after < EXITS_S
     finally:
         script.release.set()
         if proc.poll() is None:

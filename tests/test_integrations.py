@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -14,10 +15,15 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from gems.graph import build_graph, run_config
 from gems.interfaces.tool import gems_tool
+from gems.memory.trajectory import run_result
 from tests.support.net import write_stub_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ["Is there a fox?", "Is the fox red?"]
+
+
+def result_image(result: dict) -> dict:
+    return result["final"]["image"]
 
 
 def test_compiled_graph_is_a_runnable(stubs):
@@ -29,12 +35,14 @@ def test_compiled_graph_is_a_runnable(stubs):
     assert bound.invoke({"prompt": "a red fox"})["success"] is True
     assert asyncio.run(bound.ainvoke({"prompt": "a red fox"}))["success"] is True
     nodes = [next(iter(chunk)) for chunk in bound.stream({"prompt": "a red fox"}, stream_mode="updates")]
-    assert nodes[:2] == ["decompose", "plan"] or nodes[:2] == ["plan", "decompose"]
-    assert {"prepare", "review", "generate", "verify", "critique", "finalize", "learn"} <= set(nodes)
+    assert nodes[0] == "intake" and set(nodes[1:3]) == {"decompose", "planner"}
+    assert {"review", "generate", "verify", "critique", "finalize", "learn"} <= set(nodes)
     results = bound.batch([{"prompt": "a red fox"}, {"prompt": "a red fox in snow"}])
     assert [r["success"] for r in results] == [True, True] and len(s.gen.prompts) == 5
-    chain = RunnableLambda(lambda s: {"prompt": s}) | bound | RunnableLambda(lambda r: r["final"]["image"]["path"])
+    to_path = RunnableLambda(lambda r: run_result(r, settings=settings)["final"]["image"]["path"])
+    chain = RunnableLambda(lambda s: {"prompt": s}) | bound | to_path
     assert Path(chain.invoke("a fox")).exists()
+    assert "path" not in result_image(bound.invoke({"prompt": "a red fox"}))  # state names images by digest only
 
 
 def test_tool_wrapper_runs_the_loop(stubs):
@@ -44,7 +52,10 @@ def test_tool_wrapper_runs_the_loop(stubs):
     message = tool.invoke(
         {"type": "tool_call", "id": "c1", "name": "generate_image", "args": {"prompt": "a red fox", "max_rounds": 3}}
     )
-    assert message.content.startswith("Image saved to ") and "all requirements passed: 2/2" in message.content
+    text, image = message.content  # a summary, and the picture itself for the calling model and a chat UI
+    assert text["text"].startswith("Image saved to ") and "all requirements passed: 2/2" in text["text"]
+    assert image["type"] == "image" and image["mime_type"] == "image/png"
+    assert base64.b64decode(image["base64"]).startswith(b"\x89PNG")
     assert Path(message.artifact["final"]["image"]["path"]).exists() and len(s.gen.prompts) == 2
 
 
@@ -73,6 +84,8 @@ def test_agent_example_calls_gems_and_gets_an_image(mllm_server, gen_server, tmp
     assert gen.prompts == ["a red fox sitting in the snow"]
     agent_requests = [r["body"] for r in mllm.requests if "generate_image" in json.dumps(r["body"].get("tools", []))]
     assert len(agent_requests) == 2  # the tool call, then the answer after the tool result
+    tool_reply = next(m for m in agent_requests[1]["messages"] if m["role"] == "tool")["content"]
+    assert any(p.get("type") == "image_url" for p in tool_reply)  # the agent's model sees the image
     assert script.calls["verify"] == 2
 
 

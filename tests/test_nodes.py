@@ -25,7 +25,7 @@ from gems.nodes.finalize import finalize
 from gems.nodes.mllm import MLLMError, use_chat_model
 from gems.nodes.plan import plan, prepare
 from gems.nodes.refine import EMPTY_PROMPT_ERROR, NO_ACTION_WARNING, refine
-from gems.nodes.review import parse_review
+from gems.nodes.review import parse_review, parse_round_review
 from tests.support.scripted_chat import ScriptedChat
 
 Q = ["Is there a cat?", "Is the cat red?"]
@@ -102,7 +102,7 @@ def test_verify_counts_an_endpoint_error_as_a_fail(settings):
     assert verdict["passed"] is False and "server exploded" in verdict["error"]
 
 
-def test_critique_keeps_the_best_candidate_and_its_lineage():
+def test_critique_keeps_the_best_candidate_and_its_lineage(settings):
     a, b = {"sha256": "a" * 64}, {"sha256": "b" * 64}
     verdicts = [
         {"round": 2, "candidate": 0, "index": 0, "criterion": Q[0], "passed": True, "answer": "yes", "error": None},
@@ -112,7 +112,7 @@ def test_critique_keeps_the_best_candidate_and_its_lineage():
     ]
     state = {"prompt": "a red cat", "round": 2, "criteria": Q, "candidates": [a, b], "verdicts": verdicts,
              "current_prompt": "p2", "rounds": [round_record(1, a, [Q[0]], [Q[1]])]}  # fmt: skip
-    (record,) = critique(state)["rounds"]
+    (record,) = asyncio.run(critique(state, Runtime(context=settings)))["rounds"]
     assert record["image"] == b and record["passed"] == Q and record["failed"] == []
     assert (record["kept"], record["fixed"], record["broken"], record["base_round"]) == ([Q[0]], [Q[1]], [], 1)
 
@@ -171,8 +171,8 @@ def test_plan_offers_skills_and_loads_one_by_a_tool_call(settings):
                                                                     "id": "c1"}])])  # fmt: skip
     update = call(plan, {"prompt": "three red apples"}, settings, chat)
     offered = [c["name"] for c in update["skill_trace"]["offered"]]
-    assert "counting" in offered and update["max_rounds"] == 5
-    system, human, reply = update["messages"]
+    assert "counting" in offered
+    system, human, reply = update["planner_messages"]
     assert isinstance(system, SystemMessage) and isinstance(human, HumanMessage) and reply.tool_calls
     assert chat.tools_bound == [["load_skill", "read_skill_resource"]]
 
@@ -188,23 +188,50 @@ def test_prepare_uses_the_rewrite_only_when_a_skill_was_loaded(settings):
     loaded = ToolMessage(content="body", name="load_skill", tool_call_id="c1", artifact={"name": "counting"})
     messages = [SystemMessage(content="s"), HumanMessage(content="h"), call_msg, loaded,
                 AIMessage(content="exactly three red apples")]  # fmt: skip
-    state = {"prompt": "three apples", "messages": messages, "skill_trace": {"offered": []}}
+    state = {"prompt": "three apples", "planner_messages": messages, "skill_trace": {"offered": []}}
     update = prepare(state, Runtime(context=settings))
     assert update["current_prompt"] == "exactly three red apples" and update["skill"] == "counting"
-    update = prepare({"prompt": "three apples", "messages": [*messages[:2], AIMessage(content="NONE")]},
+    update = prepare({"prompt": "three apples", "planner_messages": [*messages[:2], AIMessage(content="NONE")]},
                      Runtime(context=settings))  # fmt: skip
     assert update["current_prompt"] == "three apples" and update["skill"] is None
 
 
-def test_finalize_returns_the_earliest_best_round_when_nothing_passed_everything():
+def test_finalize_returns_the_earliest_best_round_when_nothing_passed_everything(settings):
     a, b = {"sha256": "a" * 64}, {"sha256": "b" * 64}
     rounds = [round_record(1, a, [Q[0]], [Q[1]]), round_record(2, b, [Q[1]], [Q[0]])]
-    update = finalize({"prompt": "x", "criteria": Q, "rounds": rounds})
+    update = asyncio.run(finalize({"prompt": "x", "criteria": Q, "rounds": rounds}, Runtime(context=settings)))
     assert update["final"] == {"round": 1, "image": a, "passed": 1, "total": 2} and update["success"] is False
 
 
-def test_review_answers():
-    assert parse_review(None) == ({}, None) and parse_review({}) == ({}, None)
+@pytest.mark.parametrize(
+    "answer", [None, {}, "", [], "accept", {"accept": True}, [{"type": "accept", "args": None}],
+               {"decisions": [{"type": "approve"}]}, [{"type": "ignore", "args": None}]],
+)  # fmt: skip
+def test_review_accepts_every_way_of_saying_yes(answer):
+    assert parse_review(answer) == ({}, None)
+
+
+def test_review_edits_in_gems_and_inbox_shapes():
     update, error = parse_review({"criteria": ["Is it red?"], "first_prompt": "a red cat"})
     assert error is None and update["criteria"] == ["Is it red?"] and update["current_prompt"] == "a red cat"
-    assert parse_review({"bogus": 1})[1] and parse_review({"criteria": "not a list"})[1]
+    inbox = [{"type": "edit", "args": {"action": "review_plan", "args": {"first_prompt": "a cat", "criteria": Q}}}]
+    assert parse_review(inbox)[0] == {"criteria": Q, "current_prompt": "a cat", "thought": update["thought"]}
+    assert parse_review([{"type": "response", "args": "a big red cat"}])[0]["current_prompt"] == "a big red cat"
+    as_text = [{"type": "edit", "args": {"action": "review_plan", "args": {"criteria": json.dumps(Q)}}}]
+    assert parse_review(as_text)[0] == {"criteria": Q}  # a form's text box sends the list as text
+    assert parse_review({"criteria": "Is there a cat?\nIs the cat red?"})[0] == {"criteria": Q}
+    assert parse_review({"bogus": 1})[1] and parse_review({"criteria": 3})[1]
+    rejected = parse_review({"decisions": [{"type": "reject", "message": "a cat in snow instead"}]})[0]
+    assert rejected["current_prompt"] == "a cat in snow instead"  # a rejection's reason is the prompt to use
+    assert parse_review({"decisions": [{"type": "reject"}]})[1]
+
+
+def test_round_review_answers():
+    assert parse_round_review("continue") == ({}, None) and parse_round_review({}) == ({}, None)
+    assert parse_round_review({"accept": True}) == ({"accept": True}, None)
+    shown = {"round": 1, "image_url": "u", "passed": [], "failed": Q, "next_prompt": "", "criteria": Q}
+    assert parse_round_review([{"type": "edit", "args": {"action": "review_round", "args": shown}}])[0] == {
+        "criteria": Q}  # fmt: skip
+    assert parse_round_review({"next_prompt": "a red cat"})[0] == {"reviewer_prompt": "a red cat"}
+    assert parse_round_review([{"type": "response", "args": "bigger"}])[0] == {"reviewer_prompt": "bigger"}
+    assert parse_round_review({"next_prompt": 3})[1] and parse_round_review({"weird": 1})[1]

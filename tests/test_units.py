@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from gems.configs import GemsSettings
 from gems.graph.routing import (
     MAX_TOOL_TURNS,
     recursion_limit_for,
@@ -30,6 +34,11 @@ def _verdict(rnd: int, candidate: int, index: int, passed: bool) -> dict[str, An
             "answer": "yes" if passed else "no", "error": None}  # fmt: skip
 
 
+@pytest.fixture
+def runtime(tmp_path: Path) -> Any:
+    return Runtime(context=GemsSettings(data_dir=tmp_path))
+
+
 def _round(n: int, passed: int) -> dict[str, Any]:
     return {"round": n, "image": {"sha256": f"img{n}"}, "passed": CRITERIA[:passed], "failed": CRITERIA[passed:]}
 
@@ -39,11 +48,11 @@ def _round(n: int, passed: int) -> dict[str, Any]:
 
 def test_route_after_plan_runs_tool_calls_until_the_turn_limit():
     call = AIMessage(content="", tool_calls=[{"name": "load_skill", "args": {"name": "counting"}, "id": "c1"}])
-    assert route_after_plan({"prompt": "p", "messages": [HumanMessage("p"), call]}) == "skills"
-    assert route_after_plan({"prompt": "p", "messages": [HumanMessage("p"), AIMessage("done")]}) == "prepare"
+    assert route_after_plan({"prompt": "p", "planner_messages": [HumanMessage("p"), call]}) == "skills"
+    assert route_after_plan({"prompt": "p", "planner_messages": [HumanMessage("p"), AIMessage("done")]}) == "prepare"
     assert route_after_plan({"prompt": "p"}) == "prepare"
     many = [HumanMessage("p")] + [call] * (MAX_TOOL_TURNS + 1)
-    assert route_after_plan({"prompt": "p", "messages": many}) == "prepare"
+    assert route_after_plan({"prompt": "p", "planner_messages": many}) == "prepare"
 
 
 def test_route_after_generate_sends_one_task_per_candidate_and_criterion():
@@ -57,21 +66,24 @@ def test_route_after_generate_sends_one_task_per_candidate_and_criterion():
 
 
 @pytest.mark.parametrize(
-    ("round_no", "max_rounds", "failed", "expected"),
-    [(1, 5, [], "finalize"), (1, 5, ["q"], "compress"), (5, 5, ["q"], "finalize"), (2, 2, ["q"], "finalize")],
-)
-def test_route_after_critique(round_no, max_rounds, failed, expected):
+    ("round_no", "max_rounds", "failed", "review", "expected"),
+    [(1, 5, [], False, "finalize"), (1, 5, ["q"], False, "compress"), (5, 5, ["q"], False, "finalize"),
+     (2, 2, ["q"], False, "finalize"), (1, 5, ["q"], True, "review_round"), (1, 5, [], True, "finalize"),
+     (50, 60, ["q"], False, "finalize")],  # a state edit cannot lift the budget past the cap
+)  # fmt: skip
+def test_route_after_critique(round_no, max_rounds, failed, review, expected):
     state: Any = {
         "prompt": "p",
         "round": round_no,
         "max_rounds": max_rounds,
+        "review_rounds": review,
         "rounds": [{"round": 1, "failed": failed}],
     }
     assert route_after_critique(state) == expected
 
 
 def test_recursion_limit_grows_with_rounds():
-    assert recursion_limit_for(5) == 53 and recursion_limit_for(1) < recursion_limit_for(2)
+    assert recursion_limit_for(5) == 60 and recursion_limit_for(1) < recursion_limit_for(2)
 
 
 # ---- reducers ----
@@ -93,7 +105,7 @@ def test_add_numbers_sums_key_by_key():
 # ---- critique, best round, finalize ----
 
 
-def test_critique_keeps_the_best_candidate_and_the_earliest_on_a_tie():
+def test_critique_keeps_the_best_candidate_and_the_earliest_on_a_tie(runtime):
     verdicts = [
         _verdict(1, 0, 0, True),
         _verdict(1, 0, 1, False),
@@ -108,7 +120,7 @@ def test_critique_keeps_the_best_candidate_and_the_earliest_on_a_tie():
     ]  # fmt: skip  (the last is from another round: ignored)
     state: Any = {"prompt": "p", "round": 1, "criteria": CRITERIA, "verdicts": verdicts, "current_prompt": "cp",
                   "candidates": [{"sha256": "c0"}, {"sha256": "c1"}, {"sha256": "c2"}]}  # fmt: skip
-    record = critique(state)["rounds"][0]
+    record = asyncio.run(critique(state, runtime))["rounds"][0]
     assert record["image"] == {"sha256": "c1"}  # candidates 1 and 2 tie at 2/3: the earlier wins
     assert record["passed"] == CRITERIA[:2] and record["failed"] == CRITERIA[2:] and record["prompt"] == "cp"
     assert len(record["candidates"]) == 3 and [v["candidate"] for v in record["verdicts"]] == [1, 1, 1]
@@ -120,14 +132,28 @@ def test_best_round_is_the_earliest_with_the_most_passes():
     assert best_round([]) is None
 
 
-def test_finalize_success_best_so_far_and_no_criteria():
+def test_finalize_success_best_so_far_and_no_criteria(runtime):
     success: Any = {"prompt": "p", "criteria": CRITERIA, "rounds": [_round(1, 1), _round(2, 3)]}
-    assert finalize(success) == {"final": {"round": 2, "image": {"sha256": "img2"}, "passed": 3, "total": 3},
-                                 "success": True}  # fmt: skip
+    done = asyncio.run(finalize(success, runtime))
+    assert done["final"] == {"round": 2, "image": {"sha256": "img2"}, "passed": 3, "total": 3} and done["success"]
+    assert done["messages"][0].content.startswith("**Done**: all 3 criteria passed in round 2.")
     spent: Any = {"prompt": "p", "criteria": CRITERIA, "rounds": [_round(1, 1), _round(2, 2), _round(3, 0)]}
-    assert finalize(spent)["final"]["round"] == 2 and finalize(spent)["success"] is False
+    assert (
+        asyncio.run(finalize(spent, runtime))["final"]["round"] == 2
+        and asyncio.run(finalize(spent, runtime))["success"] is False
+    )
     unchecked: Any = {"prompt": "p", "criteria": [], "round": 1, "candidates": [{"sha256": "only"}]}
-    assert finalize(unchecked)["final"] == {"round": 1, "image": {"sha256": "only"}, "passed": 0, "total": 0}
+    assert asyncio.run(finalize(unchecked, runtime))["final"] == {
+        "round": 1,
+        "image": {"sha256": "only"},
+        "passed": 0,
+        "total": 0,
+    }
+    accepted: Any = {**spent, "accepted_round": 3}  # a reviewer took round 3's image: it is the answer
+    assert (
+        asyncio.run(finalize(accepted, runtime))["final"]["round"] == 3
+        and asyncio.run(finalize(accepted, runtime))["final"]["accepted"]
+    )
 
 
 # ---- review and seeds ----
@@ -137,8 +163,8 @@ def test_parse_review_applies_edits_and_names_what_is_wrong():
     assert parse_review(None) == ({}, None)
     update, error = parse_review({"criteria": [" Is it red? "], "first_prompt": " a red cat "})
     assert error is None and update["criteria"] == ["Is it red?"] and update["current_prompt"] == "a red cat"
-    assert "must be an object" in str(parse_review({"nope": 1})[1])
-    assert parse_review({"criteria": ["", "x"]})[1] == "criteria must be a list of non-empty questions"
+    assert "must accept, or give criteria and/or first_prompt" in str(parse_review({"nope": 1})[1])
+    assert parse_review({"criteria": ["", "x"]})[1] == "criteria must be a non-empty list of non-empty questions"
     assert parse_review({"first_prompt": "  "})[1] == "first_prompt must be a non-empty string"
 
 

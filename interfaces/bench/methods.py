@@ -67,15 +67,16 @@ async def _one_shot(method: str, item: BenchPrompt, settings: GemsSettings) -> d
         "usage": usage,
         "timings": {"generator_busy": busy},
     }
-    return run_result(state)
+    return run_result(state, artifacts_dir=settings.artifacts_dir)
 
 
 async def _agraph_run(item: BenchPrompt, settings: GemsSettings, graph: Any, thread_id: str) -> dict[str, Any]:
     config = run_config(settings, thread_id)
-    pending, run_input = continuation(await graph.aget_state(config), item.prompt)
+    pending, run_input = continuation(await graph.aget_state(config), item.prompt, settings)
     if pending:
         await graph.ainvoke(run_input, config, context=settings, durability="sync")
-    return run_result((await graph.aget_state(config)).values, thread_id=thread_id)
+    values = (await graph.aget_state(config)).values
+    return run_result(values, thread_id=thread_id, artifacts_dir=settings.artifacts_dir)
 
 
 def _cost(result: dict[str, Any]) -> dict[str, Any]:

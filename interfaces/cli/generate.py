@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 from gems.configs import UsageError, load_settings
 from gems.configs.settings import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.graph import build_graph, continuation, run_config
+from gems.graph import run_input as new_run
 from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short
 from gems.interfaces.pages import copied_beside, run_page
 from gems.memory.aio import run_main
@@ -41,14 +42,14 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
             offered = ", ".join(c["name"] for c in trace.get("offered", [])) or "none"
             lessons = len(update.get("lessons") or [])
             lines.append(f"plan       skill candidates: {offered}; {lessons} lesson(s) from earlier runs")
-        for message in update.get("messages") or []:
+        for message in update.get("planner_messages") or []:
             for call in getattr(message, "tool_calls", None) or []:
                 lines.append(f"plan       calls {call['name']}({', '.join(map(str, call['args'].values()))})")
         return lines
     if node == "skills":
         return [
             f"skills     {m.name}: {'error: ' + short(str(m.content), 70) if m.status == 'error' else 'ok'}"
-            for m in update.get("messages") or []
+            for m in update.get("planner_messages") or []
         ]
     if node == "prepare":
         if update.get("skill"):
@@ -62,8 +63,11 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
     if node == "generate":
         refs = update.get("candidates") or []
         secs = (update.get("timings") or {}).get("generate", 0.0)
-        ids = ", ".join(f"{r['path']} ({r['width']}x{r['height']}, seed {r.get('seed')})" for r in refs)
-        return [f"generate   round {update.get('round')}: {ids} ({secs:.1f}s)"]
+        edited = any(r.get("edit") for r in refs)
+        made = ", ".join(f"{r['width']}x{r['height']} seed {r.get('seed')} ({r['sha256'][:12]})" for r in refs)
+        verb = "edit      " if edited else "generate  "
+        noun = "edited image" if edited else ("image" if len(refs) == 1 else "images")
+        return [f"{verb} round {update.get('round')}: {noun} {made} ({secs:.1f}s)"]
     if node == "verify":
         lines = []
         for v in update.get("verdicts") or []:
@@ -157,12 +161,13 @@ async def _run(settings: Any, thread_id: str, prompt: str, resume: bool, say: An
             else:
                 if existing.values:
                     raise UsageError(f"thread {thread_id} already exists; continue it with --resume {thread_id}")
-                pending, run_input = True, {"prompt": prompt}
+                pending, run_input = True, new_run(prompt, settings)
                 say(f"thread {thread_id}: {short(prompt)}")
             try:
                 if pending:
-                    async for node_updates in graph.astream(
-                        run_input, run_cfg, context=settings, stream_mode="updates", durability="sync"
+                    # subgraphs=True: the planner's own steps (skill candidates, tool calls) show too.
+                    async for _, node_updates in graph.astream(
+                        run_input, run_cfg, context=settings, stream_mode="updates", durability="sync", subgraphs=True
                     ):
                         for node, update in node_updates.items():
                             for line in describe_update(node, update):
@@ -185,7 +190,7 @@ def _resumed(existing: Any, settings: Any, thread_id: str, prompt: str, say: Any
         # Endpoints, keys and timeouts may move; models, sizes and loop settings should not.
         say(f"warning    thread {thread_id} was started with other models or loop settings; "
             f"the rest of it runs with this config")  # fmt: skip
-    return continuation(existing, existing.values.get("prompt") or "")
+    return continuation(existing, existing.values.get("prompt") or "", settings)
 
 
 @click.command(context_settings=CONTEXT)

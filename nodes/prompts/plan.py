@@ -41,3 +41,6 @@ ENHANCE_USER = """{lessons}User request:
 
 THOUGHT_WITH_SKILL = "First prompt written with the {name} skill from the user's request."
 THOUGHT_ORIGINAL = "First attempt uses the user's request unchanged."
+THOUGHT_EDIT = "First attempt edits the image the user refers to, by their own words."
+
+REFERENCES_NOTE = "The user attached the image(s) below as a reference for the request."

@@ -14,6 +14,8 @@ import io
 import json
 import math
 import os
+import select
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -128,13 +130,23 @@ ImageHandler = Callable[[dict[str, Any]], bytes]
 
 
 class OpenAIStub(_Server):
-    """OpenAI-compatible endpoint; `chat` returns a str, a dict with content/reasoning_content, or raises."""
+    """OpenAI-compatible endpoint; `chat` returns a str, a dict with content/reasoning_content, or raises.
+
+    `watch_disconnects`: while a chat answer is being made, watch the client's connection and record in
+    `disconnects` (time.monotonic()) each one the client closed before the answer, e.g. a cancelled run's call.
+    """
 
     def __init__(
-        self, chat: ChatHandler | None = None, images: ImageHandler | None = None, edits: ImageHandler | None = None
+        self,
+        chat: ChatHandler | None = None,
+        images: ImageHandler | None = None,
+        edits: ImageHandler | None = None,
+        watch_disconnects: bool = False,
     ):
         super().__init__()
         self.chat = chat
+        self.watch_disconnects = watch_disconnects
+        self.disconnects: list[float] = []
         self.images = images
         self.edits = edits  # gets the form fields, plus `image` (bytes) and `image_type`
 
@@ -152,7 +164,7 @@ class OpenAIStub(_Server):
             )
         try:
             if path == "/v1/chat/completions" and self.chat is not None:
-                answer = self.chat(body)
+                answer = self._watched(handler, body) if self.watch_disconnects else self.chat(body)
                 if isinstance(answer, str):
                     answer = {"content": answer}
                 message = {"role": "assistant", "content": answer.get("content")}
@@ -212,6 +224,30 @@ class OpenAIStub(_Server):
 
             traceback.print_exc()
             self._send_json(handler, 599, {"error": {"message": f"stub script crashed: {exc!r}", "type": "stub"}})
+
+    def _watched(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> Any:
+        """The chat answer, while a thread notes the moment the client closes its connection (if it does)."""
+        done = threading.Event()
+
+        def watch() -> None:
+            conn = handler.connection
+            while not done.is_set():
+                try:
+                    ready, _, _ = select.select([conn], [], [], 0.02)
+                    if ready and conn.recv(1, socket.MSG_PEEK) == b"":
+                        with self.lock:
+                            self.disconnects.append(time.monotonic())
+                        return
+                except (OSError, ValueError):
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            return self.chat(body)  # type: ignore[misc]
+        finally:
+            done.set()
+            watcher.join()
 
 
 def parse_multipart(content_type: str, raw: bytes) -> dict[str, Any]:
@@ -282,6 +318,7 @@ def role_of(body: dict[str, Any]) -> str:
     from gems.nodes.prompts.compress import COMPRESS_SYSTEM
     from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM
     from gems.nodes.prompts.evolve import PROPOSE_SYSTEM
+    from gems.nodes.prompts.intake import FOLLOW_UP_SYSTEM
     from gems.nodes.prompts.plan import ENHANCE_SYSTEM, PLANNER_SYSTEM, ROUTER_SYSTEM
     from gems.nodes.prompts.refine import CHOOSE_SYSTEM, EDIT_SYSTEM, REFINE_SYSTEM
     from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
@@ -300,6 +337,7 @@ def role_of(body: dict[str, Any]) -> str:
         ("choose", CHOOSE_SYSTEM),
         ("rewrite", REWRITE_SYSTEM),
         ("propose", PROPOSE_SYSTEM),
+        ("follow_up", FOLLOW_UP_SYSTEM),
     ):
         if system.startswith(prompt.splitlines()[0]):
             return role
@@ -322,6 +360,7 @@ class ScriptedMLLM:
         edit: `f(n)` -> the n-th edit instruction (refine_mode edit).
         choose: `f(n)` -> the n-th `ACTION:/REASON:/TEXT:` answer (refine_mode auto).
         propose: `f(n, body)` -> the skill proposer's n-th answer (gems skills evolve).
+        follow_up: `f(body)` -> a follow-up chat message made into a whole request (the intake's call).
         fail_verify: criteria whose verifier call answers HTTP 500.
         block_at: `(role, n)`: the n-th call of that role waits until `release` is set (a test kills its client).
     """
@@ -344,6 +383,7 @@ class ScriptedMLLM:
         edit: Callable[[int], str] = lambda n: f"edit instruction {n}",
         choose: Callable[[int], str] = lambda n: f"ACTION: edit\nREASON: local fix\nTEXT: edit instruction {n}",
         propose: Callable[[int, dict[str, Any]], str] = lambda n, body: "[]",
+        follow_up: Callable[[dict[str, Any]], str] = lambda body: "a whole request",
         tool_skills: tuple[str, ...] = (
             "creative-drawing",
             "aesthetic-drawing",
@@ -364,6 +404,7 @@ class ScriptedMLLM:
         self.edit = edit
         self.choose = choose
         self.propose = propose
+        self.follow_up = follow_up
         self.compress = compress
         self.reasoning = reasoning
         self.fail_verify = set(fail_verify)
@@ -430,6 +471,8 @@ class ScriptedMLLM:
             return self.choose(count)
         if role == "propose":
             return self.propose(count, body)
+        if role == "follow_up":
+            return self.follow_up(body)
         if role == "rewrite":
             return f"rewritten: {user_text(body)}"
         if self.agent is not None:  # anything else is an outside agent that uses gems as a tool
