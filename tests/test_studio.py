@@ -37,11 +37,9 @@ def studio(request, mllm_server, gen_server, tmp_path):
     cfg = write_stub_config(tmp_path / "c.yaml", mllm.base_url, gen.url, **sections)
     work = tmp_path / "project"  # the server writes .langgraph_api/ into its working folder
     work.mkdir()
-    config = json.loads((ROOT / "langgraph.json").read_text())
-    index = config["store"]["index"]
-    index["embed"] = str(ROOT / index["embed"].removeprefix("./"))  # the copy lives elsewhere
+    config = json.loads((ROOT / "langgraph.json").read_text())  # as shipped: it names modules, not files
     if lessons:
-        index["dims"] = 8  # the stub's embeddings
+        config["store"]["index"]["dims"] = 8  # the stub's embeddings
     (work / "langgraph.json").write_text(json.dumps(config))
     port = free_port()
     env = {
@@ -83,7 +81,8 @@ def test_langgraph_dev_runs_streams_and_keeps_history(studio):
     assistants = client.assistants.search(graph_id="gems")
     assert len(assistants) == 1
     schemas = client.assistants.get_schemas(assistants[0]["assistant_id"])
-    assert set(schemas["input_schema"]["properties"]) == {"prompt"}  # Studio's form asks only for the prompt
+    # Studio's form: a prompt or chat messages (and options a trusted caller may pin).
+    assert set(schemas["input_schema"]["properties"]) == {"prompt", "messages", "options"}
     assert "loop" in schemas["context_schema"]["properties"]
 
     thread = client.threads.create()

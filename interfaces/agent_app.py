@@ -1,0 +1,215 @@
+"""The Agent Server's own routes (`langgraph.json` -> `http.app`): a run's images and pages, from the same server.
+
+- `GET /artifacts/<sha256>.png?t=&e=&s=`: an image, for a signed link only (see `gems.memory.links`): chat messages
+  carry such links, since a browser's `<img>` sends no API key. A bare, altered, expired or other tenant's link
+  gets 403, an unknown image 404.
+- Every route (the API's too): bodies are bounded, and a thread runs one run at a time (`ServerPolicy`).
+- `GET /runs/<thread>/`: a run as a page (every round's image, criteria ticks, experiences, the chosen image), while
+  it runs too ("running, round k", refreshing itself). `GET /runs/`: the caller's runs. Both take a signed link
+  (the final message links its run) or the server's API key (`X-Api-Key` / `Authorization: Bearer`).
+
+Nothing served names a path on the server. The routes read the run from the server's own checkpointer
+(`gems.memory.checkpoint.server_checkpointer`), so they work with SQLite and Postgres alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from gems.configs import GemsSettings
+from gems.configs.settings import api_keys_from_env, key_name, offered_key, settings_from_env
+from gems.graph.builder import build_graph
+from gems.interfaces.pages import render_template, run_page
+from gems.memory.artifacts import ArtifactError, ArtifactStore
+from gems.memory.checkpoint import server_checkpointer
+from gems.memory.links import artifact_url, check, run_url, url_secret
+from gems.memory.trajectory import run_result
+
+REFUSED = "this link is missing its signature, was altered, has expired or is another tenant's"
+KEY_OR_LINK = "send the server's API key (X-Api-Key or Authorization: Bearer) or open a link a run gave you"
+
+
+def _tenant_of_key(name: str | None) -> str:
+    """The tenant a key's name stands for: the key's name, or "" for the single shared key and local use."""
+    return "" if name in (None, "default", "anonymous") else str(name)
+
+
+def _caller(request: Request, kind: str, subject: str) -> str | None:
+    """The tenant a request speaks for: from a signed link, else from an API key; None when neither holds."""
+    signed = check(request.app.state.secret, kind, subject, dict(request.query_params))
+    if signed is not None:
+        return signed
+    if kind == "artifact":
+        return None  # images only by link: an <img> cannot send a key, and a key must not unlock every image
+    keys = api_keys_from_env()
+    if not keys:
+        return ""  # no keys configured: local use, one tenant
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    name = key_name(keys, offered_key(headers))
+    return None if name is None else _tenant_of_key(name)
+
+
+async def artifact(request: Request) -> Response:
+    name = request.path_params["name"]
+    sha = name.removesuffix(".png")
+    if _caller(request, "artifact", sha) is None:
+        return JSONResponse({"detail": REFUSED}, status_code=403)
+    settings: GemsSettings = request.app.state.settings
+    try:
+        path = ArtifactStore(settings.artifacts_dir).path_for(sha)
+    except ArtifactError:
+        return JSONResponse({"detail": "no such image"}, status_code=404)
+    if not path.is_file():
+        return JSONResponse({"detail": "no such image"}, status_code=404)
+    # Content-addressed: the bytes behind a name never change.
+    return FileResponse(path, media_type="image/png", headers={"cache-control": "private, max-age=86400"})
+
+
+async def run(request: Request) -> Response:
+    thread_id = request.path_params["thread_id"]
+    tenant = _caller(request, "run", thread_id)
+    if tenant is None:
+        return JSONResponse({"detail": f"{REFUSED}; {KEY_OR_LINK}"}, status_code=403)
+    values = await _values(request, thread_id)
+    if not values.get("prompt") or (values.get("owner") or "") != tenant:
+        return JSONResponse({"detail": "no such run"}, status_code=404)
+    result = run_result(values, thread_id=thread_id)
+    secret = request.app.state.secret
+    page = run_page(result, lambda image: artifact_url(secret, str(image.get("sha256")), tenant))
+    return HTMLResponse(page)
+
+
+async def runs(request: Request) -> Response:
+    tenant = _caller(request, "runs", "")
+    if tenant is None:
+        return JSONResponse({"detail": f"{REFUSED}; {KEY_OR_LINK}"}, status_code=403)
+    listed = []
+    for thread_id, values in await _own_runs(request, tenant):
+        final = values.get("final") or {}
+        status = "running" if not final else ("all criteria passed" if values.get("success") else "best attempt")
+        listed.append(
+            {
+                "href": run_url(request.app.state.secret, thread_id, tenant),
+                "prompt": values.get("prompt") or "",
+                "status": status,
+                "rounds": len(values.get("rounds") or []),
+            }
+        )
+    return HTMLResponse(render_template("runs.html.j2", runs=listed, tenant=tenant or "local"))
+
+
+async def _values(request: Request, thread_id: str) -> dict[str, Any]:
+    graph = request.app.state.graph
+    snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+    return dict(snapshot.values or {})
+
+
+async def _own_runs(request: Request, tenant: str, limit: int = 200) -> list[tuple[str, dict[str, Any]]]:
+    """The tenant's threads, newest first, from the latest checkpoint of each (the checkpointer knows every thread)."""
+    saver = request.app.state.saver
+    seen: dict[str, None] = {}
+    async for item in saver.alist(None, limit=5000):
+        thread = item.config["configurable"]["thread_id"]
+        if thread not in seen and not item.config["configurable"].get("checkpoint_ns"):
+            seen[thread] = None
+    out = []
+    for thread in seen:
+        values = await _values(request, thread)
+        if values.get("prompt") and (values.get("owner") or "") == tenant:
+            out.append((thread, values))
+        if len(out) >= limit:
+            break
+    return out
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings = settings_from_env()
+    app.state.settings = settings
+    app.state.secret = url_secret(settings.data_dir)
+    async with server_checkpointer() as saver:
+        app.state.saver = saver
+        app.state.graph = build_graph(checkpointer=saver)
+        yield
+
+
+MAX_BODY_BYTES = 20_000_000  # a request with a few attached photos fits; a flood does not
+_RUN_ROUTE = re.compile(r"^/threads/[^/]+/runs(/stream|/wait)?/?$")
+
+
+class ServerPolicy:
+    """ASGI middleware for every route of the server (langgraph.json `http.app` middleware is global).
+
+    - Bodies are read with a byte limit, counted as they arrive (413 past it), so a flood is refused early.
+    - One run per thread at a time: a run created on a thread without a multitask strategy (or with `enqueue`)
+      gets `reject`, so a second request while one runs is answered 409 instead of queueing a second run.
+    """
+
+    def __init__(self, app: Any, max_body: int = MAX_BODY_BYTES):
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        body, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await JSONResponse({"detail": f"request body larger than {self.max_body} bytes"}, 413)(
+                    scope, receive, send
+                )
+                return
+            body.append(chunk)
+            if not message.get("more_body"):
+                break
+        data = b"".join(body)
+        if _RUN_ROUTE.match(scope.get("path", "")):
+            data = _one_run_per_thread(data)
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()  # a streaming response listens here for the client going away
+            sent = True
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(data)).encode()))
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
+def _one_run_per_thread(data: bytes) -> bytes:
+    try:
+        payload = json.loads(data) if data else None
+    except ValueError:
+        return data  # the API answers malformed JSON itself
+    if isinstance(payload, dict) and payload.get("multitask_strategy") in (None, "enqueue"):
+        payload["multitask_strategy"] = "reject"
+        return json.dumps(payload).encode()
+    return data
+
+
+app = Starlette(
+    routes=[
+        Route("/artifacts/{name}", artifact, methods=["GET"]),
+        Route("/runs/", runs, methods=["GET"]),
+        Route("/runs/{thread_id}/", run, methods=["GET"]),
+    ],
+    middleware=[Middleware(ServerPolicy)],
+    lifespan=lifespan,
+)
