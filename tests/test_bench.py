@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gems.configs import load_settings
-from gems.interfaces.bench.datasets import DatasetError, load_prompts
-from gems.interfaces.bench.runner import run_bench
-from gems.interfaces.bench.scoring import judge_warning
+from gems.interfaces.benchmarks.datasets import DatasetError, load_prompts
+from gems.interfaces.benchmarks.runner import run_bench
+from gems.interfaces.benchmarks.scoring import judge_warning
 from tests.conftest import make_settings
 from tests.support.net import write_stub_config
 from tests.support.official import official_soft_tifa, qwen_like_first_token
@@ -231,7 +231,7 @@ def distribution_judge() -> OpenAIStub:
 
 
 def test_soft_tifa_equals_the_official_formulas(stubs, tmp_path):
-    from gems.interfaces.bench.scoring import qwen_first_token
+    from gems.interfaces.benchmarks.scoring import qwen_first_token
 
     for text in ("Yes", " yes", "two", " Two", "2", " 2", "10", " 10", "other", " other"):
         assert qwen_first_token(text) == qwen_like_first_token(text)
@@ -273,7 +273,7 @@ def test_soft_tifa_equals_the_official_formulas(stubs, tmp_path):
 
 
 def test_scorer_refusals_happen_before_the_first_prompt(stubs, tmp_path):
-    from gems.interfaces.bench.scoring import ScorerError
+    from gems.interfaces.benchmarks.scoring import ScorerError
 
     s = stubs(criteria=CRITERIA)
     settings = s.settings(skills={"top_k": 20})
@@ -324,7 +324,7 @@ def test_bench_lessons_stay_off_or_inside_the_run_folder(stubs, isolated_env, tm
 
 
 def test_a_run_folder_belongs_to_one_run(stubs, tmp_path):
-    from gems.interfaces.bench.runner import BenchMismatch
+    from gems.interfaces.benchmarks.runner import BenchMismatch
 
     s = stubs(criteria=CRITERIA)
     from pydantic import SecretStr
@@ -358,8 +358,8 @@ def test_a_run_folder_belongs_to_one_run(stubs, tmp_path):
 
 
 def test_limit_is_a_stratified_sample():
-    from gems.interfaces.bench.datasets import BenchPrompt
-    from gems.interfaces.bench.runner import select_items
+    from gems.interfaces.benchmarks.datasets import BenchPrompt
+    from gems.interfaces.benchmarks.runner import select_items
 
     items = [BenchPrompt(f"{i:05d}", f"p{i}", meta={"atom_count": 3 + i // 10}) for i in range(40)]  # sorted by count
     chosen, selection = select_items(items, 8, None, seed=0)
@@ -374,7 +374,7 @@ def test_limit_is_a_stratified_sample():
 def test_export_writes_the_official_layouts(stubs, tmp_path):
     from PIL import Image
 
-    from gems.interfaces.bench.export import ExportError, export_run
+    from gems.interfaces.benchmarks.export import ExportError, export_run
 
     s = stubs()
     settings = s.settings()

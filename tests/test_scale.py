@@ -14,8 +14,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from gems.configs import ConfigError
 from gems.graph import build_graph, run_config
-from gems.interfaces.bench.merge import MergeError, merge_runs
-from gems.interfaces.bench.runner import parse_shard, run_bench
+from gems.interfaces.benchmarks.merge import MergeError, merge_runs
+from gems.interfaces.benchmarks.runner import parse_shard, run_bench
 from gems.memory.experiences import ExperienceStore, Lesson
 from tests.conftest import make_settings
 from tests.support.servers import OpenAIStub, ScriptedMLLM

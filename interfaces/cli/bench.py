@@ -10,12 +10,12 @@ import click
 
 from gems.configs import load_settings
 from gems.configs.settings import configured_value
-from gems.interfaces.bench.export import FORMATS, export_run
-from gems.interfaces.bench.merge import merge_runs
-from gems.interfaces.bench.methods import METHODS
-from gems.interfaces.bench.report import headline
-from gems.interfaces.bench.runner import parse_shard, run_bench
-from gems.interfaces.bench.scoring import SCORERS
+from gems.interfaces.benchmarks.export import FORMATS, export_run
+from gems.interfaces.benchmarks.merge import merge_runs
+from gems.interfaces.benchmarks.methods import METHODS
+from gems.interfaces.benchmarks.report import headline
+from gems.interfaces.benchmarks.runner import parse_shard, run_bench
+from gems.interfaces.benchmarks.scoring import SCORERS
 from gems.interfaces.cli import CONTEXT, EXIT_ERROR, config_option, configs
 
 

@@ -28,10 +28,10 @@ from tqdm import tqdm
 from gems.configs import ConfigError, GemsSettings
 from gems.configs.settings import settings_digest, strip_keys
 from gems.graph.builder import build_graph
-from gems.interfaces.bench.datasets import BenchPrompt, load_prompts, stratified_sample
-from gems.interfaces.bench.methods import arun_method, method_settings
-from gems.interfaces.bench.report import build_summary, write_reports
-from gems.interfaces.bench.scoring import judge_warning, make_scorer, resolve_scorer
+from gems.interfaces.benchmarks.datasets import BenchPrompt, load_prompts, stratified_sample
+from gems.interfaces.benchmarks.methods import arun_method, method_settings
+from gems.interfaces.benchmarks.report import build_summary, write_reports
+from gems.interfaces.benchmarks.scoring import judge_warning, make_scorer, resolve_scorer
 from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gems.configs import ConfigError
-from gems.interfaces.bench.report import build_summary, write_reports
+from gems.interfaces.benchmarks.report import build_summary, write_reports
 
 # What must agree for shards to be parts of one run (paths, times and models' labels may differ per machine).
 _SAME = ("dataset", "method", "scorer", "images_per_prompt", "search_n", "config_digest", "base_seed", "selection")

@@ -11,7 +11,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from gems.interfaces.bench.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
+from gems.interfaces.benchmarks.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
 from gems.interfaces.pages import Table, copied_beside, cost_line, gallery_item, render_gallery
 
 # Additive costs: their total is meaningful. Per-prompt `wall_s` overlaps under concurrency, so only its mean is

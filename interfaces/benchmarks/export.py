@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gems.configs import ConfigError
-from gems.interfaces.bench.datasets import load_prompts
-from gems.interfaces.bench.runner import select_items
+from gems.interfaces.benchmarks.datasets import load_prompts
+from gems.interfaces.benchmarks.runner import select_items
 
 FORMATS = ("geneval2", "geneval", "dpg")
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from gems.configs import ConfigError, GemsSettings, JudgeSettings
-from gems.interfaces.bench.datasets import BenchPrompt
+from gems.interfaces.benchmarks.datasets import BenchPrompt
 
 # evaluation.py's return_numeric_string: exactly these lower-case words, anything else maps to "other".
 NUMBER_DIGITS = {
