@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from gems.graph.builder import build_graph
 from gems.interfaces.benchmarks.datasets import BenchPrompt, load_prompts, stratified_sample
 from gems.interfaces.benchmarks.methods import arun_method, method_settings
 from gems.interfaces.benchmarks.report import build_summary, write_reports
-from gems.interfaces.benchmarks.scoring import judge_warning, make_scorer, resolve_scorer
+from gems.interfaces.benchmarks.scoring import Scorer, judge_warning, make_scorer, resolve_scorer
 from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 
@@ -166,6 +167,27 @@ def result_name(item_id: str, sample: int) -> str:
 # ---- the run ----
 
 
+@dataclass
+class _Bench:
+    """One bench session: what it runs, with what, and where it writes."""
+
+    out: Path
+    method: str
+    settings: GemsSettings  # the run's settings: the method's, with the recorded base seed
+    lessons: bool
+    base_seed: int
+    work: list[tuple[BenchPrompt, int]]  # every (prompt, sample) of the run
+    todo: list[tuple[BenchPrompt, int]]  # those without a result yet
+    run_info: dict[str, Any]
+    judge: Scorer | None = None
+    judge_deadline: float | None = None
+    thread_prefix: str = ""
+
+    @property
+    def results(self) -> Path:
+        return self.out / "results"
+
+
 def run_bench(
     prompts: str | Path,
     settings: GemsSettings,
@@ -219,8 +241,50 @@ def run_bench(
     if force_new and out.exists():
         _clear(out)
         previous = None
+    run_settings = bench_settings(settings, method, search_n, lessons, out, previous)
+    identity = {
+        "dataset": dataset,
+        "method": method,
+        "scorer": scorer_name,
+        "images_per_prompt": images_per_prompt,
+        "search_n": search_n if method == "search" else None,
+        "config_digest": config_digest(run_settings),
+        "config": run_settings.model_dump(mode="json"),  # SecretStr fields dump masked
+    }
+    if previous is not None:
+        _check_same_run(out, previous, identity)
+        if previous.get("shard") != (f"{shard[0]}/{shard[1]}" if shard else None):
+            raise BenchMismatch(f"{out} holds shard {previous.get('shard') or 'none'}, not {shard}; use another --out")
+    run_info = {
+        **(previous or {}),
+        **identity,
+        "prompts": str(prompts),
+        "selection": selection,
+        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+        "base_seed": run_settings.loop.seed,
+        "lessons": {"enabled": lessons, "store": str(out / "lessons") if lessons else None},
+        "models": _models(run_settings, scorer_name),
+        "gems_version": _version(),
+        "git_commit": _git_commit(),
+        "started_at": (previous or {}).get("started_at") or _now(),
+        "resumed_at": [*(previous or {}).get("resumed_at", []), _now()] if previous else [],
+        "finished_at": None,
+        "wall_s": (previous or {}).get("wall_s", 0.0),
+    }
+    work = [(item, k) for item in items for k in range(images_per_prompt)]
+    bench = _Bench(out, method, run_settings, lessons, run_info["base_seed"], work, _unfinished(out, work), run_info)
+    _start_judge(bench, scorer_name, settings, items)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "run.json", run_info)
+    started = time.perf_counter()
+    errors = _run_all(bench, concurrency, progress)
+    return _finish(bench, errors, time.perf_counter() - started)
 
-    # Step 1: the settings of this run: the method's, no lessons unless asked, a recorded base seed.
+
+def bench_settings(
+    settings: GemsSettings, method: str, search_n: int, lessons: bool, out: Path, previous: dict[str, Any] | None
+) -> GemsSettings:
+    """The settings of a bench run: the method's, no lessons unless asked (then stored in `out`), a base seed."""
     run_settings = method_settings(method, settings, search_n)
     memory = run_settings.memory.model_copy(update={"lessons": lessons})
     if lessons and memory.chroma.host is None:  # the store lives in the run folder: nothing from other runs
@@ -240,132 +304,120 @@ def run_bench(
             update={"collection": f"{memory.chroma.collection}-{config_digest(run_settings)}"}
         )
         run_settings = run_settings.model_copy(update={"memory": memory.model_copy(update={"chroma": chroma})})
+    return run_settings
 
-    # Step 2: one run per folder.
-    identity = {
-        "dataset": dataset,
-        "method": method,
-        "scorer": scorer_name,
-        "images_per_prompt": images_per_prompt,
-        "search_n": search_n if method == "search" else None,
-        "config_digest": config_digest(run_settings),
-        "config": run_settings.model_dump(mode="json"),  # SecretStr fields dump masked
+
+def _models(settings: GemsSettings, scorer_name: str) -> dict[str, Any]:
+    return {
+        "mllm": settings.mllm.model,
+        "generator": settings.generator.model_label,
+        "generator_backend": settings.generator.backend,
+        "judge": settings.judge.model if settings.judge and scorer_name == "soft-tifa" else None,
     }
-    if previous is not None:
-        _check_same_run(out, previous, identity)
-        if previous.get("shard") != (f"{shard[0]}/{shard[1]}" if shard else None):
-            raise BenchMismatch(f"{out} holds shard {previous.get('shard') or 'none'}, not {shard}; use another --out")
-    judge = make_scorer(scorer_name, run_settings)
-    if judge is not None:
-        judge.check()
-        warning = judge_warning(settings) if judge.name == "soft-tifa" else None
-        if warning:
-            print(warning, file=sys.stderr)
 
-    # A wall-clock bound on scoring one image (every atom, each try timeout_s), however slowly the judge answers.
-    judge_settings = run_settings.judge
-    judge_deadline = (
-        judge_settings.timeout_s * (judge_settings.max_retries + 1) * max(1, max(len(i.atoms) for i in items))
-        if judge_settings is not None and items
-        else None
-    )
-    results_dir = out / "results"
-    work = [(item, k) for item in items for k in range(images_per_prompt)]
-    done = {p.stem for p in results_dir.glob("*.json")} if results_dir.is_dir() else set()
-    todo = [(item, k) for item, k in work if result_name(item.id, k) not in done]
-    out.mkdir(parents=True, exist_ok=True)
-    run_info = {
-        **(previous or {}),
-        **identity,
-        "prompts": str(prompts),
-        "selection": selection,
-        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
-        "base_seed": base_seed,
-        "lessons": {"enabled": lessons, "store": str(out / "lessons") if lessons else None},
-        "models": {
-            "mllm": run_settings.mllm.model,
-            "generator": run_settings.generator.model_label,
-            "generator_backend": run_settings.generator.backend,
-            "judge": run_settings.judge.model if run_settings.judge and scorer_name == "soft-tifa" else None,
-        },
-        "gems_version": _version(),
-        "git_commit": _git_commit(),
-        "started_at": (previous or {}).get("started_at") or _now(),
-        "resumed_at": [*(previous or {}).get("resumed_at", []), _now()] if previous else [],
-        "finished_at": None,
-        "wall_s": (previous or {}).get("wall_s", 0.0),
-    }
-    _write_json(out / "run.json", run_info)
 
-    meter = tqdm(total=len(todo), desc="gems bench", unit="image", file=sys.stderr, disable=not progress)
-    if len(todo) < len(work) and progress:
-        print(f"{len(work) - len(todo)} of {len(work)} images already done in {out}; running the rest", file=sys.stderr)
-    started = time.perf_counter()
+def _unfinished(out: Path, work: list[tuple[BenchPrompt, int]]) -> list[tuple[BenchPrompt, int]]:
+    results = out / "results"
+    done = {p.stem for p in results.glob("*.json")} if results.is_dir() else set()
+    return [(item, k) for item, k in work if result_name(item.id, k) not in done]
+
+
+def _start_judge(bench: _Bench, scorer_name: str, settings: GemsSettings, items: list[BenchPrompt]) -> None:
+    """Build the scorer and check it answers (before the first prompt); bound the time one image's score takes."""
+    bench.judge = make_scorer(scorer_name, bench.settings)
+    if bench.judge is None:
+        return
+    bench.judge.check()
+    warning = judge_warning(settings) if bench.judge.name == "soft-tifa" else None
+    if warning:
+        print(warning, file=sys.stderr)
+    judge = bench.settings.judge
+    if judge is not None and items:  # every atom, each try timeout_s, however slowly the judge answers
+        atoms = max(1, max(len(item.atoms) for item in items))
+        bench.judge_deadline = judge.timeout_s * (judge.max_retries + 1) * atoms
+
+
+def _run_all(bench: _Bench, concurrency: int, progress: bool) -> list[str]:
+    """Run every unfinished (prompt, sample) on one event loop; returns the failures, one line each."""
+    meter = tqdm(total=len(bench.todo), desc="gems bench", unit="image", file=sys.stderr, disable=not progress)
+    if len(bench.todo) < len(bench.work) and progress:
+        done = len(bench.work) - len(bench.todo)
+        print(f"{done} of {len(bench.work)} images already done in {bench.out}; running the rest", file=sys.stderr)
     # Postgres is shared by shards and other benches: thread ids carry the run's config digest.
-    thread_prefix = f"{identity['config_digest']}-" if storage.checkpointer == "postgres" else ""
+    if bench.settings.storage.checkpointer == "postgres":
+        bench.thread_prefix = f"{bench.run_info['config_digest']}-"
+    try:
+        return asyncio.run(_run_tasks(bench, concurrency, meter))
+    finally:
+        meter.close()
 
-    async def one(item: BenchPrompt, sample: int, graph: Any, slots: asyncio.Semaphore) -> None:
-        sample_settings = run_settings
-        if sample:
-            loop = run_settings.loop.model_copy(update={"seed": base_seed + sample * SAMPLE_SEED_STRIDE})
-            sample_settings = run_settings.model_copy(update={"loop": loop})
-        name = result_name(item.id, sample)
-        async with slots:
-            record = await arun_method(
-                method, item, sample_settings, graph, thread_id=f"{thread_prefix}{method}-{name}"
-            )
-        record.update(sample=sample, seed=sample_settings.loop.seed)
-        if "skills" in item.meta:  # GenEval2's per-atom skills and atom count, for the official analysis tables
-            record.update(atom_skills=item.meta["skills"], atom_count=item.meta["atom_count"])
-        image = (record.get("final") or {}).get("image") or {}
-        if not image.get("path") or not Path(image["path"]).is_file():
-            raise RuntimeError("the run finished without a final image")
-        if judge is not None:  # outside the slot: scoring never holds a generator back
-            try:
-                score = await asyncio.wait_for(
-                    asyncio.to_thread(judge.score, item, record, Path(image["path"])), timeout=judge_deadline
-                )
-            except TimeoutError:
-                raise RuntimeError(f"the judge gave no complete score within {judge_deadline:g}s") from None
-            record["cost"].update(score.pop("cost", {}))
-            record["score"], record["scorer"] = score, judge.name
-        _write_json(results_dir / f"{name}.json", record)
 
-    async def guarded(item: BenchPrompt, sample: int, graph: Any, slots: asyncio.Semaphore) -> str | None:
+async def _run_tasks(bench: _Bench, concurrency: int, meter: Any) -> list[str]:
+    failures: list[str] = []
+    async with open_checkpointer(bench.settings, asynchronous=True) as saver:
+        graph = build_graph(checkpointer=saver, store=open_store(bench.settings) if bench.lessons else None)
+        slots = asyncio.Semaphore(max(1, concurrency))
+        tasks = [asyncio.ensure_future(_guarded(bench, item, k, graph, slots)) for item, k in bench.todo]
         try:
-            await one(item, sample, graph, slots)
-        except Exception as exc:  # one prompt's failure is reported, the others go on
-            return f"{result_name(item.id, sample)}: {' '.join(str(exc).split())[:200]}"
-        return None
+            for next_done in asyncio.as_completed(tasks):
+                failure = await next_done
+                if failure:
+                    failures.append(failure)
+                    meter.set_postfix(failed=len(failures))
+                meter.update()
+        finally:  # Ctrl-C: stop the others; their checkpoints let a re-run continue them
+            for task in tasks:
+                task.cancel()
+    return failures
 
-    async def run_all() -> list[str]:
-        failures: list[str] = []
-        async with open_checkpointer(run_settings, asynchronous=True) as saver:
-            graph = build_graph(checkpointer=saver, store=open_store(run_settings) if lessons else None)
-            slots = asyncio.Semaphore(max(1, concurrency))
-            tasks = [asyncio.ensure_future(guarded(item, k, graph, slots)) for item, k in todo]
-            try:
-                for next_done in asyncio.as_completed(tasks):
-                    failure = await next_done
-                    if failure:
-                        failures.append(failure)
-                        meter.set_postfix(failed=len(failures))
-                    meter.update()
-            finally:  # Ctrl-C: stop the others; their checkpoints let a re-run continue them
-                for task in tasks:
-                    task.cancel()
-        return failures
 
-    errors = asyncio.run(run_all())
-    meter.close()
+async def _guarded(bench: _Bench, item: BenchPrompt, sample: int, graph: Any, slots: asyncio.Semaphore) -> str | None:
+    try:
+        await _run_one(bench, item, sample, graph, slots)
+    except Exception as exc:  # one prompt's failure is reported, the others go on
+        return f"{result_name(item.id, sample)}: {' '.join(str(exc).split())[:200]}"
+    return None
 
+
+async def _run_one(bench: _Bench, item: BenchPrompt, sample: int, graph: Any, slots: asyncio.Semaphore) -> None:
+    """Run one sample of one prompt, score it, and write its result file (only when all of it exists)."""
+    settings = bench.settings
+    if sample:
+        seed = bench.base_seed + sample * SAMPLE_SEED_STRIDE
+        settings = settings.model_copy(update={"loop": settings.loop.model_copy(update={"seed": seed})})
+    name = result_name(item.id, sample)
+    async with slots:
+        record = await arun_method(
+            bench.method, item, settings, graph, thread_id=f"{bench.thread_prefix}{bench.method}-{name}"
+        )
+    record.update(sample=sample, seed=settings.loop.seed)
+    if "skills" in item.meta:  # GenEval2's per-atom skills and atom count, for the official analysis tables
+        record.update(atom_skills=item.meta["skills"], atom_count=item.meta["atom_count"])
+    image = (record.get("final") or {}).get("image") or {}
+    if not image.get("path") or not Path(image["path"]).is_file():
+        raise RuntimeError("the run finished without a final image")
+    if bench.judge is not None:  # outside the slot: scoring never holds a generator back
+        try:
+            score = await asyncio.wait_for(
+                asyncio.to_thread(bench.judge.score, item, record, Path(image["path"])), timeout=bench.judge_deadline
+            )
+        except TimeoutError:
+            raise RuntimeError(f"the judge gave no complete score within {bench.judge_deadline:g}s") from None
+        record["cost"].update(score.pop("cost", {}))
+        record["score"], record["scorer"] = score, bench.judge.name
+    _write_json(bench.results / f"{name}.json", record)
+
+
+def _finish(bench: _Bench, errors: list[str], elapsed: float) -> dict[str, Any]:
+    """Record the end of the session and write the reports from every result the folder holds."""
     records = []
-    for item, k in work:
-        path = results_dir / f"{result_name(item.id, k)}.json"
+    for item, k in bench.work:
+        path = bench.results / f"{result_name(item.id, k)}.json"
         if path.exists():
             records.append(json.loads(path.read_text(encoding="utf-8")))
-    run_info.update(finished_at=_now(), wall_s=round(run_info["wall_s"] + time.perf_counter() - started, 3))
-    _write_json(out / "run.json", run_info)
-    summary = build_summary(records, run=run_info, total=len(work), errors=errors)
-    write_reports(out, summary, records)
+    run_info = bench.run_info
+    run_info.update(finished_at=_now(), wall_s=round(run_info["wall_s"] + elapsed, 3))
+    _write_json(bench.out / "run.json", run_info)
+    summary = build_summary(records, run=run_info, total=len(bench.work), errors=errors)
+    write_reports(bench.out, summary, records)
     return summary
