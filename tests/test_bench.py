@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import subprocess
@@ -130,12 +131,14 @@ def test_rerun_skips_finished_prompts(stubs, tmp_path):
     s = stubs(criteria=CRITERIA)
     settings = s.settings(skills={"top_k": 20})
     out = tmp_path / "out"
-    assert run_bench(DATA / "dpg", settings, "gems", out, first=1)["finished"] == 1
-    assert len(s.gen.prompts) == 1
     assert run_bench(DATA / "dpg", settings, "gems", out)["finished"] == 2
     assert len(s.gen.prompts) == 2
     run_bench(DATA / "dpg", settings, "gems", out)
     assert len(s.gen.prompts) == 2
+    # A result file lost after its run finished: rebuilt from the run's checkpoint, nothing generated again.
+    (out / "results" / "harbour.json").unlink()
+    assert run_bench(DATA / "dpg", settings, "gems", out)["finished"] == 2
+    assert len(s.gen.prompts) == 2 and (out / "results" / "harbour.json").is_file()
 
 
 @pytest.mark.slow
@@ -200,6 +203,18 @@ def test_bench_cli_errors(tmp_path):
     args = [sys.executable, "-m", "gems.interfaces.cli", "bench", str(tmp_path / "missing.txt")]
     result = subprocess.run([*args, "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2 and "gems: error: no such prompt file or folder" in result.stderr
+
+
+def test_selection_sizes_must_be_positive(tmp_path, capsys):
+    from gems.interfaces.cli import main
+
+    out = tmp_path / "out"
+    for flag, value in [("--first", "-3"), ("--first", "0"), ("--limit", "0"), ("--limit", "-1"),
+                        ("--images-per-prompt", "0")]:  # fmt: skip
+        assert main(["bench", str(DATA / "prompts.txt"), "--out", str(out), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err == f"gems: error: {flag} must be 1 or more, not {value}\n"
+    assert not out.exists()  # refused before anything was written
 
 
 # ---- the benchmarks' own numbers ----
@@ -341,25 +356,71 @@ def test_a_run_folder_belongs_to_one_run(stubs, tmp_path):
     assert run["started_at"] and run["finished_at"] and run["wall_s"] > 0
     assert "sk-sec-123" not in (out / "run.json").read_text()
     with pytest.raises(BenchMismatch, match="method=original, not rewrite; use --force-new"):
-        run_bench(DATA / "prompts.txt", settings, "rewrite", out)
+        run_bench(DATA / "prompts.txt", settings, "rewrite", out, first=1)
     run_bench(DATA / "prompts.txt", settings, "loop", tmp_path / "loop", first=1, scorer="verifier")
     with pytest.raises(BenchMismatch, match="scorer=verifier, not none"):
-        run_bench(DATA / "prompts.txt", settings, "loop", tmp_path / "loop", scorer="none")
+        run_bench(DATA / "prompts.txt", settings, "loop", tmp_path / "loop", first=1, scorer="none")
     other = settings.model_copy(update={"generator": settings.generator.model_copy(update={"steps": 3})})
     with pytest.raises(BenchMismatch, match=r"generator\.steps differ"):
-        run_bench(DATA / "prompts.txt", other, "original", out)
-    # The same run continues: the recorded seed is reused and wall time accumulates.
-    run_bench(DATA / "prompts.txt", settings, "original", out)
+        run_bench(DATA / "prompts.txt", other, "original", out, first=1)
+    # The same run continues: the seed is the same and wall time accumulates.
+    (out / "results" / "00000.json").unlink()
+    run_bench(DATA / "prompts.txt", settings, "original", out, first=1)
     again = json.loads((out / "run.json").read_text())
-    assert again["base_seed"] == run["base_seed"] and again["wall_s"] >= run["wall_s"] and len(again["resumed_at"]) == 1
-    assert s.gen.prompts.count("a red cube") == 2 and s.gen.prompts.count("a blue sphere") == 1  # 1 by loop, 1 here
+    assert again["base_seed"] == run["base_seed"] and again["wall_s"] > run["wall_s"] and len(again["resumed_at"]) == 1
+    assert s.gen.prompts.count("a red cube") == 3 and "a blue sphere" not in s.gen.prompts  # 1 by loop, 2 here
     summary = run_bench(DATA / "prompts.txt", settings, "rewrite", out, force_new=True)
     assert summary["method"] == "rewrite" and summary["finished"] == 2
 
 
+def test_a_folder_is_one_selection_of_one_file(stubs, tmp_path):
+    from gems.interfaces.benchmarks.runner import BenchMismatch
+
+    s = stubs()
+    settings = s.settings()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere\na green cone\n")
+    out = tmp_path / "out"
+    run_bench(prompts, settings, "original", out, first=2)
+    run = json.loads((out / "run.json").read_text())
+    assert run["prompts_sha256"] == hashlib.sha256(prompts.read_bytes()).hexdigest()
+    assert run["selection"] == {"kind": "first", "k": 2, "of": 3, "limit": None, "first": 2, "sample_seed": None}
+    results = {p.name: p.read_bytes() for p in (out / "results").iterdir()}
+    fix = "; use --force-new to start this folder over, or a new --out$"
+    refused = {
+        "--first 2, not --first 3": {"first": 3},
+        "--first 2, not --limit 2 --sample-seed 0": {"limit": 2},
+        "--first 2, not all prompts": {},
+        "--first 2, not --first 2 --shard 1/2": {"first": 2, "shard": (1, 2)},
+    }
+    for message, selection in refused.items():
+        with pytest.raises(BenchMismatch, match=f"holds a run of {message}{fix}"):
+            run_bench(prompts, settings, "original", out, **selection)
+    # The same bytes under another name are the same prompts: the run continues (nothing to do).
+    moved = tmp_path / "moved.txt"
+    moved.write_bytes(prompts.read_bytes())
+    assert run_bench(moved, settings, "original", out, first=2)["finished"] == 2
+    assert json.loads((out / "run.json").read_text())["prompts"] == str(moved)  # where it is read from now
+    moved.write_text("a red cube\na blue sphere\na green cone\na white torus\n")
+    with pytest.raises(
+        BenchMismatch, match=r"holds a run of .*moved\.txt, changed since \(sha256 \w{12} then, \w{12} now\)"
+    ):
+        run_bench(moved, settings, "original", out, first=2)
+    other = tmp_path / "other.txt"
+    other.write_text("a black cat\na white dog\n")
+    with pytest.raises(BenchMismatch, match=f"holds a run of another prompt file .*moved.txt.*not .*other.txt.*{fix}"):
+        run_bench(other, settings, "original", out, first=2)
+    # Nothing was lost or generated by the refused runs.
+    assert {p.name: p.read_bytes() for p in (out / "results").iterdir()} == results and len(s.gen.prompts) == 2
+    run_bench(moved, settings, "original", tmp_path / "sample", limit=2, sample_seed=0)
+    with pytest.raises(BenchMismatch, match="--limit 2 --sample-seed 0, not --limit 2 --sample-seed 1"):
+        run_bench(moved, settings, "original", tmp_path / "sample", limit=2, sample_seed=1)
+    assert run_bench(other, settings, "original", out, first=2, force_new=True)["finished"] == 2
+
+
 def test_limit_is_a_stratified_sample():
     from gems.interfaces.benchmarks.datasets import BenchPrompt
-    from gems.interfaces.benchmarks.runner import select_items
+    from gems.interfaces.benchmarks.selection import select_items
 
     items = [BenchPrompt(f"{i:05d}", f"p{i}", meta={"atom_count": 3 + i // 10}) for i in range(40)]  # sorted by count
     chosen, selection = select_items(items, 8, None, seed=0)

@@ -18,7 +18,7 @@ from typing import Any
 
 from gems.configs import ConfigError
 from gems.interfaces.benchmarks.datasets import load_prompts
-from gems.interfaces.benchmarks.runner import select_items
+from gems.interfaces.benchmarks.selection import Selection
 
 FORMATS = ("geneval2", "geneval", "dpg")
 
@@ -47,16 +47,12 @@ def _image(record: dict[str, Any]) -> Path:
 
 
 def _prompt_ids(run: dict[str, Any], records: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
-    selection = run.get("selection") or {}
     try:
         _, items = load_prompts(run["prompts"])
     except (ConfigError, ValueError, OSError):  # the prompt file moved: export what the folder holds
         return sorted({key[0] for key in records})
-    if selection.get("kind") == "stratified":
-        return list(selection.get("ids") or [])
-    if selection.get("kind") == "first":
-        items, _ = select_items(items, None, selection.get("k"), 0)
-    return [item.id for item in items]
+    selection = Selection.recorded(run)
+    return [item.id for item in selection.shard_of(selection.choose(items)[0])]
 
 
 def export_run(run_dir: str | Path, fmt: str, to: str | Path, images_per_prompt: int = 1) -> int:

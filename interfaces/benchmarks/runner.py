@@ -1,8 +1,10 @@
 """Run a prompt set with one method: concurrent, resumable, scored, with a progress line.
 
-A run folder belongs to one run. `run.json` records what produced it (method, scorer, the resolved config with
-secrets masked and its digest, models, base seed, selection, gems version, git commit, times); continuing into a
-folder made with another method, scorer or config is refused. Each finished prompt is written at once to
+A run folder belongs to one run: one selection of one prompt file. `run.json` records what produced it (the prompt
+file and the sha256 of its bytes, the selection and shard, method, scorer, the resolved config with secrets masked
+and its digest, models, base seed, gems version, git commit, times); continuing into a folder made with any of
+them changed is refused. Without `--seed` the base seed is derived from that identity, so the shards of one run
+(and a rerun) agree on it. Each finished prompt is written at once to
 `DIR/results/<id>.json`, and only when its final image (and score, when a scorer runs) exist; a re-run skips
 those. Runs in flight have checkpoint threads `<method>-<id>` in `DIR/checkpoints.sqlite`, so a killed bench
 continues each unfinished prompt from its last checkpoint.
@@ -11,9 +13,9 @@ continues each unfinished prompt from its last checkpoint.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -29,10 +31,11 @@ from tqdm import tqdm
 from gems.configs import ConfigError, GemsSettings
 from gems.configs.settings import settings_digest, strip_keys
 from gems.graph.builder import build_graph
-from gems.interfaces.benchmarks.datasets import BenchPrompt, load_prompts, stratified_sample
+from gems.interfaces.benchmarks.datasets import BenchPrompt, load_prompts
 from gems.interfaces.benchmarks.methods import arun_method, method_settings
 from gems.interfaces.benchmarks.report import build_summary, write_reports
 from gems.interfaces.benchmarks.scoring import Scorer, judge_warning, make_scorer, resolve_scorer
+from gems.interfaces.benchmarks.selection import Selection, prompts_digest
 from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 
@@ -46,7 +49,7 @@ SAMPLE_SEED_STRIDE = 1000  # sample k of a prompt starts at base seed + k * 1000
 
 
 class BenchMismatch(ConfigError):
-    """The run folder holds results of a different run (method, scorer or config)."""
+    """The run folder holds results of a different run (prompt file, selection, method, scorer or config)."""
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -88,30 +91,56 @@ def _version() -> str | None:
         return None
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts."""
     keys = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += _differences(a, b, f"{prefix}{key}.")
+            keys += differences(a, b, f"{prefix}{key}.")
         elif a != b:
             keys.append(f"{prefix}{key}")
     return keys
 
 
-def _check_same_run(out: Path, previous: dict[str, Any], current: dict[str, Any]) -> None:
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two runs' configs, e.g. `generator.steps, loop.seed` (a derived seed follows the rest)."""
+    keys = differences(
+        strip_keys(old.get("config") or {}, BENCH_IGNORES), strip_keys(new.get("config") or {}, BENCH_IGNORES)
+    )
+    if old.get("seed_derived") and new.get("seed_derived"):
+        keys = [key for key in keys if key != "loop.seed"]
+    return ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "") if keys else "the config"
+
+
+def prompt_file_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """How two runs' prompt files differ, in words: the same path edited since, or another file."""
+    then, now = (str(run.get("prompts_sha256") or "not recorded")[:12] for run in (old, new))
+    if old.get("prompts") == new.get("prompts"):
+        return f"{new.get('prompts')}, changed since (sha256 {then} then, {now} now)"
+    return f"another prompt file ({old.get('prompts')}, sha256 {then}; not {new.get('prompts')}, sha256 {now})"
+
+
+def derived_seed(identity: dict[str, Any]) -> int:
+    """A base seed from what the run is, so every shard of one run, and its rerun, draw the same one."""
+    return int(hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8], 16) % 2**31
+
+
+def _check_same_run(out: Path, previous: dict[str, Any], current: dict[str, Any], selection: Selection) -> None:
     """Refuse to mix runs in one folder; the message names what differs and the two ways out."""
     fix = "use --force-new to start this folder over, or a new --out"
+    if previous.get("prompts_sha256") != current["prompts_sha256"]:
+        raise BenchMismatch(f"{out} holds a run of {prompt_file_change(previous, current)}; {fix}")
+    before = Selection.recorded(previous)
+    if (before.spec(), before.shard) != (selection.spec(), selection.shard):
+        raise BenchMismatch(f"{out} holds a run of {before.flags()}, not {selection.flags()}; {fix}")
     for key in ("dataset", "method", "scorer", "images_per_prompt", "search_n"):
         if key == "search_n" and current["method"] != "search":
             continue
         if previous.get(key) != current[key]:
             raise BenchMismatch(f"{out} holds a run with {key}={previous.get(key)}, not {current[key]}; {fix}")
     if previous.get("config_digest") != current["config_digest"]:
-        keys = _differences(
-            strip_keys(previous.get("config") or {}, BENCH_IGNORES), strip_keys(current["config"], BENCH_IGNORES)
-        )
-        what = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "") if keys else "the config"
+        what = config_differences(previous, current)
         raise BenchMismatch(f"{out} holds a run made with another config ({what} differ); {fix}")
 
 
@@ -122,42 +151,6 @@ def _clear(out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-
-
-def select_items(
-    items: list[BenchPrompt], limit: int | None, first: int | None, seed: int
-) -> tuple[list[BenchPrompt], dict[str, Any]]:
-    """The prompts to run: all, the first K, or a seeded stratified sample of K; plus a record of the choice."""
-    if limit is not None and first is not None:
-        raise ConfigError("give --limit K (a stratified sample) or --first K (the first K prompts), not both")
-    if first is not None:
-        chosen, kind = items[:first], "first"
-    elif limit is not None:
-        chosen, kind = stratified_sample(items, limit, seed), "stratified"
-    else:
-        chosen, kind = items, "all"
-    selection: dict[str, Any] = {"kind": kind, "k": len(chosen), "of": len(items)}
-    if kind == "stratified":
-        selection.update(seed=seed, ids=[item.id for item in chosen])
-    return chosen, selection
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """`"K/N"` -> (K, N) with 1 <= K <= N; None for no sharding."""
-    if text is None:
-        return None
-    k, sep, n = text.partition("/")
-    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
-        raise ConfigError(f"--shard must be K/N with 1 <= K <= N (e.g. 2/8), not {text!r}")
-    return int(k), int(n)
-
-
-def shard_items(items: list[BenchPrompt], shard: tuple[int, int] | None) -> list[BenchPrompt]:
-    """Shard K of N: every N-th prompt of the selection from the K-th, so each shard gets a mix of categories."""
-    if shard is None:
-        return items
-    k, n = shard
-    return items[k - 1 :: n]
 
 
 def result_name(item_id: str, sample: int) -> str:
@@ -212,7 +205,8 @@ def run_bench(
         prompts: a prompt file or folder (see `datasets.load_prompts`).
         settings: the resolved config.
         method: one of `methods.METHODS`.
-        out: the run folder; re-run with the same arguments to continue an interrupted bench.
+        out: the run folder; re-run with the same arguments to continue an interrupted bench (the same prompt file
+            and selection: a folder holds one run).
         concurrency: prompts in flight at once; runs share one event loop (async nodes, an async checkpointer),
             so hundreds cost no thread each.
         limit: a stratified sample of this many prompts (seeded by `sample_seed`).
@@ -229,37 +223,50 @@ def run_bench(
         The summary dict.
 
     Raises:
-        BenchMismatch: `out` holds a run with another method, scorer or config.
+        ConfigError: a selection or count that is not a positive number.
+        BenchMismatch: `out` holds a run of another prompt file or selection, or with another method, scorer or
+            config.
         ScorerError: the scorer cannot run (before the first prompt).
     """
     out = Path(out)
+    selection = Selection(limit, first, sample_seed, shard)
+    for flag, value in (("--images-per-prompt", images_per_prompt), ("--search-n", search_n)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be 1 or more, not {value}")
     dataset, all_items = load_prompts(prompts)
-    selected, selection = select_items(all_items, limit, first, sample_seed)
-    items = shard_items(selected, shard)
+    selected, selection_record = selection.choose(all_items)
+    items = selection.shard_of(selected)
     scorer_name = resolve_scorer(scorer, settings, dataset, method, items)
     previous = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").is_file() else None
     if force_new and out.exists():
         _clear(out)
         previous = None
-    run_settings = bench_settings(settings, method, search_n, lessons, out, previous)
+    run_settings = bench_settings(settings, method, search_n, lessons, out)
     identity = {
         "dataset": dataset,
+        "prompts": str(prompts),
+        "prompts_sha256": prompts_digest(prompts),
         "method": method,
         "scorer": scorer_name,
         "images_per_prompt": images_per_prompt,
         "search_n": search_n if method == "search" else None,
-        "config_digest": config_digest(run_settings),
-        "config": run_settings.model_dump(mode="json"),  # SecretStr fields dump masked
     }
+    seed = run_settings.loop.seed
+    if seed is None:  # not from the shard or the path: the shards of one run share it
+        drawn = {**identity, "prompts": None, "selection": selection.spec(), "config": config_digest(run_settings)}
+        seed = derived_seed(drawn)
+    identity["seed_derived"] = run_settings.loop.seed is None
+    run_settings = seeded(run_settings, seed, lessons)
+    identity.update(
+        config_digest=config_digest(run_settings),
+        config=run_settings.model_dump(mode="json"),  # SecretStr fields dump masked
+    )
     if previous is not None:
-        _check_same_run(out, previous, identity)
-        if previous.get("shard") != (f"{shard[0]}/{shard[1]}" if shard else None):
-            raise BenchMismatch(f"{out} holds shard {previous.get('shard') or 'none'}, not {shard}; use another --out")
+        _check_same_run(out, previous, identity, selection)
     run_info = {
         **(previous or {}),
         **identity,
-        "prompts": str(prompts),
-        "selection": selection,
+        "selection": selection_record,
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
         "base_seed": run_settings.loop.seed,
         "lessons": {"enabled": lessons, "store": str(out / "lessons") if lessons else None},
@@ -281,25 +288,24 @@ def run_bench(
     return _finish(bench, errors, time.perf_counter() - started)
 
 
-def bench_settings(
-    settings: GemsSettings, method: str, search_n: int, lessons: bool, out: Path, previous: dict[str, Any] | None
-) -> GemsSettings:
-    """The settings of a bench run: the method's, no lessons unless asked (then stored in `out`), a base seed."""
+def bench_settings(settings: GemsSettings, method: str, search_n: int, lessons: bool, out: Path) -> GemsSettings:
+    """The settings of a bench run: the method's, no lessons unless asked (then stored in `out`), its checkpointer."""
     run_settings = method_settings(method, settings, search_n)
     memory = run_settings.memory.model_copy(update={"lessons": lessons})
     if lessons and memory.chroma.host is None:  # the store lives in the run folder: nothing from other runs
         chroma = memory.chroma.model_copy(update={"path": out / "lessons"})
         memory = memory.model_copy(update={"chroma": chroma})
-    base_seed = run_settings.loop.seed
-    if base_seed is None:
-        base_seed = (previous or {}).get("base_seed")
-        base_seed = random.randrange(2**31) if base_seed is None else base_seed
-    loop = run_settings.loop.model_copy(update={"seed": base_seed})
     storage = run_settings.storage
     if storage.checkpointer != "postgres":  # shards on several machines share a Postgres checkpointer instead
         storage = storage.model_copy(update={"checkpointer": "sqlite", "sqlite_path": out / "checkpoints.sqlite"})
-    run_settings = run_settings.model_copy(update={"memory": memory, "loop": loop, "storage": storage})
-    if lessons and memory.chroma.host is not None:  # a shared Chroma server: one collection per bench config
+    return run_settings.model_copy(update={"memory": memory, "storage": storage})
+
+
+def seeded(run_settings: GemsSettings, seed: int, lessons: bool) -> GemsSettings:
+    """The run's settings with its base seed (and, on a shared Chroma server, one collection per bench config)."""
+    run_settings = run_settings.model_copy(update={"loop": run_settings.loop.model_copy(update={"seed": seed})})
+    memory = run_settings.memory
+    if lessons and memory.chroma.host is not None:
         chroma = memory.chroma.model_copy(
             update={"collection": f"{memory.chroma.collection}-{config_digest(run_settings)}"}
         )

@@ -14,8 +14,9 @@ from gems.interfaces.benchmarks.export import FORMATS, export_run
 from gems.interfaces.benchmarks.merge import merge_runs
 from gems.interfaces.benchmarks.methods import METHODS
 from gems.interfaces.benchmarks.report import headline
-from gems.interfaces.benchmarks.runner import parse_shard, run_bench
+from gems.interfaces.benchmarks.runner import run_bench
 from gems.interfaces.benchmarks.scoring import SCORERS
+from gems.interfaces.benchmarks.selection import parse_shard
 from gems.interfaces.cli import CONTEXT, EXIT_ERROR, config_option, configs
 
 
