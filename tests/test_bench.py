@@ -165,6 +165,18 @@ def test_killed_bench_loses_nothing(mllm_server, gen_server, tmp_path):
     assert sorted(p.name for p in results.glob("*.json")) == ["00000.json", "00001.json"]
     script.block_at = None
     script.release.set()
+    # Rerun after the kills with another file or selection: refused in one line, nothing touched.
+    kept = {p.name: p.read_bytes() for p in results.glob("*.json")}
+    text = prompts.read_text()
+    prompts.write_text(text + "p four\n")
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    prompts.write_text(text)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("gems: error: ") and "prompts.txt, changed since" in refused.stderr
+    refused = subprocess.run([*args, "--first", "2"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "holds a run of all prompts, not --first 2; use --force-new" in refused.stderr
+    assert {p.name: p.read_bytes() for p in results.glob("*.json")} == kept
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert gen.prompts.count("p one") == 1 and gen.prompts.count("p three") == 1
@@ -177,6 +189,11 @@ def test_killed_bench_loses_nothing(mllm_server, gen_server, tmp_path):
         assert Path(json.loads(path.read_text())["final"]["image"]["path"]).is_file()
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert len(run["resumed_at"]) == 2 and run["finished_at"]
+    # Wall time counts every session: the two killed ones (recorded as they ran) and the last.
+    sessions = run["sessions"]
+    assert len(sessions) == 3 and [s["finished_at"] is None for s in sessions] == [True, True, False]
+    assert all(s["wall_s"] > 0 for s in sessions)
+    assert run["wall_s"] == pytest.approx(sum(s["wall_s"] for s in sessions), abs=1e-3) == summary["wall_s"]
 
 
 def test_judge_warning_and_ablation_configs(tmp_path):

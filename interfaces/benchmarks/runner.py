@@ -46,6 +46,7 @@ BENCH_IGNORES = frozenset({"data_dir", "storage", "api_key", "timeout_s", "max_r
 _RUN_ARTIFACTS = ("results", "checkpoints.sqlite", "checkpoints.sqlite-wal", "checkpoints.sqlite-shm", "lessons",
                   "images", "summary.json", "report.md", "report.html", "run.json")  # fmt: skip
 SAMPLE_SEED_STRIDE = 1000  # sample k of a prompt starts at base seed + k * 1000, clear of its rounds' seeds
+HEARTBEAT_S = 2.0  # a killed session's recorded time falls short of its real time by at most this
 
 
 class BenchMismatch(ConfigError):
@@ -160,6 +161,41 @@ def result_name(item_id: str, sample: int) -> str:
 # ---- the run ----
 
 
+class _Clock:
+    """This session's elapsed time, kept in run.json's `sessions` as it runs, so a killed session still counts.
+
+    `wall_s` is the sum over every session of the folder, each from the start of `run_bench` to its last record:
+    its end, its latest finished prompt, or its latest heartbeat.
+    """
+
+    def __init__(self, out: Path, run_info: dict[str, Any], started: float):
+        self.out, self.run_info, self.started = out, run_info, started
+        self.session: dict[str, Any] = {"started_at": _now(), "wall_s": 0.0, "finished_at": None}
+        run_info["sessions"] = [*_sessions(run_info), self.session]
+
+    def record(self, finished: bool = False) -> None:
+        self.session["wall_s"] = round(time.perf_counter() - self.started, 3)
+        if finished:
+            self.session["finished_at"] = _now()
+        self.run_info["wall_s"] = round(sum(s["wall_s"] for s in self.run_info["sessions"]), 3)
+        _write_json(self.out / "run.json", self.run_info)
+
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            self.record()
+
+
+def _sessions(run_info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sessions a run.json records; a folder from before they were kept counts as one."""
+    if "sessions" in run_info:
+        return list(run_info["sessions"])
+    if run_info.get("wall_s"):
+        keys = ("started_at", "wall_s", "finished_at")
+        return [{key: run_info.get(key) for key in keys}]
+    return []
+
+
 @dataclass
 class _Bench:
     """One bench session: what it runs, with what, and where it writes."""
@@ -172,6 +208,7 @@ class _Bench:
     work: list[tuple[BenchPrompt, int]]  # every (prompt, sample) of the run
     todo: list[tuple[BenchPrompt, int]]  # those without a result yet
     run_info: dict[str, Any]
+    clock: _Clock
     judge: Scorer | None = None
     judge_deadline: float | None = None
     thread_prefix: str = ""
@@ -228,6 +265,7 @@ def run_bench(
             config.
         ScorerError: the scorer cannot run (before the first prompt).
     """
+    started = time.perf_counter()
     out = Path(out)
     selection = Selection(limit, first, sample_seed, shard)
     for flag, value in (("--images-per-prompt", images_per_prompt), ("--search-n", search_n)):
@@ -276,16 +314,14 @@ def run_bench(
         "started_at": (previous or {}).get("started_at") or _now(),
         "resumed_at": [*(previous or {}).get("resumed_at", []), _now()] if previous else [],
         "finished_at": None,
-        "wall_s": (previous or {}).get("wall_s", 0.0),
     }
     work = [(item, k) for item in items for k in range(images_per_prompt)]
-    bench = _Bench(out, method, run_settings, lessons, run_info["base_seed"], work, _unfinished(out, work), run_info)
+    todo = _unfinished(out, work)
+    bench = _Bench(out, method, run_settings, lessons, seed, work, todo, run_info, _Clock(out, run_info, started))
     _start_judge(bench, scorer_name, settings, items)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "run.json", run_info)
-    started = time.perf_counter()
+    bench.clock.record()
     errors = _run_all(bench, concurrency, progress)
-    return _finish(bench, errors, time.perf_counter() - started)
+    return _finish(bench, errors)
 
 
 def bench_settings(settings: GemsSettings, method: str, search_n: int, lessons: bool, out: Path) -> GemsSettings:
@@ -364,8 +400,9 @@ async def _run_tasks(bench: _Bench, concurrency: int, meter: Any) -> list[str]:
         graph = build_graph(checkpointer=saver, store=open_store(bench.settings) if bench.lessons else None)
         slots = asyncio.Semaphore(max(1, concurrency))
         tasks = [asyncio.ensure_future(_guarded(bench, item, k, graph, slots)) for item, k in bench.todo]
+        tasks.append(asyncio.ensure_future(bench.clock.heartbeat()))
         try:
-            for next_done in asyncio.as_completed(tasks):
+            for next_done in asyncio.as_completed(tasks[:-1]):
                 failure = await next_done
                 if failure:
                     failures.append(failure)
@@ -412,18 +449,18 @@ async def _run_one(bench: _Bench, item: BenchPrompt, sample: int, graph: Any, sl
         record["cost"].update(score.pop("cost", {}))
         record["score"], record["scorer"] = score, bench.judge.name
     _write_json(bench.results / f"{name}.json", record)
+    bench.clock.record()
 
 
-def _finish(bench: _Bench, errors: list[str], elapsed: float) -> dict[str, Any]:
+def _finish(bench: _Bench, errors: list[str]) -> dict[str, Any]:
     """Record the end of the session and write the reports from every result the folder holds."""
     records = []
     for item, k in bench.work:
         path = bench.results / f"{result_name(item.id, k)}.json"
         if path.exists():
             records.append(json.loads(path.read_text(encoding="utf-8")))
-    run_info = bench.run_info
-    run_info.update(finished_at=_now(), wall_s=round(run_info["wall_s"] + elapsed, 3))
-    _write_json(bench.out / "run.json", run_info)
-    summary = build_summary(records, run=run_info, total=len(bench.work), errors=errors)
+    bench.run_info["finished_at"] = _now()
+    bench.clock.record(finished=True)
+    summary = build_summary(records, run=bench.run_info, total=len(bench.work), errors=errors)
     write_reports(bench.out, summary, records)
     return summary
