@@ -342,6 +342,28 @@ def test_self_check_is_labelled_everywhere(mllm_server, gen_server, isolated_env
     assert label in html.unescape((tmp_path / "out" / "report.html").read_text())
 
 
+def test_no_scorer_says_no_score_and_counts_prompts_as_prompts(stubs, tmp_path, capsys):
+    from gems.interfaces.benchmarks.report import build_summary, headline
+    from gems.interfaces.cli import main
+
+    s = stubs()
+    cfg = write_stub_config(tmp_path / "c.yaml", s.mllm.base_url, s.gen.url, data_dir=str(tmp_path / "data"))
+    args = ["bench", str(DATA / "prompts.txt"), "--config", str(cfg), "--method", "original", "--scorer", "none"]
+    assert main([*args, "--images-per-prompt", "3", "--quiet", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "original on text: 2/2 prompts; no score computed (--scorer none): export the images" in printed
+    assert "None" not in printed and "incomplete" not in printed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    counts = [summary[k] for k in ("prompts", "images", "finished", "finished_images", "scored")]
+    assert counts == [2, 6, 2, 6, 0] and summary["scores"] is None and summary["metric"] is None
+    assert "- prompts: 2/2 finished (6/6 images)" in (tmp_path / "out" / "report.md").read_text()
+    # A scored run still missing images says so in images, and a prompt counts once all its images exist.
+    records = [{"id": "a", "sample": k, "scorer": "verifier", "score": {"self_check": 1.0}} for k in range(2)]
+    partial = build_summary(records, run={"scorer": "verifier", "images_per_prompt": 2}, prompts=2, errors=[])
+    assert headline(partial).startswith("self-check (not the benchmark's metric): incomplete, 2 of 4 images scored")
+    assert partial["finished"] == 1 and partial["finished_images"] == 2
+
+
 def test_bench_lessons_stay_off_or_inside_the_run_folder(stubs, isolated_env, tmp_path):
     s = stubs(criteria=CRITERIA)
     embeddings = {"provider": "openai", "base_url": s.mllm.base_url, "model": "emb", "api_key": "sk-e"}

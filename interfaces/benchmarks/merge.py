@@ -136,8 +136,8 @@ def merge_runs(folders: list[str | Path], out: str | Path) -> dict[str, Any]:
     }
     (out / "run.json").write_text(json.dumps(run_info, indent=1, ensure_ascii=False), encoding="utf-8")
     records.sort(key=lambda r: (str(r.get("id")), int(r.get("sample") or 0)))
-    total = int((first.get("selection") or {}).get("k") or len(records)) * int(first.get("images_per_prompt") or 1)
-    summary = build_summary(records, run=run_info, total=total, errors=errors)
+    prompts = int((first.get("selection") or {}).get("k") or len({r.get("id") for r in records}))
+    summary = build_summary(records, run=run_info, prompts=prompts, errors=errors)
     summary["shards"] = n
     write_reports(out, summary, records)
     return summary

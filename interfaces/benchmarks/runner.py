@@ -461,6 +461,7 @@ def _finish(bench: _Bench, errors: list[str]) -> dict[str, Any]:
             records.append(json.loads(path.read_text(encoding="utf-8")))
     bench.run_info["finished_at"] = _now()
     bench.clock.record(finished=True)
-    summary = build_summary(records, run=bench.run_info, total=len(bench.work), errors=errors)
+    prompts = len({item.id for item, _ in bench.work})
+    summary = build_summary(records, run=bench.run_info, prompts=prompts, errors=errors)
     write_reports(bench.out, summary, records)
     return summary
