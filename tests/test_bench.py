@@ -6,6 +6,7 @@ import base64
 import hashlib
 import html
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from gems.interfaces.benchmarks.runner import run_bench
 from gems.interfaces.benchmarks.scoring import judge_warning
 from tests.conftest import make_settings
 from tests.support.net import write_stub_config
-from tests.support.official import official_soft_tifa, qwen_like_first_token
+from tests.support.official import official_images, official_soft_tifa, qwen_like_first_token
 from tests.support.servers import OpenAIStub, user_text
 
 DATA = Path(__file__).parent / "data" / "bench"
@@ -30,7 +31,8 @@ def test_prompt_set_formats():
     assert fmt == "geneval2" and len(items) == 4 and items[0].id == "00000"
     assert items[0].atoms[0] == ("How many apples are in the image?", "two")
     assert items[0].categories == ["count", "attribute"]
-    assert items[0].meta == {"skills": ["count", "attribute", "attribute"], "atom_count": 3}
+    line = (DATA / "geneval2_data.jsonl").read_text().splitlines()[0]
+    assert items[0].meta == {"skills": ["count", "attribute", "attribute"], "atom_count": 3, "line": line}
     fmt, items = load_prompts(DATA / "evaluation_metadata.jsonl")
     assert (
         fmt == "geneval" and items[1].categories == ["two_object"] and items[1].prompt == "a photo of a cup and a book"
@@ -498,6 +500,66 @@ def test_export_writes_the_official_layouts(stubs, tmp_path):
     assert Image.open(tmp_path / "xd" / "desk.png").size == (64, 64)  # four 32x32 tiles, 2x2
     seeds = {json.loads(p.read_text())["seed"] for p in (tmp_path / "dpg" / "results").glob("desk*.json")}
     assert len(seeds) == 4  # each sample its own seed
+
+
+def test_geneval2_export_of_a_selection_runs_in_the_official_script(stubs, tmp_path, capsys):
+    from gems.interfaces.benchmarks.export import ExportError, export_run
+    from gems.interfaces.cli import main
+
+    s = stubs()
+    settings = s.settings()
+    data = tmp_path / "geneval2_data.jsonl"
+    shutil.copyfile(DATA / "geneval2_data.jsonl", data)
+    lines = data.read_text().splitlines()
+    run_bench(data, settings, "original", tmp_path / "first", first=2, scorer="none")
+    assert main(["bench", "export", str(tmp_path / "first"), "--format", "geneval2", "--to", str(tmp_path / "x")]) == 0
+    # The whole data file stops the official script, as the issue saw; the export's own subset runs through.
+    with pytest.raises(Exception, match="Missing filepath for the prompt: a cat sleeping next to a dog"):
+        official_images(data, tmp_path / "x" / "geneval2_images.json")
+    pairs = official_images(tmp_path / "x" / "geneval2_data.jsonl", tmp_path / "x" / "geneval2_images.json")
+    assert (tmp_path / "x" / "geneval2_data.jsonl").read_text().splitlines() == lines[:2]  # the lines as written
+    assert [Path(image).name for _, image in pairs] == ["00000.png", "00001.png"]
+    # A stratified sample and a shard of it: their own lines, in the file's order.
+    run_bench(data, settings, "original", tmp_path / "limit", limit=3, sample_seed=1, scorer="none")
+    chosen = json.loads((tmp_path / "limit" / "run.json").read_text())["selection"]["ids"]
+    assert export_run(tmp_path / "limit", "geneval2", tmp_path / "xl") == 3
+    assert (tmp_path / "xl" / "geneval2_data.jsonl").read_text().splitlines() == [lines[int(i)] for i in chosen]
+    run_bench(data, settings, "original", tmp_path / "shard", limit=3, sample_seed=1, shard=(2, 2), scorer="none")
+    assert export_run(tmp_path / "shard", "geneval2", tmp_path / "xs") == 1
+    assert (tmp_path / "xs" / "geneval2_data.jsonl").read_text().splitlines() == [lines[int(chosen[1])]]
+    assert len(official_images(tmp_path / "xs" / "geneval2_data.jsonl", tmp_path / "xs" / "geneval2_images.json")) == 1
+    # The prompt file moved or changed: refused, unless --prompts names the same bytes.
+    moved = tmp_path / "moved.jsonl"
+    data.rename(moved)
+    with pytest.raises(ExportError, match="is not there; pass --prompts"):
+        export_run(tmp_path / "first", "geneval2", tmp_path / "y")
+    assert export_run(tmp_path / "first", "geneval2", tmp_path / "y", prompts=moved) == 2
+    data.write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(ExportError, match="is not the prompt file the run read"):
+        export_run(tmp_path / "first", "geneval2", tmp_path / "y")
+
+
+def test_export_refuses_another_benchmarks_layout(stubs, tmp_path, capsys):
+    from gems.interfaces.benchmarks.export import ExportError, export_run
+    from gems.interfaces.cli import main
+
+    s = stubs()
+    settings = s.settings()
+    run_bench(DATA / "geneval2_data.jsonl", settings, "original", tmp_path / "g2", first=1, scorer="none")
+    run_bench(DATA / "dpg", settings, "original", tmp_path / "dpg", first=1)
+    run_bench(DATA / "prompts.txt", settings, "original", tmp_path / "text", first=1)
+    capsys.readouterr()
+    assert main(["bench", "export", str(tmp_path / "g2"), "--format", "dpg", "--to", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"gems: error: --format dpg is DPG-Bench's layout, but {tmp_path / 'g2'} ran geneval2 prompts; "
+        "use --format geneval2\n"
+    )
+    with pytest.raises(ExportError, match=r"--format geneval2 is GenEval2's layout, but .* ran dpg prompts"):
+        export_run(tmp_path / "dpg", "geneval2", tmp_path / "x")
+    with pytest.raises(ExportError, match=r"ran text prompts; only GenEval2, GenEval and DPG-Bench runs export$"):
+        export_run(tmp_path / "text", "dpg", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_continuation_after_only_the_first_checkpoint():

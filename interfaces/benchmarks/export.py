@@ -1,12 +1,17 @@
 """`gems bench export`: a run folder's final images in the layouts the benchmarks' own scripts read, unchanged.
 
-- `geneval2`: `images/<id>.png` plus `geneval2_images.json`, `{prompt: absolute image path}`, for
-  `python evaluation.py --benchmark_data geneval2_data.jsonl --image_filepath_data DIR/geneval2_images.json
-  --method soft_tifa_gm --output_file scores.json` (facebookresearch/GenEval2).
+- `geneval2`: `images/<id>.png`, `geneval2_images.json` (`{prompt: absolute image path}`) and
+  `geneval2_data.jsonl`, the run's prompts' own lines of the data file in the images' order, for
+  `python evaluation.py --benchmark_data DIR/geneval2_data.jsonl --image_filepath_data DIR/geneval2_images.json
+  --method soft_tifa_gm --output_file scores.json` (facebookresearch/GenEval2): the script stops on the first
+  prompt of its data file without an image, so a `--limit`, `--first` or `--shard` run needs its own subset.
 - `geneval`: `<index:05d>/metadata.jsonl` (the prompt's metadata line) and `<index:05d>/samples/0000.png` ...
   `000{N-1}.png`, for `python evaluation/evaluate_images.py DIR --outfile results.jsonl` (djghosh13/geneval).
 - `dpg`: one PNG per prompt named by its id; with N = 4 images per prompt, a 2x2 grid, for
   `compute_dpg_bench.py --image-root-path DIR --resolution R --pic-num N` (TencentQQGYLab/ELLA, dpg_bench/).
+
+Each layout is for its own benchmark's prompts only, read from the run's prompt file (checked against the digest
+in `run.json`), selected as the run selected them.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from gems.configs import ConfigError
-from gems.interfaces.benchmarks.datasets import load_prompts
-from gems.interfaces.benchmarks.selection import Selection
+from gems.interfaces.benchmarks.datasets import BenchPrompt, load_prompts
+from gems.interfaces.benchmarks.selection import Selection, prompts_digest
 
 FORMATS = ("geneval2", "geneval", "dpg")
+_BENCHMARK = {"geneval2": "GenEval2", "geneval": "GenEval", "dpg": "DPG-Bench"}
 
 
 class ExportError(ConfigError):
@@ -46,69 +52,86 @@ def _image(record: dict[str, Any]) -> Path:
     return Path(image)
 
 
-def _prompt_ids(run: dict[str, Any], records: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
-    try:
-        _, items = load_prompts(run["prompts"])
-    except (ConfigError, ValueError, OSError):  # the prompt file moved: export what the folder holds
-        return sorted({key[0] for key in records})
+def _check_format(run_dir: Path, run: dict[str, Any], fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    dataset = run.get("dataset")
+    if dataset == fmt:
+        return
+    hint = f"; use --format {dataset}" if dataset in FORMATS else "; only GenEval2, GenEval and DPG-Bench runs export"
+    raise ExportError(f"--format {fmt} is {_BENCHMARK[fmt]}'s layout, but {run_dir} ran {dataset} prompts{hint}")
+
+
+def _run_prompts(run: dict[str, Any], prompts: str | Path | None) -> list[BenchPrompt]:
+    """The prompts the run ran, in its order: its prompt file (or `prompts`, the same bytes elsewhere), selected."""
+    path = Path(prompts or run["prompts"])
+    if not path.exists():
+        raise ExportError(f"the run's prompt file {path} is not there; pass --prompts with where it is now")
+    digest = run.get("prompts_sha256")
+    if digest and prompts_digest(path) != digest:
+        raise ExportError(
+            f"{path} is not the prompt file the run read (sha256 {digest[:12]}); pass --prompts with that file"
+        )
+    _, items = load_prompts(path)
     selection = Selection.recorded(run)
-    return [item.id for item in selection.shard_of(selection.choose(items)[0])]
+    return selection.shard_of(selection.choose(items)[0])
 
 
-def export_run(run_dir: str | Path, fmt: str, to: str | Path, images_per_prompt: int = 1) -> int:
+def export_run(
+    run_dir: str | Path, fmt: str, to: str | Path, images_per_prompt: int = 1, prompts: str | Path | None = None
+) -> int:
     """Write the run's images in `fmt`'s layout under `to`; return the number of prompts written.
 
     Raises:
-        ExportError: an unknown format, a missing image or sample, or a dataset the layout does not fit.
+        ExportError: an unknown format, one that is not the run's benchmark's, a missing image or sample, or a
+            prompt file that is gone or changed.
     """
     run_dir, to = Path(run_dir), Path(to)
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}")
     run, records = _results(run_dir)
+    _check_format(run_dir, run, fmt)
     have = int(run.get("images_per_prompt") or 1)
     if images_per_prompt > have:
         raise ExportError(
             f"{run_dir} has {have} image(s) per prompt; rerun gems bench with --images-per-prompt "
             f"{images_per_prompt} (into a new --out) to export {images_per_prompt}"
         )
-    if fmt == "geneval" and run.get("dataset") != "geneval":
-        raise ExportError(
-            f"the geneval layout needs GenEval's evaluation_metadata.jsonl; this run read {run['dataset']}"
-        )
     if fmt == "dpg" and images_per_prompt not in (1, 4):
         raise ExportError("DPG-Bench reads one image or a 2x2 grid of 4 per prompt: use --images-per-prompt 1 or 4")
-    ids = _prompt_ids(run, records)
-    missing = [i for i in ids for k in range(images_per_prompt) if (i, k) not in records]
+    items = _run_prompts(run, prompts)
+    missing = [item.id for item in items for k in range(images_per_prompt) if (item.id, k) not in records]
     if missing:
         raise ExportError(
             f"{len(missing)} image(s) are not finished (e.g. prompt {missing[0]}); rerun gems bench on {run_dir} first"
         )
     to.mkdir(parents=True, exist_ok=True)
     if fmt == "geneval2":
-        (to / "images").mkdir(exist_ok=True)
-        mapping = {}
-        for i in ids:
-            target = to / "images" / f"{i}.png"
-            shutil.copyfile(_image(records[(i, 0)]), target)
-            mapping[records[(i, 0)]["prompt"]] = str(target.resolve())
-        (to / "geneval2_images.json").write_text(json.dumps(mapping, indent=1, ensure_ascii=False), encoding="utf-8")
+        _geneval2(items, records, to)
     elif fmt == "geneval":
-        _, items = load_prompts(run["prompts"])
-        meta = {item.id: item.meta["record"] for item in items}
-        for i in ids:
-            folder = to / i
+        for item in items:
+            folder = to / item.id
             (folder / "samples").mkdir(parents=True, exist_ok=True)
-            (folder / "metadata.jsonl").write_text(json.dumps(meta[i]) + "\n", encoding="utf-8")
+            (folder / "metadata.jsonl").write_text(json.dumps(item.meta["record"]) + "\n", encoding="utf-8")
             for k in range(images_per_prompt):
-                shutil.copyfile(_image(records[(i, k)]), folder / "samples" / f"{k:04d}.png")
+                shutil.copyfile(_image(records[(item.id, k)]), folder / "samples" / f"{k:04d}.png")
     else:
-        for i in ids:
-            paths = [_image(records[(i, k)]) for k in range(images_per_prompt)]
+        for item in items:
+            paths = [_image(records[(item.id, k)]) for k in range(images_per_prompt)]
             if images_per_prompt == 1:
-                shutil.copyfile(paths[0], to / f"{i}.png")
+                shutil.copyfile(paths[0], to / f"{item.id}.png")
             else:
-                _grid(paths).save(to / f"{i}.png")
-    return len(ids)
+                _grid(paths).save(to / f"{item.id}.png")
+    return len(items)
+
+
+def _geneval2(items: list[BenchPrompt], records: dict[tuple[str, int], dict[str, Any]], to: Path) -> None:
+    (to / "images").mkdir(exist_ok=True)
+    mapping = {}
+    for item in items:
+        target = to / "images" / f"{item.id}.png"
+        shutil.copyfile(_image(records[(item.id, 0)]), target)
+        mapping[item.prompt] = str(target.resolve())
+    (to / "geneval2_images.json").write_text(json.dumps(mapping, indent=1, ensure_ascii=False), encoding="utf-8")
+    (to / "geneval2_data.jsonl").write_text("".join(item.meta["line"] + "\n" for item in items), encoding="utf-8")
 
 
 def _grid(paths: list[Path]) -> Any:

@@ -109,9 +109,10 @@ def run(prompts: str, config: tuple[str, ...], **opts: Any) -> int:
 @click.option("--format", "fmt", required=True, type=click.Choice(FORMATS), help="the official script's layout")
 @click.option("--to", required=True, help="folder to write")
 @click.option("--images-per-prompt", type=int, default=1, show_default=True, help="GenEval: 4; DPG: 1 or 4")
-def export(run_dir: str, fmt: str, to: str, images_per_prompt: int) -> int:
+@click.option("--prompts", help="the run's prompt file, if it has moved since (checked against run.json's digest)")
+def export(run_dir: str, fmt: str, to: str, images_per_prompt: int, prompts: str | None) -> int:
     """Write a bench run's images in the layout a benchmark's official script reads."""
-    count = export_run(run_dir, fmt, to, images_per_prompt=images_per_prompt)
+    count = export_run(run_dir, fmt, to, images_per_prompt=images_per_prompt, prompts=prompts)
     click.echo(f"{count} prompts written to {to} in the {fmt} layout")
     return 0
 
