@@ -264,11 +264,53 @@ def distribution_judge() -> OpenAIStub:
     return OpenAIStub(chat=chat).start()
 
 
-def test_soft_tifa_equals_the_official_formulas(stubs, tmp_path):
-    from gems.interfaces.benchmarks.scoring import qwen_first_token
+def test_first_tokens_are_the_official_judges(stubs, tmp_path):
+    from gems.interfaces.benchmarks.first_tokens import QWEN3_VL_FIRST_TOKENS as TABLE
+    from gems.interfaces.benchmarks.scoring import ScorerError, answer_strings, qwen_first_token
 
-    for text in ("Yes", " yes", "two", " Two", "2", " 2", "10", " 10", "other", " other"):
-        assert qwen_first_token(text) == qwen_like_first_token(text)
+    # Every answer string evaluation.py builds for GenEval2's yes/no and count (one..ten and beyond) questions.
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+    for expected in ("Yes", *words):
+        for answer in answer_strings("How many cups are in the image?" if expected != "Yes" else "Is it?", expected):
+            assert qwen_first_token(answer) == qwen_like_first_token(answer), answer
+    # Pieces, not words: Qwen2's BPE has no whole "eleven" or "twelve" (the pre-tokenizer rule said it had).
+    assert TABLE["eleven"] == (10068, "ele") and TABLE["twelve"] == (15560, "tw")
+    assert TABLE[" eleven"] == (44214, " eleven") and TABLE["Twelve"] == (22816, "Tw")
+    # Ids Qwen2's vocabulary is known by (byte-level BPE: a space is Ġ, id 220; digits one by one).
+    assert [TABLE[a][0] for a in ("Yes", " yes", " 2", "10", "1")] == [9454, 9834, 220, 16, 16]
+
+    # End to end: "eleven" credits the judge's "ele" token, as evaluation.py's encode(answer)[0] does.
+    data = tmp_path / "geneval2_data.jsonl"
+    record = {"prompt": "eleven cups", "atom_count": 1, "skills": ["count"],
+              "vqa_list": [["How many cups are in the image?", "eleven"]]}  # fmt: skip
+    data.write_text(json.dumps(record) + "\n")
+    dist = {"ele": 0.5, "eleven": 0.2, " eleven": 0.1, "No": 0.2}
+
+    def chat(body):
+        return {"content": "ele", "top_logprobs": sorted(dist.items(), key=lambda kv: -kv[1])}
+
+    s = stubs()
+    judge = OpenAIStub(chat=chat).start()
+    try:
+        settings = s.settings(judge={"base_url": judge.base_url, "model": "j"})
+        summary = run_bench(data, settings, "original", tmp_path / "out")
+        # "eleven" and "Eleven"... : ele (0.5) + " eleven" (0.1); "other" and " other" are not in the top-k.
+        assert summary["scores"]["soft_tifa_am"] == pytest.approx(60.0)
+        assert summary["scores"]["soft_tifa_am"] == pytest.approx(
+            official_soft_tifa([record], lambda q: dist)["soft_tifa_am"]
+        )
+        record["vqa_list"][0][1] = "a dozen"  # no table entry: refused before the first prompt
+        data.write_text(json.dumps(record) + "\n")
+        with pytest.raises(
+            ScorerError,
+            match="prompt 00000's answer 'a dozen' has no entry in gems' table of the official judge's first tokens",
+        ):
+            run_bench(data, settings, "original", tmp_path / "dozen")
+    finally:
+        judge.stop()
+
+
+def test_soft_tifa_equals_the_official_formulas(stubs, tmp_path):
     s = stubs()
     judge = distribution_judge()
     try:
