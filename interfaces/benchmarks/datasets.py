@@ -91,12 +91,12 @@ def load_prompts(path: str | Path) -> tuple[str, list[BenchPrompt]]:
     if not path.is_file():
         raise DatasetError(f"no such prompt file or folder: {path}")
     if path.suffix == ".jsonl":
-        lines = _read_jsonl(path)
-        records = [record for _, record in lines]
+        rows = _read_jsonl(path)
+        records = [record for _, record in rows]
         if not records:
             raise DatasetError(f"{path} has no prompts")
         if "vqa_list" in records[0]:
-            return "geneval2", _geneval2(lines)
+            return "geneval2", _geneval2(rows)
         if "tag" in records[0] and "include" in records[0]:
             return "geneval", _geneval(records)
         return "jsonl", _plain_jsonl(records)
