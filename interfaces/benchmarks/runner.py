@@ -204,7 +204,6 @@ class _Bench:
     method: str
     settings: GemsSettings  # the run's settings: the method's, with the recorded base seed
     lessons: bool
-    base_seed: int
     work: list[tuple[BenchPrompt, int]]  # every (prompt, sample) of the run
     todo: list[tuple[BenchPrompt, int]]  # those without a result yet
     run_info: dict[str, Any]
@@ -275,11 +274,7 @@ def run_bench(
     selected, selection_record = selection.choose(all_items)
     items = selection.shard_of(selected)
     scorer_name = resolve_scorer(scorer, settings, dataset, method, items)
-    previous = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").is_file() else None
-    if force_new and out.exists():
-        _clear(out)
-        previous = None
-    run_settings = bench_settings(settings, method, search_n, lessons, out)
+    previous = _previous_run(out, force_new)
     identity = {
         "dataset": dataset,
         "prompts": str(prompts),
@@ -289,16 +284,7 @@ def run_bench(
         "images_per_prompt": images_per_prompt,
         "search_n": search_n if method == "search" else None,
     }
-    seed = run_settings.loop.seed
-    if seed is None:  # not from the shard or the path: the shards of one run share it
-        drawn = {**identity, "prompts": None, "selection": selection.spec(), "config": config_digest(run_settings)}
-        seed = derived_seed(drawn)
-    identity["seed_derived"] = run_settings.loop.seed is None
-    run_settings = seeded(run_settings, seed, lessons)
-    identity.update(
-        config_digest=config_digest(run_settings),
-        config=run_settings.model_dump(mode="json"),  # SecretStr fields dump masked
-    )
+    run_settings = _identify(identity, bench_settings(settings, method, search_n, lessons, out), selection, lessons)
     if previous is not None:
         _check_same_run(out, previous, identity, selection)
     run_info = {
@@ -316,12 +302,36 @@ def run_bench(
         "finished_at": None,
     }
     work = [(item, k) for item in items for k in range(images_per_prompt)]
-    todo = _unfinished(out, work)
-    bench = _Bench(out, method, run_settings, lessons, seed, work, todo, run_info, _Clock(out, run_info, started))
+    clock = _Clock(out, run_info, started)
+    bench = _Bench(out, method, run_settings, lessons, work, _unfinished(out, work), run_info, clock)
     _start_judge(bench, scorer_name, settings, items)
     bench.clock.record()
     errors = _run_all(bench, concurrency, progress)
     return _finish(bench, errors)
+
+
+def _previous_run(out: Path, force_new: bool) -> dict[str, Any] | None:
+    """The run.json of the run `out` holds, if any; `force_new` clears the folder instead."""
+    if force_new and out.exists():
+        _clear(out)
+    return json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").is_file() else None
+
+
+def _identify(
+    identity: dict[str, Any], run_settings: GemsSettings, selection: Selection, lessons: bool
+) -> GemsSettings:
+    """Give the run its base seed (`--seed`, else derived from `identity`) and add the config to `identity`."""
+    seed = run_settings.loop.seed
+    if seed is None:  # not from the shard or the path: the shards of one run share it
+        drawn = {**identity, "prompts": None, "selection": selection.spec(), "config": config_digest(run_settings)}
+        seed = derived_seed(drawn)
+    identity["seed_derived"] = run_settings.loop.seed is None
+    run_settings = seeded(run_settings, seed, lessons)
+    identity.update(
+        config_digest=config_digest(run_settings),
+        config=run_settings.model_dump(mode="json"),  # SecretStr fields dump masked
+    )
+    return run_settings
 
 
 def bench_settings(settings: GemsSettings, method: str, search_n: int, lessons: bool, out: Path) -> GemsSettings:
@@ -426,7 +436,7 @@ async def _run_one(bench: _Bench, item: BenchPrompt, sample: int, graph: Any, sl
     """Run one sample of one prompt, score it, and write its result file (only when all of it exists)."""
     settings = bench.settings
     if sample:
-        seed = bench.base_seed + sample * SAMPLE_SEED_STRIDE
+        seed = int(bench.run_info["base_seed"]) + sample * SAMPLE_SEED_STRIDE
         settings = settings.model_copy(update={"loop": settings.loop.model_copy(update={"seed": seed})})
     name = result_name(item.id, sample)
     async with slots:
