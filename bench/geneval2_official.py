@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support, the offline server kit
 
 from gems.configs import GemsSettings
-from gems.interfaces.bench.runner import run_bench
+from gems.interfaces.benchmarks.runner import run_bench
 from tests.support.official import NUMBERS as DIGITS
 from tests.support.official import official_soft_tifa
 from tests.support.servers import GeneratorStub, OpenAIStub, user_text

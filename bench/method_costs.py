@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support, the offline server kit
 
 from gems.configs import GemsSettings, load_settings
-from gems.interfaces.bench.runner import run_bench
+from gems.interfaces.benchmarks.runner import run_bench
 from tests.support.servers import GeneratorStub, OpenAIStub, ScriptedMLLM, user_text
 
 ROWS = [  # (row of the paper, method, ablation config or None)

@@ -74,7 +74,7 @@ def run_once(replicas: int, args: argparse.Namespace, mllm_url: str, tmp: Path) 
 
     from gems.configs import GemsSettings, GeneratorSettings
     from gems.interfaces import generator_service
-    from gems.interfaces.bench.runner import run_bench
+    from gems.interfaces.benchmarks.runner import run_bench
 
     port = 18470
     gen = GeneratorSettings(backend="diffusers", preset=None, model="latency-model", width=64, height=64, device="cpu")

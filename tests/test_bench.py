@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from gems.configs import load_settings
-from gems.interfaces.bench.datasets import DatasetError, load_prompts
-from gems.interfaces.bench.runner import run_bench
-from gems.interfaces.bench.scoring import judge_warning
+from gems.interfaces.benchmarks.datasets import DatasetError, load_prompts
+from gems.interfaces.benchmarks.runner import run_bench
+from gems.interfaces.benchmarks.scoring import judge_warning
 from tests.conftest import make_settings
 from tests.support.net import write_stub_config
-from tests.support.official import official_soft_tifa, qwen_like_first_token
+from tests.support.official import official_images, official_soft_tifa, qwen_like_first_token
 from tests.support.servers import OpenAIStub, user_text
 
 DATA = Path(__file__).parent / "data" / "bench"
@@ -29,7 +31,8 @@ def test_prompt_set_formats():
     assert fmt == "geneval2" and len(items) == 4 and items[0].id == "00000"
     assert items[0].atoms[0] == ("How many apples are in the image?", "two")
     assert items[0].categories == ["count", "attribute"]
-    assert items[0].meta == {"skills": ["count", "attribute", "attribute"], "atom_count": 3}
+    line = (DATA / "geneval2_data.jsonl").read_text().splitlines()[0]
+    assert items[0].meta == {"skills": ["count", "attribute", "attribute"], "atom_count": 3, "line": line}
     fmt, items = load_prompts(DATA / "evaluation_metadata.jsonl")
     assert (
         fmt == "geneval" and items[1].categories == ["two_object"] and items[1].prompt == "a photo of a cup and a book"
@@ -130,12 +133,14 @@ def test_rerun_skips_finished_prompts(stubs, tmp_path):
     s = stubs(criteria=CRITERIA)
     settings = s.settings(skills={"top_k": 20})
     out = tmp_path / "out"
-    assert run_bench(DATA / "dpg", settings, "gems", out, first=1)["finished"] == 1
-    assert len(s.gen.prompts) == 1
     assert run_bench(DATA / "dpg", settings, "gems", out)["finished"] == 2
     assert len(s.gen.prompts) == 2
     run_bench(DATA / "dpg", settings, "gems", out)
     assert len(s.gen.prompts) == 2
+    # A result file lost after its run finished: rebuilt from the run's checkpoint, nothing generated again.
+    (out / "results" / "harbour.json").unlink()
+    assert run_bench(DATA / "dpg", settings, "gems", out)["finished"] == 2
+    assert len(s.gen.prompts) == 2 and (out / "results" / "harbour.json").is_file()
 
 
 @pytest.mark.slow
@@ -162,6 +167,18 @@ def test_killed_bench_loses_nothing(mllm_server, gen_server, tmp_path):
     assert sorted(p.name for p in results.glob("*.json")) == ["00000.json", "00001.json"]
     script.block_at = None
     script.release.set()
+    # Rerun after the kills with another file or selection: refused in one line, nothing touched.
+    kept = {p.name: p.read_bytes() for p in results.glob("*.json")}
+    text = prompts.read_text()
+    prompts.write_text(text + "p four\n")
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    prompts.write_text(text)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("gems: error: ") and "prompts.txt, changed since" in refused.stderr
+    refused = subprocess.run([*args, "--first", "2"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "holds a run of all prompts, not --first 2; use --force-new" in refused.stderr
+    assert {p.name: p.read_bytes() for p in results.glob("*.json")} == kept
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert gen.prompts.count("p one") == 1 and gen.prompts.count("p three") == 1
@@ -174,6 +191,11 @@ def test_killed_bench_loses_nothing(mllm_server, gen_server, tmp_path):
         assert Path(json.loads(path.read_text())["final"]["image"]["path"]).is_file()
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert len(run["resumed_at"]) == 2 and run["finished_at"]
+    # Wall time counts every session: the two killed ones (recorded as they ran) and the last.
+    sessions = run["sessions"]
+    assert len(sessions) == 3 and [s["finished_at"] is None for s in sessions] == [True, True, False]
+    assert all(s["wall_s"] > 0 for s in sessions)
+    assert run["wall_s"] == pytest.approx(sum(s["wall_s"] for s in sessions), abs=1e-3) == summary["wall_s"]
 
 
 def test_judge_warning_and_ablation_configs(tmp_path):
@@ -200,6 +222,18 @@ def test_bench_cli_errors(tmp_path):
     args = [sys.executable, "-m", "gems.interfaces.cli", "bench", str(tmp_path / "missing.txt")]
     result = subprocess.run([*args, "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2 and "gems: error: no such prompt file or folder" in result.stderr
+
+
+def test_selection_sizes_must_be_positive(tmp_path, capsys):
+    from gems.interfaces.cli import main
+
+    out = tmp_path / "out"
+    for flag, value in [("--first", "-3"), ("--first", "0"), ("--limit", "0"), ("--limit", "-1"),
+                        ("--images-per-prompt", "0")]:  # fmt: skip
+        assert main(["bench", str(DATA / "prompts.txt"), "--out", str(out), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err == f"gems: error: {flag} must be 1 or more, not {value}\n"
+    assert not out.exists()  # refused before anything was written
 
 
 # ---- the benchmarks' own numbers ----
@@ -230,11 +264,53 @@ def distribution_judge() -> OpenAIStub:
     return OpenAIStub(chat=chat).start()
 
 
-def test_soft_tifa_equals_the_official_formulas(stubs, tmp_path):
-    from gems.interfaces.bench.scoring import qwen_first_token
+def test_first_tokens_are_the_official_judges(stubs, tmp_path):
+    from gems.interfaces.benchmarks.first_tokens import QWEN3_VL_FIRST_TOKENS as TABLE
+    from gems.interfaces.benchmarks.scoring import ScorerError, answer_strings, qwen_first_token
 
-    for text in ("Yes", " yes", "two", " Two", "2", " 2", "10", " 10", "other", " other"):
-        assert qwen_first_token(text) == qwen_like_first_token(text)
+    # Every answer string evaluation.py builds for GenEval2's yes/no and count (one..ten and beyond) questions.
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+    for expected in ("Yes", *words):
+        for answer in answer_strings("How many cups are in the image?" if expected != "Yes" else "Is it?", expected):
+            assert qwen_first_token(answer) == qwen_like_first_token(answer), answer
+    # Pieces, not words: Qwen2's BPE has no whole "eleven" or "twelve" (the pre-tokenizer rule said it had).
+    assert TABLE["eleven"] == (10068, "ele") and TABLE["twelve"] == (15560, "tw")
+    assert TABLE[" eleven"] == (44214, " eleven") and TABLE["Twelve"] == (22816, "Tw")
+    # Ids Qwen2's vocabulary is known by (byte-level BPE: a space is Ġ, id 220; digits one by one).
+    assert [TABLE[a][0] for a in ("Yes", " yes", " 2", "10", "1")] == [9454, 9834, 220, 16, 16]
+
+    # End to end: "eleven" credits the judge's "ele" token, as evaluation.py's encode(answer)[0] does.
+    data = tmp_path / "geneval2_data.jsonl"
+    record = {"prompt": "eleven cups", "atom_count": 1, "skills": ["count"],
+              "vqa_list": [["How many cups are in the image?", "eleven"]]}  # fmt: skip
+    data.write_text(json.dumps(record) + "\n")
+    dist = {"ele": 0.5, "eleven": 0.2, " eleven": 0.1, "No": 0.2}
+
+    def chat(body):
+        return {"content": "ele", "top_logprobs": sorted(dist.items(), key=lambda kv: -kv[1])}
+
+    s = stubs()
+    judge = OpenAIStub(chat=chat).start()
+    try:
+        settings = s.settings(judge={"base_url": judge.base_url, "model": "j"})
+        summary = run_bench(data, settings, "original", tmp_path / "out")
+        # "eleven" and "Eleven"... : ele (0.5) + " eleven" (0.1); "other" and " other" are not in the top-k.
+        assert summary["scores"]["soft_tifa_am"] == pytest.approx(60.0)
+        assert summary["scores"]["soft_tifa_am"] == pytest.approx(
+            official_soft_tifa([record], lambda q: dist)["soft_tifa_am"]
+        )
+        record["vqa_list"][0][1] = "a dozen"  # no table entry: refused before the first prompt
+        data.write_text(json.dumps(record) + "\n")
+        with pytest.raises(
+            ScorerError,
+            match="prompt 00000's answer 'a dozen' has no entry in gems' table of the official judge's first tokens",
+        ):
+            run_bench(data, settings, "original", tmp_path / "dozen")
+    finally:
+        judge.stop()
+
+
+def test_soft_tifa_equals_the_official_formulas(stubs, tmp_path):
     s = stubs()
     judge = distribution_judge()
     try:
@@ -273,7 +349,7 @@ def test_soft_tifa_equals_the_official_formulas(stubs, tmp_path):
 
 
 def test_scorer_refusals_happen_before_the_first_prompt(stubs, tmp_path):
-    from gems.interfaces.bench.scoring import ScorerError
+    from gems.interfaces.benchmarks.scoring import ScorerError
 
     s = stubs(criteria=CRITERIA)
     settings = s.settings(skills={"top_k": 20})
@@ -310,6 +386,28 @@ def test_self_check_is_labelled_everywhere(mllm_server, gen_server, isolated_env
     assert label in html.unescape((tmp_path / "out" / "report.html").read_text())
 
 
+def test_no_scorer_says_no_score_and_counts_prompts_as_prompts(stubs, tmp_path, capsys):
+    from gems.interfaces.benchmarks.report import build_summary, headline
+    from gems.interfaces.cli import main
+
+    s = stubs()
+    cfg = write_stub_config(tmp_path / "c.yaml", s.mllm.base_url, s.gen.url, data_dir=str(tmp_path / "data"))
+    args = ["bench", str(DATA / "prompts.txt"), "--config", str(cfg), "--method", "original", "--scorer", "none"]
+    assert main([*args, "--images-per-prompt", "3", "--quiet", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "original on text: 2/2 prompts; no score computed (--scorer none): export the images" in printed
+    assert "None" not in printed and "incomplete" not in printed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    counts = [summary[k] for k in ("prompts", "images", "finished", "finished_images", "scored")]
+    assert counts == [2, 6, 2, 6, 0] and summary["scores"] is None and summary["metric"] is None
+    assert "- prompts: 2/2 finished (6/6 images)" in (tmp_path / "out" / "report.md").read_text()
+    # A scored run still missing images says so in images, and a prompt counts once all its images exist.
+    records = [{"id": "a", "sample": k, "scorer": "verifier", "score": {"self_check": 1.0}} for k in range(2)]
+    partial = build_summary(records, run={"scorer": "verifier", "images_per_prompt": 2}, prompts=2, errors=[])
+    assert headline(partial).startswith("self-check (not the benchmark's metric): incomplete, 2 of 4 images scored")
+    assert partial["finished"] == 1 and partial["finished_images"] == 2
+
+
 def test_bench_lessons_stay_off_or_inside_the_run_folder(stubs, isolated_env, tmp_path):
     s = stubs(criteria=CRITERIA)
     embeddings = {"provider": "openai", "base_url": s.mllm.base_url, "model": "emb", "api_key": "sk-e"}
@@ -324,7 +422,7 @@ def test_bench_lessons_stay_off_or_inside_the_run_folder(stubs, isolated_env, tm
 
 
 def test_a_run_folder_belongs_to_one_run(stubs, tmp_path):
-    from gems.interfaces.bench.runner import BenchMismatch
+    from gems.interfaces.benchmarks.runner import BenchMismatch
 
     s = stubs(criteria=CRITERIA)
     from pydantic import SecretStr
@@ -341,25 +439,71 @@ def test_a_run_folder_belongs_to_one_run(stubs, tmp_path):
     assert run["started_at"] and run["finished_at"] and run["wall_s"] > 0
     assert "sk-sec-123" not in (out / "run.json").read_text()
     with pytest.raises(BenchMismatch, match="method=original, not rewrite; use --force-new"):
-        run_bench(DATA / "prompts.txt", settings, "rewrite", out)
+        run_bench(DATA / "prompts.txt", settings, "rewrite", out, first=1)
     run_bench(DATA / "prompts.txt", settings, "loop", tmp_path / "loop", first=1, scorer="verifier")
     with pytest.raises(BenchMismatch, match="scorer=verifier, not none"):
-        run_bench(DATA / "prompts.txt", settings, "loop", tmp_path / "loop", scorer="none")
+        run_bench(DATA / "prompts.txt", settings, "loop", tmp_path / "loop", first=1, scorer="none")
     other = settings.model_copy(update={"generator": settings.generator.model_copy(update={"steps": 3})})
     with pytest.raises(BenchMismatch, match=r"generator\.steps differ"):
-        run_bench(DATA / "prompts.txt", other, "original", out)
-    # The same run continues: the recorded seed is reused and wall time accumulates.
-    run_bench(DATA / "prompts.txt", settings, "original", out)
+        run_bench(DATA / "prompts.txt", other, "original", out, first=1)
+    # The same run continues: the seed is the same and wall time accumulates.
+    (out / "results" / "00000.json").unlink()
+    run_bench(DATA / "prompts.txt", settings, "original", out, first=1)
     again = json.loads((out / "run.json").read_text())
-    assert again["base_seed"] == run["base_seed"] and again["wall_s"] >= run["wall_s"] and len(again["resumed_at"]) == 1
-    assert s.gen.prompts.count("a red cube") == 2 and s.gen.prompts.count("a blue sphere") == 1  # 1 by loop, 1 here
+    assert again["base_seed"] == run["base_seed"] and again["wall_s"] > run["wall_s"] and len(again["resumed_at"]) == 1
+    assert s.gen.prompts.count("a red cube") == 3 and "a blue sphere" not in s.gen.prompts  # 1 by loop, 2 here
     summary = run_bench(DATA / "prompts.txt", settings, "rewrite", out, force_new=True)
     assert summary["method"] == "rewrite" and summary["finished"] == 2
 
 
+def test_a_folder_is_one_selection_of_one_file(stubs, tmp_path):
+    from gems.interfaces.benchmarks.runner import BenchMismatch
+
+    s = stubs()
+    settings = s.settings()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere\na green cone\n")
+    out = tmp_path / "out"
+    run_bench(prompts, settings, "original", out, first=2)
+    run = json.loads((out / "run.json").read_text())
+    assert run["prompts_sha256"] == hashlib.sha256(prompts.read_bytes()).hexdigest()
+    assert run["selection"] == {"kind": "first", "k": 2, "of": 3, "limit": None, "first": 2, "sample_seed": None}
+    results = {p.name: p.read_bytes() for p in (out / "results").iterdir()}
+    fix = "; use --force-new to start this folder over, or a new --out$"
+    refused = {
+        "--first 2, not --first 3": {"first": 3},
+        "--first 2, not --limit 2 --sample-seed 0": {"limit": 2},
+        "--first 2, not all prompts": {},
+        "--first 2, not --first 2 --shard 1/2": {"first": 2, "shard": (1, 2)},
+    }
+    for message, selection in refused.items():
+        with pytest.raises(BenchMismatch, match=f"holds a run of {message}{fix}"):
+            run_bench(prompts, settings, "original", out, **selection)
+    # The same bytes under another name are the same prompts: the run continues (nothing to do).
+    moved = tmp_path / "moved.txt"
+    moved.write_bytes(prompts.read_bytes())
+    assert run_bench(moved, settings, "original", out, first=2)["finished"] == 2
+    assert json.loads((out / "run.json").read_text())["prompts"] == str(moved)  # where it is read from now
+    moved.write_text("a red cube\na blue sphere\na green cone\na white torus\n")
+    with pytest.raises(
+        BenchMismatch, match=r"holds a run of .*moved\.txt, changed since \(sha256 \w{12} then, \w{12} now\)"
+    ):
+        run_bench(moved, settings, "original", out, first=2)
+    other = tmp_path / "other.txt"
+    other.write_text("a black cat\na white dog\n")
+    with pytest.raises(BenchMismatch, match=f"holds a run of another prompt file .*moved.txt.*not .*other.txt.*{fix}"):
+        run_bench(other, settings, "original", out, first=2)
+    # Nothing was lost or generated by the refused runs.
+    assert {p.name: p.read_bytes() for p in (out / "results").iterdir()} == results and len(s.gen.prompts) == 2
+    run_bench(moved, settings, "original", tmp_path / "sample", limit=2, sample_seed=0)
+    with pytest.raises(BenchMismatch, match="--limit 2 --sample-seed 0, not --limit 2 --sample-seed 1"):
+        run_bench(moved, settings, "original", tmp_path / "sample", limit=2, sample_seed=1)
+    assert run_bench(other, settings, "original", out, first=2, force_new=True)["finished"] == 2
+
+
 def test_limit_is_a_stratified_sample():
-    from gems.interfaces.bench.datasets import BenchPrompt
-    from gems.interfaces.bench.runner import select_items
+    from gems.interfaces.benchmarks.datasets import BenchPrompt
+    from gems.interfaces.benchmarks.selection import select_items
 
     items = [BenchPrompt(f"{i:05d}", f"p{i}", meta={"atom_count": 3 + i // 10}) for i in range(40)]  # sorted by count
     chosen, selection = select_items(items, 8, None, seed=0)
@@ -374,7 +518,7 @@ def test_limit_is_a_stratified_sample():
 def test_export_writes_the_official_layouts(stubs, tmp_path):
     from PIL import Image
 
-    from gems.interfaces.bench.export import ExportError, export_run
+    from gems.interfaces.benchmarks.export import ExportError, export_run
 
     s = stubs()
     settings = s.settings()
@@ -398,6 +542,66 @@ def test_export_writes_the_official_layouts(stubs, tmp_path):
     assert Image.open(tmp_path / "xd" / "desk.png").size == (64, 64)  # four 32x32 tiles, 2x2
     seeds = {json.loads(p.read_text())["seed"] for p in (tmp_path / "dpg" / "results").glob("desk*.json")}
     assert len(seeds) == 4  # each sample its own seed
+
+
+def test_geneval2_export_of_a_selection_runs_in_the_official_script(stubs, tmp_path, capsys):
+    from gems.interfaces.benchmarks.export import ExportError, export_run
+    from gems.interfaces.cli import main
+
+    s = stubs()
+    settings = s.settings()
+    data = tmp_path / "geneval2_data.jsonl"
+    shutil.copyfile(DATA / "geneval2_data.jsonl", data)
+    lines = data.read_text().splitlines()
+    run_bench(data, settings, "original", tmp_path / "first", first=2, scorer="none")
+    assert main(["bench", "export", str(tmp_path / "first"), "--format", "geneval2", "--to", str(tmp_path / "x")]) == 0
+    # The whole data file stops the official script, as the issue saw; the export's own subset runs through.
+    with pytest.raises(Exception, match="Missing filepath for the prompt: a cat sleeping next to a dog"):
+        official_images(data, tmp_path / "x" / "geneval2_images.json")
+    pairs = official_images(tmp_path / "x" / "geneval2_data.jsonl", tmp_path / "x" / "geneval2_images.json")
+    assert (tmp_path / "x" / "geneval2_data.jsonl").read_text().splitlines() == lines[:2]  # the lines as written
+    assert [Path(image).name for _, image in pairs] == ["00000.png", "00001.png"]
+    # A stratified sample and a shard of it: their own lines, in the file's order.
+    run_bench(data, settings, "original", tmp_path / "limit", limit=3, sample_seed=1, scorer="none")
+    chosen = json.loads((tmp_path / "limit" / "run.json").read_text())["selection"]["ids"]
+    assert export_run(tmp_path / "limit", "geneval2", tmp_path / "xl") == 3
+    assert (tmp_path / "xl" / "geneval2_data.jsonl").read_text().splitlines() == [lines[int(i)] for i in chosen]
+    run_bench(data, settings, "original", tmp_path / "shard", limit=3, sample_seed=1, shard=(2, 2), scorer="none")
+    assert export_run(tmp_path / "shard", "geneval2", tmp_path / "xs") == 1
+    assert (tmp_path / "xs" / "geneval2_data.jsonl").read_text().splitlines() == [lines[int(chosen[1])]]
+    assert len(official_images(tmp_path / "xs" / "geneval2_data.jsonl", tmp_path / "xs" / "geneval2_images.json")) == 1
+    # The prompt file moved or changed: refused, unless --prompts names the same bytes.
+    moved = tmp_path / "moved.jsonl"
+    data.rename(moved)
+    with pytest.raises(ExportError, match="is not there; pass --prompts"):
+        export_run(tmp_path / "first", "geneval2", tmp_path / "y")
+    assert export_run(tmp_path / "first", "geneval2", tmp_path / "y", prompts=moved) == 2
+    data.write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(ExportError, match="is not the prompt file the run read"):
+        export_run(tmp_path / "first", "geneval2", tmp_path / "y")
+
+
+def test_export_refuses_another_benchmarks_layout(stubs, tmp_path, capsys):
+    from gems.interfaces.benchmarks.export import ExportError, export_run
+    from gems.interfaces.cli import main
+
+    s = stubs()
+    settings = s.settings()
+    run_bench(DATA / "geneval2_data.jsonl", settings, "original", tmp_path / "g2", first=1, scorer="none")
+    run_bench(DATA / "dpg", settings, "original", tmp_path / "dpg", first=1)
+    run_bench(DATA / "prompts.txt", settings, "original", tmp_path / "text", first=1)
+    capsys.readouterr()
+    assert main(["bench", "export", str(tmp_path / "g2"), "--format", "dpg", "--to", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"gems: error: --format dpg is DPG-Bench's layout, but {tmp_path / 'g2'} ran geneval2 prompts; "
+        "use --format geneval2\n"
+    )
+    with pytest.raises(ExportError, match=r"--format geneval2 is GenEval2's layout, but .* ran dpg prompts"):
+        export_run(tmp_path / "dpg", "geneval2", tmp_path / "x")
+    with pytest.raises(ExportError, match=r"ran text prompts; only GenEval2, GenEval and DPG-Bench runs export$"):
+        export_run(tmp_path / "text", "dpg", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_continuation_after_only_the_first_checkpoint():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gems.interfaces.bench.runner import run_bench
+from gems.interfaces.benchmarks.runner import run_bench
 from gems.interfaces.cli import main as gems_main
 from tests.conftest import make_settings
 from tests.support.net import write_stub_config

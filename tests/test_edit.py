@@ -298,7 +298,7 @@ def test_bench_with_the_edit_ablation_reports_kept_fixed_broken(stubs, edit_serv
 
     import yaml
 
-    from gems.interfaces.bench.runner import run_bench
+    from gems.interfaces.benchmarks.runner import run_bench
 
     s = stubs(
         criteria=CRITERIA,

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from gems.configs import ConfigError, GeneratorSettings
-from gems.interfaces.bench.runner import run_bench
+from gems.interfaces.benchmarks.runner import run_bench
 from tests.conftest import make_settings
 from tests.support.aio import one_image
 from tests.support.net import free_port, write_stub_config

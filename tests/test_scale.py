@@ -14,8 +14,9 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from gems.configs import ConfigError
 from gems.graph import build_graph, run_config
-from gems.interfaces.bench.merge import MergeError, merge_runs
-from gems.interfaces.bench.runner import parse_shard, run_bench
+from gems.interfaces.benchmarks.merge import MergeError, merge_runs
+from gems.interfaces.benchmarks.runner import run_bench
+from gems.interfaces.benchmarks.selection import parse_shard
 from gems.memory.experiences import ExperienceStore, Lesson
 from tests.conftest import make_settings
 from tests.support.servers import OpenAIStub, ScriptedMLLM
@@ -155,3 +156,47 @@ def test_shards_cover_the_set_once_and_merge_into_one_report(stubs, tmp_path):
               scorer="verifier", progress=False)  # fmt: skip
     with pytest.raises(MergeError, match="another run"):
         merge_runs([*shards[:2], other], tmp_path / "mixed")
+
+
+def test_the_multi_machine_recipe_works_as_written(stubs, tmp_path, capsys):
+    """The README's recipe: shards 1..N of one command line, no --seed, then `gems bench merge`."""
+    from gems.interfaces.cli import main
+    from tests.support.net import write_stub_config
+
+    s = stubs(criteria=CRITERIA, verdict=passes_from_round(2))
+    cfg = write_stub_config(tmp_path / "scale.yaml", s.mllm.base_url, s.gen.url, data_dir=str(tmp_path / "data"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"a red cat number {i}" for i in range(7)))
+
+    def shard(out: str, spec: str, *more: str, file: Path = prompts) -> int:
+        args = ["bench", str(file), "--config", str(cfg), "--scorer", "verifier", "--quiet"]
+        return main([*args, "--out", str(tmp_path / out), "--shard", spec, *more])
+
+    assert [shard(f"s{k}", f"{k}/3") for k in (1, 2, 3)] == [0, 0, 0]
+    seeds = {json.loads((tmp_path / f"s{k}" / "run.json").read_text())["base_seed"] for k in (1, 2, 3)}
+    assert len(seeds) == 1  # derived from the run, not drawn per machine
+    capsys.readouterr()
+    assert main(["bench", "merge", *(str(tmp_path / f"s{k}") for k in (1, 2, 3)), "--out", str(tmp_path / "all")]) == 0
+    assert "3 shards merged: 7/7 prompts" in capsys.readouterr().out
+    # A rerun of the same command in a new folder draws the same seed; another selection draws another.
+    assert (
+        shard("again", "1/3") == 0 and json.loads((tmp_path / "again" / "run.json").read_text())["base_seed"] in seeds
+    )
+    assert shard("first", "1/3", "--first", "6") == 0
+    assert json.loads((tmp_path / "first" / "run.json").read_text())["base_seed"] not in seeds
+
+    def merge_error(*folders: str) -> str:
+        capsys.readouterr()
+        assert main(["bench", "merge", *(str(tmp_path / f) for f in folders), "--out", str(tmp_path / "m")]) == 2
+        return capsys.readouterr().err
+
+    assert "selected --first 6 instead of all prompts" in merge_error("s1", "s2", "first")
+    assert shard("seeded", "3/3", "--seed", "5") == 0
+    err = merge_error("s1", "s2", "seeded")
+    assert "config differs in loop.seed (give every shard the same --seed, or none)" in err
+    edited = tmp_path / "edited.txt"
+    edited.write_text(prompts.read_text() + "\na red cat number 7")
+    assert shard("other-file", "3/3", file=edited) == 0
+    err = merge_error("s1", "s2", "other-file")
+    assert err.startswith("gems: error: ") and "it was cut from another prompt file" in err and str(edited) in err
+    assert len(err.strip().splitlines()) == 1

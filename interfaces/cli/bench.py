@@ -10,12 +10,13 @@ import click
 
 from gems.configs import load_settings
 from gems.configs.settings import configured_value
-from gems.interfaces.bench.export import FORMATS, export_run
-from gems.interfaces.bench.merge import merge_runs
-from gems.interfaces.bench.methods import METHODS
-from gems.interfaces.bench.report import headline
-from gems.interfaces.bench.runner import parse_shard, run_bench
-from gems.interfaces.bench.scoring import SCORERS
+from gems.interfaces.benchmarks.export import FORMATS, export_run
+from gems.interfaces.benchmarks.merge import merge_runs
+from gems.interfaces.benchmarks.methods import METHODS
+from gems.interfaces.benchmarks.report import headline
+from gems.interfaces.benchmarks.runner import run_bench
+from gems.interfaces.benchmarks.scoring import SCORERS
+from gems.interfaces.benchmarks.selection import parse_shard
 from gems.interfaces.cli import CONTEXT, EXIT_ERROR, config_option, configs
 
 
@@ -108,9 +109,10 @@ def run(prompts: str, config: tuple[str, ...], **opts: Any) -> int:
 @click.option("--format", "fmt", required=True, type=click.Choice(FORMATS), help="the official script's layout")
 @click.option("--to", required=True, help="folder to write")
 @click.option("--images-per-prompt", type=int, default=1, show_default=True, help="GenEval: 4; DPG: 1 or 4")
-def export(run_dir: str, fmt: str, to: str, images_per_prompt: int) -> int:
+@click.option("--prompts", help="the run's prompt file, if it has moved since (checked against run.json's digest)")
+def export(run_dir: str, fmt: str, to: str, images_per_prompt: int, prompts: str | None) -> int:
     """Write a bench run's images in the layout a benchmark's official script reads."""
-    count = export_run(run_dir, fmt, to, images_per_prompt=images_per_prompt)
+    count = export_run(run_dir, fmt, to, images_per_prompt=images_per_prompt, prompts=prompts)
     click.echo(f"{count} prompts written to {to} in the {fmt} layout")
     return 0
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from gems.configs import GemsSettings, UsageError
 from gems.configs.settings import RESUME_IGNORES, settings_digest
-from gems.interfaces.bench.datasets import load_prompts
-from gems.interfaces.bench.runner import run_bench
+from gems.interfaces.benchmarks.datasets import load_prompts
+from gems.interfaces.benchmarks.runner import run_bench
 from gems.interfaces.evolve.report import write_reports
 from gems.memory.aio import run_blocking
 from gems.memory.experiences import lesson_from_state

@@ -7,11 +7,12 @@ labelled "self-check (not the benchmark's metric)", or no score at all (export a
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from gems.interfaces.bench.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
+from gems.interfaces.benchmarks.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
 from gems.interfaces.pages import Table, copied_beside, cost_line, gallery_item, render_gallery
 
 # Additive costs: their total is meaningful. Per-prompt `wall_s` overlaps under concurrency, so only its mean is
@@ -106,12 +107,19 @@ def self_check_tables(scored: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_summary(records: list[dict[str, Any]], *, run: dict[str, Any], total: int, errors: list[str]) -> dict:
-    """The run's numbers: the scorer's own tables, the loop's self-check figures, cost and time."""
+def build_summary(records: list[dict[str, Any]], *, run: dict[str, Any], prompts: int, errors: list[str]) -> dict:
+    """The run's numbers: the scorer's own tables, the loop's self-check figures, cost and time.
+
+    `records` are images (`run["images_per_prompt"]` per prompt); `prompts` is how many prompts the run selected.
+    """
     scorer = run.get("scorer")
+    per_prompt_images = int(run.get("images_per_prompt") or 1)
+    images = prompts * per_prompt_images
     # Only this run's scorer: results from different scorers are never averaged together.
-    scored = [r for r in records if scorer and r.get("scorer") == scorer and isinstance(r.get("score"), dict)]
-    complete = bool(scorer) and len(scored) == total
+    scoring = scorer not in (None, "none")
+    scored = [r for r in records if scoring and r.get("scorer") == scorer and isinstance(r.get("score"), dict)]
+    complete = scoring and len(scored) == images
+    samples = Counter(str(r.get("id")) for r in records)
     tables: dict[str, Any] = {}
     if scored:
         tables = soft_tifa_tables(scored) if scorer == "soft-tifa" else self_check_tables(scored)
@@ -127,9 +135,11 @@ def build_summary(records: list[dict[str, Any]], *, run: dict[str, Any], total: 
         "method": run.get("method"),
         "scorer": scorer,
         "metric": {"soft-tifa": SOFT_TIFA_LABEL, "verifier": SELF_CHECK_LABEL}.get(scorer or ""),
-        "prompts": total,
-        "finished": len(records),
-        "scored": len(scored),
+        "prompts": prompts,
+        "images": images,
+        "finished": sum(1 for n in samples.values() if n >= per_prompt_images),  # prompts with every image
+        "finished_images": len(records),
+        "scored": len(scored),  # images
         "errors": errors,
         # The official scripts need every prompt: a partial mean is kept apart and labelled.
         "scores": tables.get("scores") if complete else None,
@@ -169,14 +179,16 @@ def _num(value: Any) -> str:
 def headline(summary: dict[str, Any]) -> str:
     """One line saying what the number is: the benchmark's metric, a labelled self-check, or none."""
     scores, partial, scorer = summary.get("scores"), summary.get("partial_scores"), summary.get("scorer")
-    if scorer is None:
-        return "no score computed by gems: export the images (gems bench export) and run the benchmark's own script"
+    if scorer in (None, "none"):
+        return "no score computed (--scorer none): export the images (gems bench export) and run the benchmark's script"
     label = summary.get("metric")
     if scores is None:
         shown = (
             "; partial (not comparable): " + ", ".join(f"{k} {_num(v)}" for k, v in partial.items()) if partial else ""
         )
-        return f"{label}: incomplete, {summary['scored']} of {summary['prompts']} prompts scored{shown}"
+        images = summary.get("images", summary["prompts"])
+        unit = "prompts" if images == summary["prompts"] else "images"
+        return f"{label}: incomplete, {summary['scored']} of {images} {unit} scored{shown}"
     if scorer == "soft-tifa":
         return f"{label}: soft_tifa_gm {_num(scores['soft_tifa_gm'])}, soft_tifa_am {_num(scores['soft_tifa_am'])}"
     return f"{label}: {_num(scores.get('self_check'))}% of criteria passed by the final images"
@@ -231,6 +243,11 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "",
         f"- **{headline(summary)}**",
         f"- prompts: {summary['finished']}/{summary['prompts']} finished"
+        + (
+            f" ({summary['finished_images']}/{summary['images']} images)"
+            if summary["images"] != summary["prompts"]
+            else ""
+        )
         + (f", {len(summary['errors'])} failed" if summary["errors"] else ""),
         f"- cross-prompt lessons: {_lessons_line(summary)}",
         f"- wall time: {_fmt(summary['wall_s'])} s (real elapsed, all sessions)",

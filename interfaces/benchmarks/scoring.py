@@ -5,7 +5,9 @@
   message, and generates one token. The atom's score is the sum, over a fixed list of answer strings, of the
   probability of each string's first token: `Yes`, `yes`, ` yes`, ` Yes` for every question, or for "How many"
   questions the expected word, capitalised, with a leading space, and its digit with and without a space. Nothing
-  is case-folded, de-duplicated, clipped or rounded. A prompt's `soft_tifa_am` is the mean of its atoms and
+  is case-folded, de-duplicated, clipped or rounded. First tokens come from the official judge's tokenizer: a table
+  computed from Qwen2's byte-level BPE (`first_tokens.py`; `eleven` starts with `ele`, `" 2"` with a lone space),
+  or `judge.tokenizer` for another judge. A prompt's `soft_tifa_am` is the mean of its atoms and
   `soft_tifa_gm` their geometric mean (0 when any atom is 0); a dataset's score is 100 x the mean over prompts.
   Through an OpenAI-compatible endpoint only the top-k logprobs are visible (`judge.top_logprobs`): a token outside
   them counts 0 where the official script, reading the whole vocabulary, would add a small probability.
@@ -25,7 +27,8 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from gems.configs import ConfigError, GemsSettings, JudgeSettings
-from gems.interfaces.bench.datasets import BenchPrompt
+from gems.interfaces.benchmarks.datasets import BenchPrompt
+from gems.interfaces.benchmarks.first_tokens import QWEN3_VL_FIRST_TOKENS
 
 # evaluation.py's return_numeric_string: exactly these lower-case words, anything else maps to "other".
 NUMBER_DIGITS = {
@@ -36,11 +39,6 @@ YES_ANSWERS = ("Yes", "yes", " yes", " Yes")
 JUDGE_SUFFIX = " Answer in one word."
 SELF_CHECK_LABEL = "self-check (not the benchmark's metric)"
 SOFT_TIFA_LABEL = "Soft-TIFA (GenEval2's official metric)"
-# Qwen2/Qwen3's pre-tokenizer pattern: BPE never merges across these pieces, so an answer's first token is
-# (at most) its first piece; for the short answers used here Qwen's vocabulary holds each piece whole.
-QWEN_PRETOKENIZE = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 
 class ScorerError(ConfigError):
@@ -67,17 +65,23 @@ def answer_strings(question: str, expected: str) -> list[str]:
     return list(YES_ANSWERS)
 
 
-@cache
-def _qwen_pattern() -> Any:
-    import regex  # a dependency of transformers; Python's re has no \p{L}
-
-    return regex.compile(QWEN_PRETOKENIZE)
-
-
 def qwen_first_token(text: str) -> str:
-    """The first token Qwen's tokenizer makes of `text` (`" 2"` -> `" "`, `"10"` -> `"1"`, `" yes"` -> `" yes"`)."""
-    match = _qwen_pattern().match(text)
-    return match.group(0) if match else text[:1]
+    """The first token of `text` under the official judge's tokenizer (`"eleven"` -> `"ele"`, `" 2"` -> `" "`).
+
+    Raises:
+        KeyError: an answer string outside the table (see `missing_first_tokens`).
+    """
+    return QWEN3_VL_FIRST_TOKENS[text][1]
+
+
+def missing_first_tokens(items: list[BenchPrompt]) -> list[tuple[str, str]]:
+    """(prompt id, expected answer) of each atom with an answer string the first-token table does not hold."""
+    return [
+        (item.id, expected)
+        for item in items
+        for question, expected in item.atoms
+        if any(a not in QWEN3_VL_FIRST_TOKENS for a in answer_strings(question, expected))
+    ]
 
 
 @cache
@@ -258,6 +262,12 @@ def resolve_scorer(name: str, settings: GemsSettings, dataset: str, method: str,
             raise ScorerError(
                 f"the soft-tifa scorer needs [question, answer] atoms (GenEval2's vqa_list); "
                 f"{len(missing)} prompt(s) have none, e.g. {missing[0]}"
+            )
+        unknown = missing_first_tokens(items) if settings.judge.tokenizer is None else []
+        if unknown:
+            raise ScorerError(
+                f"prompt {unknown[0][0]}'s answer {unknown[0][1]!r} has no entry in gems' table of the official "
+                "judge's first tokens; set judge.tokenizer to the judge's tokenizer (hub id or folder)"
             )
     if name == "verifier" and method not in VERIFIED_METHODS:
         raise ScorerError(f"the verifier scorer needs criteria; method {method!r} has none (use --scorer none)")

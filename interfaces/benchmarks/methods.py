@@ -15,7 +15,7 @@ from typing import Any
 
 from gems.configs import ConfigError, GemsSettings
 from gems.graph.builder import continuation, run_config
-from gems.interfaces.bench.datasets import BenchPrompt
+from gems.interfaces.benchmarks.datasets import BenchPrompt
 from gems.memory.trajectory import run_result
 from gems.nodes.calls import ask, blocking, render
 from gems.nodes.generate import seed_for

@@ -1,9 +1,9 @@
 """`gems bench merge SHARD_DIR... --out DIR`: join the folders of `gems bench --shard K/N` into one run folder.
 
-The shards must be one run cut N ways: same dataset, method, scorer, config digest, base seed and selection, and
-every K from 1 to N present once. The merged folder holds every result, the images they reference (copied in, so
-the folder travels and `gems bench export` works on it), a `run.json` naming its shards, and the reports one
-unsharded run would have written.
+The shards must be one run cut N ways: same prompt file (by digest), selection, dataset, method, scorer, config
+digest and base seed, and every K from 1 to N present once. The merged folder holds every result, the images they
+reference (copied in, so the folder travels and `gems bench export` works on it), a `run.json` naming its shards,
+and the reports one unsharded run would have written.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from gems.configs import ConfigError
-from gems.interfaces.bench.report import build_summary, write_reports
+from gems.interfaces.benchmarks.report import build_summary, write_reports
+from gems.interfaces.benchmarks.runner import config_differences, prompt_file_change
+from gems.interfaces.benchmarks.selection import Selection
 
 # What must agree for shards to be parts of one run (paths, times and models' labels may differ per machine).
-_SAME = ("dataset", "method", "scorer", "images_per_prompt", "search_n", "config_digest", "base_seed", "selection")
+_SAME = ("dataset", "method", "scorer", "images_per_prompt", "search_n", "base_seed")
 
 
 class MergeError(ConfigError):
@@ -37,9 +39,19 @@ def _check_shards(folders: list[Path], runs: list[dict[str, Any]]) -> int:
     for folder, run in zip(folders, runs, strict=True):
         if not run.get("shard"):
             raise MergeError(f"{folder} is not a shard (run without --shard); nothing to merge")
+        other = f"{folder} is a shard of another run than {folders[0]}"
+        if run.get("prompts_sha256") != first.get("prompts_sha256"):
+            raise MergeError(f"{other}: it was cut from {prompt_file_change(first, run)}")
+        if Selection.recorded(run).spec() != Selection.recorded(first).spec():
+            selections = (Selection.recorded(r).flags(shard=False) for r in (run, first))
+            raise MergeError(f"{other}: it selected {' instead of '.join(selections)}")
+        if run.get("config_digest") != first.get("config_digest"):
+            what = config_differences(first, run)
+            seed = " (give every shard the same --seed, or none)" if "loop.seed" in what else ""
+            raise MergeError(f"{other}: its config differs in {what}{seed}")
         for key in _SAME:
             if run.get(key) != first.get(key):
-                raise MergeError(f"{folder} is a shard of another run ({key} differs from {folders[0]})")
+                raise MergeError(f"{other} ({key} differs)")
     specs = [tuple(int(x) for x in str(run["shard"]).split("/")) for run in runs]
     n = specs[0][1]
     if any(spec[1] != n for spec in specs):
@@ -124,8 +136,8 @@ def merge_runs(folders: list[str | Path], out: str | Path) -> dict[str, Any]:
     }
     (out / "run.json").write_text(json.dumps(run_info, indent=1, ensure_ascii=False), encoding="utf-8")
     records.sort(key=lambda r: (str(r.get("id")), int(r.get("sample") or 0)))
-    total = int((first.get("selection") or {}).get("k") or len(records)) * int(first.get("images_per_prompt") or 1)
-    summary = build_summary(records, run=run_info, total=total, errors=errors)
+    prompts = int((first.get("selection") or {}).get("k") or len({r.get("id") for r in records}))
+    summary = build_summary(records, run=run_info, prompts=prompts, errors=errors)
     summary["shards"] = n
     write_reports(out, summary, records)
     return summary

@@ -39,7 +39,8 @@ class BenchPrompt:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Each non-blank line as it is written and as parsed."""
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -50,18 +51,19 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise DatasetError(f"{path} line {number} is not JSON: {exc.msg}") from None
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
             raise DatasetError(f"{path} line {number} has no 'prompt' string")
-        records.append(record)
+        records.append((line, record))
     return records
 
 
-def _geneval2(records: list[dict[str, Any]]) -> list[BenchPrompt]:
+def _geneval2(lines: list[tuple[str, dict[str, Any]]]) -> list[BenchPrompt]:
     items = []
-    for i, record in enumerate(records):
+    for i, (line, record) in enumerate(lines):
         atoms = [(str(q), str(a)) for q, a in record.get("vqa_list") or []]
         skills = record.get("skills") or []
         skills = [str(s) for s in (skills if isinstance(skills, list) else [skills])]
         categories = list(dict.fromkeys(skills))
-        meta = {"skills": skills, "atom_count": record.get("atom_count", len(atoms))}
+        # The line as written: `gems bench export` hands the official script the selected prompts' own lines.
+        meta = {"skills": skills, "atom_count": record.get("atom_count", len(atoms)), "line": line}
         items.append(BenchPrompt(str(record.get("id", f"{i:05d}")), record["prompt"], categories, atoms, meta))
     return items
 
@@ -89,11 +91,12 @@ def load_prompts(path: str | Path) -> tuple[str, list[BenchPrompt]]:
     if not path.is_file():
         raise DatasetError(f"no such prompt file or folder: {path}")
     if path.suffix == ".jsonl":
-        records = _read_jsonl(path)
+        rows = _read_jsonl(path)
+        records = [record for _, record in rows]
         if not records:
             raise DatasetError(f"{path} has no prompts")
         if "vqa_list" in records[0]:
-            return "geneval2", _geneval2(records)
+            return "geneval2", _geneval2(rows)
         if "tag" in records[0] and "include" in records[0]:
             return "geneval", _geneval(records)
         return "jsonl", _plain_jsonl(records)
