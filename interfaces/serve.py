@@ -302,6 +302,7 @@ SESSION_COOKIE = "gems_session"
 SESSION_TTL_S = 12 * 3600
 OPEN_PATHS = ("/health", "/signin", "/favicon.ico")
 BROWSER_PAGES = ("/gems/playground", "/runs/")  # without a session these send a browser to /signin
+MIN_KEY_CHARS = 16
 
 
 class _Guard:
@@ -428,6 +429,21 @@ input{{width:100%;box-sizing:border-box;margin:.5em 0}}.error{{color:#c33}}</sty
 autofocus required></label><button type="submit">Sign in</button></form>"""
 
 
+def check_keys(keys: dict[str, str]) -> None:
+    """Refuse keys short enough to guess: at least MIN_KEY_CHARS characters each.
+
+    Raises:
+        ConfigError: naming the rule and the key's name (never the key).
+    """
+    for name, key in keys.items():
+        if len(key) < MIN_KEY_CHARS:
+            where = "GEMS_API_KEY" if name == "default" else f"the GEMS_API_KEYS entry {name!r}"
+            raise ConfigError(
+                f"API keys must be at least {MIN_KEY_CHARS} characters; {where} has {len(key)} "
+                "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
+
+
 def create_app(
     settings: GemsSettings | None = None,
     *,
@@ -442,6 +458,9 @@ def create_app(
         api_key: one required key; default `GEMS_API_KEYS` / `GEMS_API_KEY` (unset: no auth, for localhost use).
         max_concurrent: runs executing at once (each holds the generator; 1-2 suits one GPU).
         queue_timeout_s: how long an extra request waits for a slot before 429.
+
+    Raises:
+        ConfigError: the serve extra is missing, or a key is shorter than MIN_KEY_CHARS.
     """
     try:
         from fastapi import FastAPI, HTTPException
@@ -450,8 +469,9 @@ def create_app(
         from langserve import add_routes
     except ImportError as exc:
         raise ConfigError(f"gems serve needs the serve extra: pip install 'gems-agent[serve]' ({exc.name})") from None
-    settings = settings or load_settings()
     keys = {"default": api_key} if api_key else ({} if api_key is not None else api_keys_from_env())
+    check_keys(keys)
+    settings = settings or load_settings()
 
     service = GemsService(settings, checkpointer=None, max_concurrent=max_concurrent, queue_timeout_s=queue_timeout_s)
 

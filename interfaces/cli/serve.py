@@ -18,7 +18,7 @@ from gems.interfaces.serve import create_app
 @click.option("--queue-timeout", type=float, default=30.0, show_default=True, help="seconds a request waits before 429")
 def serve(config: str | None, host: str, port: int, max_concurrent: int, queue_timeout: float) -> int:
     """Serve the graph over HTTP with LangServe: /gems/invoke, /gems/stream, /gems/batch, /gems/playground/."""
-    # uvicorn comes with the serve extra; create_app says so in one line when it is missing.
+    # uvicorn comes with the serve extra; create_app says so in one line when it is missing, and refuses short keys.
     app = create_app(load_settings(config), max_concurrent=max_concurrent, queue_timeout_s=queue_timeout)
     import uvicorn
 
