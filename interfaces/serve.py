@@ -303,14 +303,26 @@ SESSION_TTL_S = 12 * 3600
 OPEN_PATHS = ("/health", "/signin", "/favicon.ico")
 BROWSER_PAGES = ("/gems/playground", "/runs/")  # without a session these send a browser to /signin
 MIN_KEY_CHARS = 16
+MAX_BODY_BYTES = 1_000_000  # 16 prompts of 2,000 characters fit many times over
+MAX_SIGNIN_BYTES = 4096  # a form with one key in it
+BODY_TIMEOUT_S = 30.0  # to receive a whole body, however it trickles in
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
 class _Guard:
-    """ASGI middleware: API keys (headers or a signed-in browser's session cookie); the key's name is the tenant."""
+    """ASGI middleware: API keys (headers or a signed-in browser's session cookie; the key's name is the tenant),
+    and a bounded body read (size and time) before anything else sees the body.
+    """
 
-    def __init__(self, app: Any, keys: dict[str, str]):
+    def __init__(self, app: Any, keys: dict[str, str], max_body: int = MAX_BODY_BYTES,
+                 body_timeout_s: float = BODY_TIMEOUT_S):  # fmt: skip
         self.app = app
         self.keys = keys
+        self.max_body = max_body
+        self.body_timeout_s = body_timeout_s
         self.sessions: dict[str, tuple[str, float]] = {}  # token -> (key name, expiry); lost on restart: sign in again
 
     async def _reply(self, send: Any, status: int, message: str, headers: list | None = None) -> None:
@@ -357,16 +369,30 @@ class _Guard:
                 return
             await self._reply(send, 401, f"{KEY_HELP}, or sign in at /signin", [(b"www-authenticate", b"Bearer")])
             return
-        if scope.get("method") == "POST" and path.startswith("/gems/"):
-            body, problem = await _read_json_body(receive)
+        method, headers = scope.get("method", "GET"), _headers(scope)
+        limit = MAX_SIGNIN_BYTES if path == "/signin" else self.max_body
+        declared = headers.get("content-length", "")
+        close = [(b"connection", b"close")]  # the rest of the body is not read: end the connection with the answer
+        if declared.isdigit() and int(declared) > limit:
+            await self._reply(send, 413, f"request body larger than {limit} bytes", close)
+            return
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await _read_body(receive, limit)
+        except TimeoutError:
+            await self._reply(send, 408, f"request body not received within {self.body_timeout_s:g} s", close)
+            return
+        except ConnectionError:
+            return  # nobody to answer
+        if body is None:
+            await self._reply(send, 413, f"request body larger than {limit} bytes", close)
+            return
+        if method == "POST" and path.startswith("/gems/"):
+            problem = _json_problem(body)
             if problem:
-                await self._reply(send, 413 if "larger" in problem else 400, problem)
+                await self._reply(send, 400, problem)
                 return
-            receive = _replay(body, receive)
-        await self.app(scope, receive, send)
-
-
-MAX_BODY_BYTES = 1_000_000  # 16 prompts of 2,000 characters fit many times over
+        await self.app(scope, _replay(body, receive), send)
 
 
 def _finite(text: str) -> float:
@@ -380,31 +406,37 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-async def _read_json_body(receive: Any) -> tuple[bytes, str | None]:
-    """The request body, or a one-line reason to refuse it: too large, not JSON, nested too deep, not UTF-8 text."""
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The request body, counted as it arrives; None as soon as it passes `limit` bytes (the rest is never read)."""
     chunks, size = [], 0
     while True:
         message = await receive()
+        if message.get("type") == "http.disconnect":
+            raise ConnectionError("the client went away mid-body")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return b"", f"request body larger than {MAX_BODY_BYTES} bytes"
+        if size > limit:
+            return None
         chunks.append(chunk)
         if not message.get("more_body"):
             break
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _json_problem(body: bytes) -> str | None:
+    """A one-line reason to refuse a JSON body: not JSON, nested too deep, not UTF-8 text; None if it is fine."""
     if not body:
-        return body, None
+        return None
     try:
         data = json.loads(body, parse_float=_finite, parse_constant=_no_constant)
         json.dumps(data, ensure_ascii=False).encode("utf-8")  # lone surrogates ("\ud800") cannot be stored
     except RecursionError:
-        return body, "request body is JSON nested too deeply"
+        return "request body is JSON nested too deeply"
     except UnicodeError:
-        return body, "request body holds text that is not valid Unicode (a lone surrogate)"
+        return "request body holds text that is not valid Unicode (a lone surrogate)"
     except ValueError as exc:
-        return body, f"request body is not valid JSON: {' '.join(str(exc).split())[:120]}"
-    return body, None
+        return f"request body is not valid JSON: {' '.join(str(exc).split())[:120]}"
+    return None
 
 
 def _replay(body: bytes, receive: Any) -> Any:
@@ -517,6 +549,7 @@ def create_app(
         """GET: the form. POST: a right key gets a session cookie and the playground; a wrong one 401."""
         if request.method == "GET":
             return HTMLResponse(SIGNIN_PAGE.format(message="" if keys else "<p>This server needs no key.</p>"))
+        # The guard has read the body already, at most MAX_SIGNIN_BYTES of it.
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         guard: _Guard = request.scope["state"]["guard"]
         name = key_name(guard.keys, (form.get("key") or [""])[0])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
 from gems.configs import ConfigError, GemsSettings
-from tests.test_serve import ALICE
+from tests.test_serve import ALICE, KEY, Served
 
 pytestmark = pytest.mark.slow
 
@@ -36,3 +39,64 @@ def test_short_keys_are_refused_at_start_up(app_for, monkeypatch, capsys):
     assert main(["serve", "--port", "1"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "API keys must be at least 16 characters" in line and "0123456789abcde" not in line
+
+
+class Body:
+    """An ASGI `receive` that offers `total` bytes in 64 KiB chunks and counts how many were taken."""
+
+    CHUNK = b"k" * 65536
+
+    def __init__(self, total: int):
+        self.left, self.taken = total, 0
+
+    async def __call__(self) -> dict:
+        self.taken += 1
+        self.left -= len(self.CHUNK)
+        return {"type": "http.request", "body": self.CHUNK, "more_body": self.left > 0}
+
+
+def _asgi(app, path: str, receive, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """One request straight into the ASGI app: (status, body)."""
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"host", b"testserver"), (b"origin", b"http://testserver"), *headers],
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80), "scheme": "http", "http_version": "1.1",
+             "asgi": {"version": "3.0"}}  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+@pytest.mark.parametrize(("path", "limit"), [("/signin", 4096), ("/gems/invoke", 1_000_000)])
+def test_a_body_is_cut_off_at_its_limit_while_it_arrives(app_for, path, limit):
+    # 100 MB with no Content-Length: the answer comes once the limit is passed, the rest is never read.
+    body = Body(100_000_000)
+    status, answer = _asgi(app_for(api_key=KEY), path, body, [(b"x-api-key", KEY.encode())])
+    assert status == 413 and b"larger than" in answer and b"\n" not in answer
+    assert body.taken <= limit // len(Body.CHUNK) + 1
+
+
+def test_a_declared_600_mb_body_is_refused_before_it_is_sent(app_for):
+    with Served(app_for(api_key=KEY)) as server, socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(30)  # a hang guard only: without the check the server waits for 600 MB that never come
+        sock.sendall(b"POST /signin HTTP/1.1\r\nHost: x\r\nOrigin: http://x\r\nContent-Length: 600000000\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n\r\nkey=")  # fmt: skip
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_body_that_never_finishes_gets_408():
+    from gems.interfaces.serve import _Guard
+
+    async def never() -> dict:
+        await asyncio.Event().wait()
+        return {}
+
+    async def app(scope, receive, send):  # pragma: no cover - the guard answers first
+        raise AssertionError("the body was never complete")
+
+    status, answer = _asgi(_Guard(app, keys={}, body_timeout_s=0.05), "/gems/invoke", never, [])
+    assert status == 408 and b"not received within" in answer
