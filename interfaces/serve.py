@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import ipaddress
 import json
+import math
 import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from http.cookies import CookieError, SimpleCookie
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
@@ -306,6 +309,55 @@ MIN_KEY_CHARS = 16
 MAX_BODY_BYTES = 1_000_000  # 16 prompts of 2,000 characters fit many times over
 MAX_SIGNIN_BYTES = 4096  # a form with one key in it
 BODY_TIMEOUT_S = 30.0  # to receive a whole body, however it trickles in
+SIGNIN_ATTEMPTS = 5  # wrong keys per client ...
+SIGNIN_WINDOW_S = 60.0  # ... in this many seconds; then every key it offers waits (429) until the oldest is older
+
+
+def client_id(scope: dict[str, Any]) -> str:
+    """Who a request comes from, for the sign-in limit: its IP address (an IPv6 client by its /64)."""
+    host = str((scope.get("client") or ("unknown", 0))[0])
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class SigninLimiter:
+    """At most `attempts` wrong keys per client in any `window_s` seconds; past that, every key it offers (right
+    ones too, or the limit would tell which key is right) is answered 429 until its oldest failure leaves the window.
+    """
+
+    def __init__(self, attempts: int = SIGNIN_ATTEMPTS, window_s: float = SIGNIN_WINDOW_S, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic):  # fmt: skip
+        self.attempts, self.window_s, self.max_clients, self.clock = attempts, window_s, max_clients, clock
+        self.failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str) -> deque[float]:
+        times = self.failures.get(client) or deque()
+        while times and times[0] <= self.clock() - self.window_s:
+            times.popleft()
+        return times
+
+    def retry_after(self, client: str) -> int:
+        """Seconds this client must wait before its next key is checked; 0: check it now."""
+        times = self._recent(client)
+        if len(times) < self.attempts:
+            return 0
+        return max(1, math.ceil(times[0] + self.window_s - self.clock()))
+
+    def failed(self, client: str) -> None:
+        times = self._recent(client)
+        times.append(self.clock())
+        self.failures.pop(client, None)
+        self.failures[client] = times  # newest last, so the oldest clients are dropped first when full
+        if len(self.failures) > self.max_clients:
+            self.failures.pop(next(iter(self.failures)))
+
+    def succeeded(self, client: str) -> None:
+        self.failures.pop(client, None)
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
@@ -314,13 +366,14 @@ def _headers(scope: dict[str, Any]) -> dict[str, str]:
 
 class _Guard:
     """ASGI middleware: API keys (headers or a signed-in browser's session cookie; the key's name is the tenant),
-    and a bounded body read (size and time) before anything else sees the body.
+    the sign-in limit for offered keys, and a bounded body read (size and time) before anything else sees the body.
     """
 
-    def __init__(self, app: Any, keys: dict[str, str], max_body: int = MAX_BODY_BYTES,
-                 body_timeout_s: float = BODY_TIMEOUT_S):  # fmt: skip
+    def __init__(self, app: Any, keys: dict[str, str], limiter: SigninLimiter | None = None,
+                 max_body: int = MAX_BODY_BYTES, body_timeout_s: float = BODY_TIMEOUT_S):  # fmt: skip
         self.app = app
         self.keys = keys
+        self.limiter = limiter or SigninLimiter()
         self.max_body = max_body
         self.body_timeout_s = body_timeout_s
         self.sessions: dict[str, tuple[str, float]] = {}  # token -> (key name, expiry); lost on restart: sign in again
@@ -338,12 +391,8 @@ class _Guard:
         self.sessions[token] = (name, now + SESSION_TTL_S)
         return token
 
-    def _caller(self, scope: dict[str, Any]) -> str | None:
-        """The name of the caller's key (from a header or a session), or None."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        offered = offered_key(headers)
-        if offered:
-            return key_name(self.keys, offered)
+    def _session(self, headers: dict[str, str]) -> str | None:
+        """The key name of a signed-in browser's session cookie, or None."""
         cookies = SimpleCookie()
         with contextlib.suppress(CookieError):
             cookies.load(headers.get("cookie", ""))
@@ -357,19 +406,31 @@ class _Guard:
             return
         state = scope.setdefault("state", {})
         state["guard"] = self  # the sign-in routes start sessions here
-        path = scope.get("path", "")
-        caller = self._caller(scope) if self.keys else None
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        headers = _headers(scope)
+        caller = None
+        offered = offered_key(headers) if self.keys else ""
+        if offered:
+            wait = self.limiter.retry_after(client_id(scope))
+            if wait:
+                await self._reply(send, 429, f"too many wrong keys from this client; retry in {wait} s",
+                                  [(b"retry-after", str(wait).encode())])  # fmt: skip
+                return
+            caller = key_name(self.keys, offered)
+            if caller is None:
+                self.limiter.failed(client_id(scope))
+        elif self.keys:
+            caller = self._session(headers)
         # Each key of GEMS_API_KEYS is a tenant; GEMS_API_KEY alone (named "default") keeps one shared space.
         state["tenant"] = caller if caller not in (None, "default") else None
         if self.keys and path not in OPEN_PATHS and caller is None:
-            if scope.get("method") == "GET" and path.startswith(BROWSER_PAGES):
+            if method == "GET" and path.startswith(BROWSER_PAGES):
                 head = [(b"location", b"/signin"), (b"content-length", b"0")]
                 await send({"type": "http.response.start", "status": 303, "headers": head})
                 await send({"type": "http.response.body", "body": b""})
                 return
             await self._reply(send, 401, f"{KEY_HELP}, or sign in at /signin", [(b"www-authenticate", b"Bearer")])
             return
-        method, headers = scope.get("method", "GET"), _headers(scope)
         limit = MAX_SIGNIN_BYTES if path == "/signin" else self.max_body
         declared = headers.get("content-length", "")
         close = [(b"connection", b"close")]  # the rest of the body is not read: end the connection with the answer
@@ -545,16 +606,26 @@ def create_app(
     def favicon() -> Response:
         return Response(status_code=204)  # browsers ask for one; an empty answer keeps their consoles clean
 
+    limiter = SigninLimiter()
+    app.state.signin_limiter = limiter  # tests move its clock
+
     async def signin(request: Any) -> Any:
         """GET: the form. POST: a right key gets a session cookie and the playground; a wrong one 401."""
         if request.method == "GET":
             return HTMLResponse(SIGNIN_PAGE.format(message="" if keys else "<p>This server needs no key.</p>"))
+        guard: _Guard = request.scope["state"]["guard"]
+        client = client_id(request.scope)
+        wait = guard.limiter.retry_after(client)
+        if wait:
+            page = SIGNIN_PAGE.format(message=f'<p class="error">Too many wrong keys; try again in {wait} s.</p>')
+            return HTMLResponse(page, status_code=429, headers={"retry-after": str(wait)})
         # The guard has read the body already, at most MAX_SIGNIN_BYTES of it.
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        guard: _Guard = request.scope["state"]["guard"]
         name = key_name(guard.keys, (form.get("key") or [""])[0])
         if name is None:
+            guard.limiter.failed(client)
             return HTMLResponse(SIGNIN_PAGE.format(message='<p class="error">Wrong key.</p>'), status_code=401)
+        guard.limiter.succeeded(client)
         response = RedirectResponse("/gems/playground/", status_code=303)
         response.set_cookie(
             SESSION_COOKIE, guard.new_session(name), max_age=SESSION_TTL_S, path="/", httponly=True,
@@ -595,5 +666,5 @@ def create_app(
     app.add_exception_handler(ServerBusy, refusal(429, {"retry-after": "5"}))
     app.add_exception_handler(BatchTooLarge, refusal(413))
     app.add_exception_handler(NoEditor, refusal(422))
-    app.add_middleware(_Guard, keys=keys)
+    app.add_middleware(_Guard, keys=keys, limiter=limiter)
     return app

@@ -11,6 +11,7 @@ from gems.configs import ConfigError, GemsSettings
 from tests.test_serve import ALICE, KEY, Served
 
 pytestmark = pytest.mark.slow
+OWN = {"Origin": "http://testserver"}  # what a browser on the TestClient's own origin sends
 
 
 @pytest.fixture
@@ -100,3 +101,35 @@ def test_a_body_that_never_finishes_gets_408():
 
     status, answer = _asgi(_Guard(app, keys={}, body_timeout_s=0.05), "/gems/invoke", never, [])
     assert status == 408 and b"not received within" in answer
+
+
+def _client(app, **options):
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, raise_server_exceptions=False, **options)
+
+
+def test_sign_in_is_limited_per_client_and_a_right_key_works_after_the_window(app_for):
+    app = app_for(api_key=KEY)
+    limiter = app.state.signin_limiter
+    now = [1000.0]
+    limiter.clock = lambda: now[0]
+    with _client(app) as client, _client(app, client=("10.0.0.2", 4000)) as neighbour:
+        answers = [client.post("/signin", data={"key": f"guess-{i:012d}"}, headers=OWN) for i in range(20)]
+        # 5 wrong keys are checked; the next 15 are not, so guessing goes at 5 a minute at most.
+        assert [a.status_code for a in answers] == [401] * 5 + [429] * 15
+        assert answers[-1].headers["retry-after"] == "60" and KEY not in answers[-1].text
+        # While it waits, the right key is refused too (else the 429 would tell which key is right), in a form or
+        # in a header; another client is not affected.
+        assert client.post("/signin", data={"key": KEY}, headers=OWN, follow_redirects=False).status_code == 429
+        assert client.get("/gems/input_schema", headers={"X-API-Key": KEY}).status_code == 429
+        assert neighbour.get("/gems/input_schema", headers={"X-API-Key": KEY}).status_code == 200
+        now[0] += 30
+        assert client.post("/signin", data={"key": KEY}, headers=OWN).headers["retry-after"] == "30"
+        now[0] += 31
+        signed_in = client.post("/signin", data={"key": KEY}, headers=OWN, follow_redirects=False)
+        assert signed_in.status_code == 303 and "gems_session" in signed_in.headers["set-cookie"]
+        # Wrong keys in headers count the same way.
+        for _ in range(5):
+            assert neighbour.get("/gems/input_schema", headers={"X-API-Key": "x" * 20}).status_code == 401
+        assert neighbour.get("/gems/input_schema", headers={"X-API-Key": KEY}).status_code == 429
