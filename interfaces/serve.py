@@ -305,6 +305,7 @@ SESSION_COOKIE = "gems_session"
 SESSION_TTL_S = 12 * 3600
 OPEN_PATHS = ("/health", "/signin", "/favicon.ico")
 BROWSER_PAGES = ("/gems/playground", "/runs/")  # without a session these send a browser to /signin
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 MIN_KEY_CHARS = 16
 MAX_BODY_BYTES = 1_000_000  # 16 prompts of 2,000 characters fit many times over
 MAX_SIGNIN_BYTES = 4096  # a form with one key in it
@@ -364,9 +365,31 @@ def _headers(scope: dict[str, Any]) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
+def _foreign(scope: dict[str, Any], headers: dict[str, str], strict: bool) -> str | None:
+    """Why a browser's state-changing request is refused as cross-site (login CSRF, CSRF), or None.
+
+    `strict`: the request is a browser's by nature (a session cookie, the sign-in form), so it must say where it
+    comes from; programs that send neither header are let through otherwise.
+    """
+    origin, site = headers.get("origin"), headers.get("sec-fetch-site")
+    own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
+    if origin is not None and origin.strip().lower() != own:
+        return "cross-origin request refused: its Origin is not this server"
+    if site is not None and site.strip().lower() != "same-origin":
+        return "cross-site request refused (Sec-Fetch-Site is not same-origin)"
+    if strict and origin is None and site is None:
+        return "a browser request must carry an Origin header; programs send the key in a header instead"
+    return None
+
+
+def _is_json(headers: dict[str, str]) -> bool:
+    return headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
 class _Guard:
-    """ASGI middleware: API keys (headers or a signed-in browser's session cookie; the key's name is the tenant),
-    the sign-in limit for offered keys, and a bounded body read (size and time) before anything else sees the body.
+    """ASGI middleware in front of every route: API keys (headers or a signed-in browser's session cookie; the
+    key's name is the tenant), the sign-in limit for offered keys, cross-site checks for browsers, and a bounded
+    body read (size and time) before anything else sees the body.
     """
 
     def __init__(self, app: Any, keys: dict[str, str], limiter: SigninLimiter | None = None,
@@ -408,7 +431,7 @@ class _Guard:
         state["guard"] = self  # the sign-in routes start sessions here
         path, method = scope.get("path", ""), scope.get("method", "GET")
         headers = _headers(scope)
-        caller = None
+        caller, how = None, None
         offered = offered_key(headers) if self.keys else ""
         if offered:
             wait = self.limiter.retry_after(client_id(scope))
@@ -419,8 +442,11 @@ class _Guard:
             caller = key_name(self.keys, offered)
             if caller is None:
                 self.limiter.failed(client_id(scope))
+            else:
+                how = "header"
         elif self.keys:
             caller = self._session(headers)
+            how = "cookie" if caller else None
         # Each key of GEMS_API_KEYS is a tenant; GEMS_API_KEY alone (named "default") keeps one shared space.
         state["tenant"] = caller if caller not in (None, "default") else None
         if self.keys and path not in OPEN_PATHS and caller is None:
@@ -431,6 +457,15 @@ class _Guard:
                 return
             await self._reply(send, 401, f"{KEY_HELP}, or sign in at /signin", [(b"www-authenticate", b"Bearer")])
             return
+        # A key in a header cannot be added by another site's page: only the other requests can be forged.
+        if method not in SAFE_METHODS and how != "header":
+            why = _foreign(scope, headers, strict=how == "cookie" or path == "/signin")
+            if why:
+                await self._reply(send, 403, why)
+                return
+            if how == "cookie" and path.startswith("/gems/") and not _is_json(headers):
+                await self._reply(send, 415, "send the body as Content-Type: application/json")
+                return
         limit = MAX_SIGNIN_BYTES if path == "/signin" else self.max_body
         declared = headers.get("content-length", "")
         close = [(b"connection", b"close")]  # the rest of the body is not read: end the connection with the answer

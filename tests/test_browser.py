@@ -9,8 +9,11 @@ Chromium comes from the system (Debian's `chromium`, installed by `.ci/run`); Pl
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -104,8 +107,31 @@ def test_playground_renders_and_a_run_from_its_form_completes(browser, served): 
         assert page.locator(".round.final").count() == 1
 
 
+@contextlib.contextmanager
+def _page_server():
+    """Another origin on this host: a real listener (from a page Playwright fulfilled itself, fetch failed)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<!doctype html><title>elsewhere</title>")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_a_browser_signs_in_once_and_a_wrong_key_is_refused(browser, served):  # noqa: F811
-    server, _, _ = served()
+    server, _, gen = served()
     with server:
         view = Page(browser)
         page = view.page
@@ -133,6 +159,18 @@ def test_a_browser_signs_in_once_and_a_wrong_key_is_refused(browser, served):  #
         fresh = browser.new_context()
         assert fresh.request.get(f"{server.url}/gems/input_schema").status == 401
         fresh.close()
+
+        # A page on another port of this host is the same site, so the cookie goes along: it still cannot start a
+        # run by posting text/plain JSON (no preflight) to /gems/invoke.
+        with _page_server() as elsewhere:
+            page.goto(f"{elsewhere}/")
+            with page.expect_response(f"{server.url}/gems/invoke") as forged:
+                page.evaluate(
+                    """url => fetch(url, {method: "POST", mode: "no-cors", credentials: "include",
+                        headers: {"Content-Type": "text/plain"}, body: JSON.stringify({input: {prompt: "forged"}})})""",
+                    f"{server.url}/gems/invoke",
+                )
+        assert forged.value.status == 403 and "forged" not in gen.prompts
 
 
 def test_the_run_page_and_the_bench_gallery_open_with_every_image(browser, stubs, tmp_path):

@@ -133,3 +133,35 @@ def test_sign_in_is_limited_per_client_and_a_right_key_works_after_the_window(ap
         for _ in range(5):
             assert neighbour.get("/gems/input_schema", headers={"X-API-Key": "x" * 20}).status_code == 401
         assert neighbour.get("/gems/input_schema", headers={"X-API-Key": KEY}).status_code == 429
+
+
+def test_cross_site_posts_are_refused_and_header_keys_need_no_origin(app_for):
+    with _client(app_for(api_key=KEY)) as client:
+        # Login CSRF: another site (or another port of this one) cannot sign a browser in.
+        for headers in ({"Origin": "http://evil.example"}, {"Origin": "http://testserver:8080"},
+                        {"Sec-Fetch-Site": "same-site"}, {}):  # fmt: skip
+            refused = client.post("/signin", data={"key": KEY}, headers=headers, follow_redirects=False)
+            assert refused.status_code == 403 and "set-cookie" not in refused.headers and KEY not in refused.text
+        client.post("/signin", data={"key": KEY}, headers={**OWN, "Sec-Fetch-Site": "same-origin"})
+        assert client.cookies.get("gems_session")
+        # With the cookie: a page elsewhere posting text/plain JSON, or posting without an Origin, is refused.
+        bad = '{"input": {"prompt": ""}}'  # reaching the run's validation (422) means the guard let it through
+        for headers, status in (
+            ({"Origin": "http://testserver:8080", "Content-Type": "text/plain"}, 403),
+            ({"Origin": "http://evil.example", "Content-Type": "application/json"}, 403),
+            ({"Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"}, 403),
+            ({"Content-Type": "application/json"}, 403),
+            ({**OWN, "Content-Type": "text/plain"}, 415),
+            ({**OWN, "Content-Type": "application/x-www-form-urlencoded"}, 415),
+            ({**OWN, "Content-Type": "application/json; charset=utf-8"}, 422),
+        ):
+            answer = client.post("/gems/invoke", content=bad, headers=headers)
+            assert answer.status_code == status, headers
+            assert answer.text.count("\n") == 0 and len(answer.text) < 300
+    with _client(app_for(api_key=KEY)) as program:  # no cookie: a header key, no Origin, any content type
+        answer = program.post("/gems/invoke", content=bad, headers={"X-API-Key": KEY, "Content-Type": "text/plain"})
+        assert answer.status_code == 422
+    with _client(app_for(api_key="")) as local:  # no keys: programs post freely, other sites' pages do not
+        assert local.post("/gems/invoke", content=bad, headers={"Content-Type": "application/json"}).status_code == 422
+        foreign = local.post("/gems/invoke", content=bad, headers={"Origin": "http://evil.example"})
+        assert foreign.status_code == 403
