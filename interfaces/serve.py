@@ -447,6 +447,7 @@ class _Guard:
         elif self.keys:
             caller = self._session(headers)
             how = "cookie" if caller else None
+        state["caller"] = caller
         # Each key of GEMS_API_KEYS is a tenant; GEMS_API_KEY alone (named "default") keeps one shared space.
         state["tenant"] = caller if caller not in (None, "default") else None
         if self.keys and path not in OPEN_PATHS and caller is None:
@@ -632,10 +633,13 @@ def create_app(
             raise HTTPException(404, "no such artifact")
         return FileResponse(path, media_type="image/png")
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        # Open to probes, so it names no models, paths or endpoints.
-        return {"ok": True, "auth": bool(keys), "max_concurrent": max_concurrent}
+    def health(request: Any) -> Any:
+        # Open to probes: liveness only. A caller with a key also learns how the server is limited.
+        if not request.scope["state"].get("caller"):
+            return JSONResponse({"ok": True})
+        return JSONResponse({"ok": True, "auth": True, "max_concurrent": max_concurrent})
+
+    app.add_route("/health", health, methods=["GET"], include_in_schema=False)
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:

@@ -165,3 +165,8 @@ def test_cross_site_posts_are_refused_and_header_keys_need_no_origin(app_for):
         assert local.post("/gems/invoke", content=bad, headers={"Content-Type": "application/json"}).status_code == 422
         foreign = local.post("/gems/invoke", content=bad, headers={"Origin": "http://evil.example"})
         assert foreign.status_code == 403
+
+
+def test_health_is_liveness_only_without_a_key(app_for):
+    with _client(app_for(api_key="")) as client:
+        assert client.get("/health").json() == {"ok": True}
