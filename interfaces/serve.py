@@ -19,11 +19,14 @@ import json
 import math
 import re
 import secrets
+import sqlite3
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
@@ -95,15 +98,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _with_urls(value: Any) -> Any:
-    """Add `url` (`/artifacts/<sha256>.png`) next to every image reference."""
+def _with_urls(value: Any, found: set[str] | None = None) -> Any:
+    """Add `url` (`/artifacts/<sha256>.png`) next to every image reference; `found` collects their sha256."""
     if isinstance(value, dict):
-        out = {k: _with_urls(v) for k, v in value.items()}
+        out = {k: _with_urls(v, found) for k, v in value.items()}
         if isinstance(out.get("sha256"), str) and "path" in out:
             out["url"] = f"/artifacts/{out['sha256']}.png"
+            if found is not None:
+                found.add(out["sha256"])
         return out
     if isinstance(value, list):
-        return [_with_urls(v) for v in value]
+        return [_with_urls(v, found) for v in value]
     return value
 
 
@@ -123,21 +128,62 @@ class ServerBusy(Exception):
     """No run slot freed up within the queue timeout: answered 429."""
 
 
+class ArtifactGrants:
+    """Which images each tenant may fetch: those named in answers to its own runs (in SQLite, so restarts keep them).
+
+    Tenant "" is the shared space (one `GEMS_API_KEY`, or no keys).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()  # one connection, used from the event loop and from worker threads
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS grants (tenant TEXT NOT NULL, sha256 TEXT NOT NULL, "
+                       "PRIMARY KEY (tenant, sha256)) WITHOUT ROWID")  # fmt: skip
+            self._db = db
+        return self._db
+
+    def grant(self, tenant: str, hashes: set[str]) -> None:
+        if hashes:
+            with self._lock, self._conn() as db:
+                db.executemany("INSERT OR IGNORE INTO grants VALUES (?, ?)", [(tenant, h) for h in sorted(hashes)])
+
+    def allows(self, tenant: str, sha256: str) -> bool:
+        with self._lock:
+            row = self._conn().execute("SELECT 1 FROM grants WHERE tenant = ? AND sha256 = ?", (tenant, sha256))
+            return row.fetchone() is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
 class GemsService(Runnable[dict, dict]):
     """The Runnable LangServe serves: validates, picks the thread, runs the graph, returns JSON with image URLs.
 
     Every run (each input of a batch too) takes one of `max_concurrent` slots, waiting up to `queue_timeout_s`.
     A client's thread id lives inside its tenant (the name of its API key): `alice`'s `t1` is `alice/t1` here.
+    `grants` records which images each tenant was shown, so `/artifacts/` serves them to that tenant only.
     """
 
     def __init__(
         self, settings: GemsSettings, checkpointer: Any, store: Any = None, *, max_concurrent: int = 2,
-        queue_timeout_s: float = 30.0,
+        queue_timeout_s: float = 30.0, grants: ArtifactGrants | None = None,
     ):  # fmt: skip
         self.settings = settings
         self.graph = build_graph(checkpointer=checkpointer, store=store)
         self.slots = asyncio.Semaphore(max_concurrent)
         self.queue_timeout_s = queue_timeout_s
+        self.grants = grants
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
@@ -150,7 +196,8 @@ class GemsService(Runnable[dict, dict]):
         finally:
             self.slots.release()
 
-    def _prepare(self, payload: Any, config: RunnableConfig | None) -> tuple[GemsSettings, dict[str, Any], str]:
+    def _prepare(self, payload: Any, config: RunnableConfig | None) -> tuple[GemsSettings, dict[str, Any], str, str]:
+        """Settings, run config, prompt and tenant ("" for the shared space) of one request."""
         request = payload if isinstance(payload, GemsRequest) else GemsRequest.model_validate(payload)
         chosen = {"max_rounds": request.max_rounds, "seed": request.seed, "refine_mode": request.refine_mode}
         loop = self.settings.loop.model_copy(update={k: v for k, v in chosen.items() if v is not None})
@@ -162,11 +209,19 @@ class GemsService(Runnable[dict, dict]):
         if why:
             raise NoEditor(why + " in the server's config")
         thread_id = configurable.get("thread_id") or uuid.uuid4().hex
-        return settings, run_config(settings, tenant_thread(tenant, thread_id)), request.prompt
+        return settings, run_config(settings, tenant_thread(tenant, thread_id)), request.prompt, tenant or ""
 
-    def _public(self, values: dict[str, Any], run_cfg: dict[str, Any]) -> dict[str, Any]:
+    def _shown(self, tenant: str, value: Any) -> Any:
+        """`value` as a client sees it; the images it names become fetchable by this tenant."""
+        found: set[str] = set()
+        out = _with_urls(_jsonable(value), found)
+        if self.grants is not None:
+            self.grants.grant(tenant, found)
+        return out
+
+    def _public(self, values: dict[str, Any], run_cfg: dict[str, Any], tenant: str = "") -> dict[str, Any]:
         thread_id = client_thread(run_cfg["configurable"]["thread_id"])
-        result = _with_urls(_jsonable(run_result(values, thread_id=thread_id)))
+        result = self._shown(tenant, run_result(values, thread_id=thread_id))
         # Lessons came from other runs (their text quotes those prompts): only which ones were used, and how near.
         result["lessons"] = [{"id": x.get("id"), "relevance": x.get("relevance")} for x in result.get("lessons") or []]
         result["page"] = f"/runs/{thread_id}/"  # the run drawn as a page: rounds, images, criteria ticks
@@ -181,22 +236,22 @@ class GemsService(Runnable[dict, dict]):
         return continuation(snapshot, prompt)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
-        settings, run_cfg, prompt = self._prepare(input, config)
+        settings, run_cfg, prompt, tenant = self._prepare(input, config)
         snapshot = self.graph.get_state(run_cfg)
         pending, run_input = self._continuation(snapshot, prompt)
         if pending:
             self.graph.invoke(run_input, run_cfg, context=settings)
-        return self._public(self.graph.get_state(run_cfg).values, run_cfg)
+        return self._public(self.graph.get_state(run_cfg).values, run_cfg, tenant)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
-        settings, run_cfg, prompt = self._prepare(input, config)
+        settings, run_cfg, prompt, tenant = self._prepare(input, config)
         snapshot = await self.graph.aget_state(run_cfg)
         pending, run_input = self._continuation(snapshot, prompt)
         if pending:
             async with self._slot():
                 await self.graph.ainvoke(run_input, run_cfg, context=settings)
         values = (await self.graph.aget_state(run_cfg)).values
-        return self._public(values, run_cfg)
+        return self._public(values, run_cfg, tenant)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
         yield self.invoke(input, config)
@@ -226,7 +281,7 @@ class GemsService(Runnable[dict, dict]):
         self, inputs: AsyncIterator[Any], run_manager: Any, config: RunnableConfig
     ) -> AsyncIterator[dict[str, Any]]:
         payload = [item async for item in inputs][-1]
-        settings, run_cfg, prompt = self._prepare(payload, config)
+        settings, run_cfg, prompt, tenant = self._prepare(payload, config)
         snapshot = await self.graph.aget_state(run_cfg)
         pending, run_input = self._continuation(snapshot, prompt)
         if pending:
@@ -236,9 +291,9 @@ class GemsService(Runnable[dict, dict]):
                 ):
                     for node, update in chunk.items():
                         if node != "plan":  # the planner's update carries other runs' lessons
-                            yield {"node": node, "update": _with_urls(_jsonable(update or {}))}
+                            yield {"node": node, "update": self._shown(tenant, update or {})}
         values = (await self.graph.aget_state(run_cfg)).values
-        yield {"node": "__end__", "result": self._public(values, run_cfg)}
+        yield {"node": "__end__", "result": self._public(values, run_cfg, tenant)}
 
 
 async def _isolated(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -602,14 +657,20 @@ def create_app(
     check_keys(keys)
     settings = settings or load_settings()
 
-    service = GemsService(settings, checkpointer=None, max_concurrent=max_concurrent, queue_timeout_s=queue_timeout_s)
+    grants = ArtifactGrants(settings.data_dir / "serve-artifacts.sqlite")
+    service = GemsService(
+        settings, checkpointer=None, max_concurrent=max_concurrent, queue_timeout_s=queue_timeout_s, grants=grants
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
         sqlite_path = settings.data_dir / "serve-checkpoints.sqlite"
         async with open_checkpointer(settings, asynchronous=True, sqlite_path=sqlite_path) as saver:
             service.graph = build_graph(checkpointer=saver, store=open_store(settings))
-            yield
+            try:
+                yield
+            finally:
+                grants.close()
 
     app = FastAPI(title="gems", description="GEMS image generation agent", lifespan=lifespan)
     add_routes(
@@ -623,15 +684,20 @@ def create_app(
     )  # fmt: skip
     store = ArtifactStore(settings.artifacts_dir)
 
-    @app.get("/artifacts/{name}")
-    def artifact(name: str) -> Any:
+    def artifact(request: Any) -> Any:
+        """An image, to the tenant whose run showed it (to anyone where no keys are set)."""
+        sha256 = request.path_params["name"].removesuffix(".png")
         try:
-            path = store.path_for(name.removesuffix(".png"))
+            path = store.path_for(sha256)
         except ArtifactError:
             raise HTTPException(404, "no such artifact (names are <sha256>.png)") from None
+        if keys and not grants.allows(request.scope["state"].get("tenant") or "", sha256):
+            raise HTTPException(404, "no such artifact")  # the same answer as a missing one: nothing to probe
         if not path.is_file():
             raise HTTPException(404, "no such artifact")
         return FileResponse(path, media_type="image/png")
+
+    app.add_route("/artifacts/{name}", artifact, methods=["GET"], include_in_schema=False)
 
     def health(request: Any) -> Any:
         # Open to probes: liveness only. A caller with a key also learns how the server is limited.
@@ -684,7 +750,7 @@ def create_app(
         snapshot = await service.graph.aget_state({"configurable": {"thread_id": tenant_thread(tenant, thread_id)}})
         if not snapshot.values.get("prompt"):
             raise HTTPException(404, "no such run")
-        result = run_result(snapshot.values, thread_id=thread_id)
+        result = service._shown(tenant or "", run_result(snapshot.values, thread_id=thread_id))
         return HTMLResponse(run_page(result, lambda image: f"/artifacts/{image.get('sha256', 'missing')}.png"))
 
     app.add_route("/runs/{thread_id}/", run_page_route, methods=["GET"], include_in_schema=False)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import httpx
 import pytest
 
 from gems.configs import ConfigError, GemsSettings
-from tests.test_serve import ALICE, KEY, Served
+from tests.conftest import make_settings
+from tests.test_serve import ALICE, BOB, CRITERIA, KEY, Served
 
 pytestmark = pytest.mark.slow
 OWN = {"Origin": "http://testserver"}  # what a browser on the TestClient's own origin sends
@@ -170,3 +172,47 @@ def test_cross_site_posts_are_refused_and_header_keys_need_no_origin(app_for):
 def test_health_is_liveness_only_without_a_key(app_for):
     with _client(app_for(api_key="")) as client:
         assert client.get("/health").json() == {"ok": True}
+
+
+@pytest.fixture
+def tenants(mllm_server, gen_server, isolated_env, monkeypatch):
+    """Settings for the stub servers and `GEMS_API_KEYS` for alice and bob; `script` blocks where asked."""
+    pytest.importorskip("langserve")
+
+    def start(**script):
+        mllm, scripted = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes", **script)
+        gen = gen_server()
+        monkeypatch.setenv("GEMS_API_KEYS", f"alice:{ALICE},bob:{BOB}")
+        return make_settings(mllm, gen, isolated_env, skills={"enabled": False}), scripted, gen
+
+    return start
+
+
+def _invoke(url: str, key: str, prompt: str = "a red cat", thread: str | None = None) -> httpx.Response:
+    headers = {"X-API-Key": key, **({"X-Thread-Id": thread} if thread else {})}
+    return httpx.post(f"{url}/gems/invoke", json={"input": {"prompt": prompt}}, headers=headers, timeout=60)
+
+
+def _stream(url: str, key: str, prompt: str, thread: str | None = None):
+    from langserve import RemoteRunnable
+
+    headers = {"X-API-Key": key, **({"X-Thread-Id": thread} if thread else {})}
+    return RemoteRunnable(f"{url}/gems", headers=headers).stream({"prompt": prompt})
+
+
+def test_artifacts_are_served_only_to_the_tenant_whose_run_made_them(tenants):
+    from gems.interfaces.serve import create_app
+
+    settings, _, _ = tenants()
+    with Served(create_app(settings)) as server:
+        url = _invoke(server.url, ALICE).json()["output"]["final"]["image"]["url"]
+        assert httpx.get(server.url + url, headers={"X-API-Key": ALICE}).status_code == 200
+        refused = httpx.get(server.url + url, headers={"X-API-Key": BOB})
+        assert refused.status_code == 404 and refused.json() == {"detail": "no such artifact"}
+        chunks = list(_stream(server.url, BOB, "a blue cat"))
+        streamed = next(c for c in chunks if c["node"] == "generate")["update"]["candidates"][0]["url"]
+        assert httpx.get(server.url + streamed, headers={"X-API-Key": BOB}).status_code == 200
+        assert httpx.get(server.url + streamed, headers={"X-API-Key": ALICE}).status_code == 404
+    with Served(create_app(settings)) as restarted:  # the record outlives the process
+        assert httpx.get(restarted.url + url, headers={"X-API-Key": ALICE}).status_code == 200
+        assert httpx.get(restarted.url + url, headers={"X-API-Key": BOB}).status_code == 404
