@@ -124,6 +124,13 @@ class ThreadConflict(Exception):
     """A known thread id sent with another prompt: answered 409, never another run's result."""
 
 
+class ThreadBusy(ThreadConflict):
+    """The thread is running for another request right now: answered 409; a second run never starts."""
+
+
+THREAD_BUSY = "this thread is running for another request; retry when it has finished, or use another X-Thread-Id"
+
+
 class ServerBusy(Exception):
     """No run slot freed up within the queue timeout: answered 429."""
 
@@ -172,6 +179,7 @@ class GemsService(Runnable[dict, dict]):
 
     Every run (each input of a batch too) takes one of `max_concurrent` slots, waiting up to `queue_timeout_s`.
     A client's thread id lives inside its tenant (the name of its API key): `alice`'s `t1` is `alice/t1` here.
+    A thread serves one request at a time: another request for it meanwhile gets `ThreadBusy` (409).
     `grants` records which images each tenant was shown, so `/artifacts/` serves them to that tenant only.
     """
 
@@ -184,6 +192,8 @@ class GemsService(Runnable[dict, dict]):
         self.slots = asyncio.Semaphore(max_concurrent)
         self.queue_timeout_s = queue_timeout_s
         self.grants = grants
+        self._running: set[str] = set()  # checkpoint thread ids with a request in progress
+        self._running_lock = threading.Lock()  # invoke (worker threads) and ainvoke (the loop) share the set
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
@@ -195,6 +205,24 @@ class GemsService(Runnable[dict, dict]):
             yield
         finally:
             self.slots.release()
+
+    def busy(self, thread: str) -> bool:
+        """Whether a request for this checkpoint thread is in progress."""
+        return thread in self._running
+
+    @contextlib.contextmanager
+    def _claim(self, run_cfg: dict[str, Any]) -> Iterator[None]:
+        """Hold the thread for this request, before its state is read: a second request meanwhile is refused."""
+        thread = run_cfg["configurable"]["thread_id"]
+        with self._running_lock:
+            if thread in self._running:
+                raise ThreadBusy(THREAD_BUSY)
+            self._running.add(thread)
+        try:
+            yield
+        finally:
+            with self._running_lock:
+                self._running.discard(thread)
 
     def _prepare(self, payload: Any, config: RunnableConfig | None) -> tuple[GemsSettings, dict[str, Any], str, str]:
         """Settings, run config, prompt and tenant ("" for the shared space) of one request."""
@@ -237,21 +265,23 @@ class GemsService(Runnable[dict, dict]):
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         settings, run_cfg, prompt, tenant = self._prepare(input, config)
-        snapshot = self.graph.get_state(run_cfg)
-        pending, run_input = self._continuation(snapshot, prompt)
-        if pending:
-            self.graph.invoke(run_input, run_cfg, context=settings)
-        return self._public(self.graph.get_state(run_cfg).values, run_cfg, tenant)
+        with self._claim(run_cfg):
+            snapshot = self.graph.get_state(run_cfg)
+            pending, run_input = self._continuation(snapshot, prompt)
+            if pending:
+                self.graph.invoke(run_input, run_cfg, context=settings)
+            return self._public(self.graph.get_state(run_cfg).values, run_cfg, tenant)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
         settings, run_cfg, prompt, tenant = self._prepare(input, config)
-        snapshot = await self.graph.aget_state(run_cfg)
-        pending, run_input = self._continuation(snapshot, prompt)
-        if pending:
-            async with self._slot():
-                await self.graph.ainvoke(run_input, run_cfg, context=settings)
-        values = (await self.graph.aget_state(run_cfg)).values
-        return self._public(values, run_cfg, tenant)
+        with self._claim(run_cfg):
+            snapshot = await self.graph.aget_state(run_cfg)
+            pending, run_input = self._continuation(snapshot, prompt)
+            if pending:
+                async with self._slot():
+                    await self.graph.ainvoke(run_input, run_cfg, context=settings)
+            values = (await self.graph.aget_state(run_cfg)).values
+            return self._public(values, run_cfg, tenant)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
         yield self.invoke(input, config)
@@ -282,18 +312,19 @@ class GemsService(Runnable[dict, dict]):
     ) -> AsyncIterator[dict[str, Any]]:
         payload = [item async for item in inputs][-1]
         settings, run_cfg, prompt, tenant = self._prepare(payload, config)
-        snapshot = await self.graph.aget_state(run_cfg)
-        pending, run_input = self._continuation(snapshot, prompt)
-        if pending:
-            async with self._slot():
-                async for chunk in _isolated(
-                    self.graph.astream(run_input, run_cfg, context=settings, stream_mode="updates")
-                ):
-                    for node, update in chunk.items():
-                        if node != "plan":  # the planner's update carries other runs' lessons
-                            yield {"node": node, "update": self._shown(tenant, update or {})}
-        values = (await self.graph.aget_state(run_cfg)).values
-        yield {"node": "__end__", "result": self._public(values, run_cfg, tenant)}
+        with self._claim(run_cfg):
+            snapshot = await self.graph.aget_state(run_cfg)
+            pending, run_input = self._continuation(snapshot, prompt)
+            if pending:
+                async with self._slot():
+                    async for chunk in _isolated(
+                        self.graph.astream(run_input, run_cfg, context=settings, stream_mode="updates")
+                    ):
+                        for node, update in chunk.items():
+                            if node != "plan":  # the planner's update carries other runs' lessons
+                                yield {"node": node, "update": self._shown(tenant, update or {})}
+            values = (await self.graph.aget_state(run_cfg)).values
+            yield {"node": "__end__", "result": self._public(values, run_cfg, tenant)}
 
 
 async def _isolated(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -672,12 +703,21 @@ def create_app(
             finally:
                 grants.close()
 
+    def per_request(config: dict[str, Any], request: Any) -> dict[str, Any]:
+        config = _thread_from_header(config, request)
+        configurable = config["configurable"]
+        # A stream answers 200 before it runs, so a busy thread is refused here, while a status can still say so.
+        thread = tenant_thread(configurable.get("tenant"), configurable.get("thread_id") or "")
+        if request.url.path.startswith("/gems/stream") and service.busy(thread):
+            raise HTTPException(409, THREAD_BUSY)
+        return config
+
     app = FastAPI(title="gems", description="GEMS image generation agent", lifespan=lifespan)
     add_routes(
         app,
         service.with_types(input_type=GemsRequest, output_type=dict),  # type: ignore[arg-type]
         path="/gems",
-        per_req_config_modifier=_thread_from_header,
+        per_req_config_modifier=per_request,
         # stream_log feeds the playground.
         enabled_endpoints=["invoke", "batch", "stream", "stream_log", "stream_events", "playground", "input_schema",
                            "output_schema", "config_schema"],

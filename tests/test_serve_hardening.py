@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -216,3 +217,26 @@ def test_artifacts_are_served_only_to_the_tenant_whose_run_made_them(tenants):
     with Served(create_app(settings)) as restarted:  # the record outlives the process
         assert httpx.get(restarted.url + url, headers={"X-API-Key": ALICE}).status_code == 200
         assert httpx.get(restarted.url + url, headers={"X-API-Key": BOB}).status_code == 404
+
+
+def test_a_busy_thread_gets_409_and_never_a_second_run(tenants):
+    from gems.interfaces.serve import create_app
+
+    settings, script, gen = tenants(block_at=("decompose", 1))
+    with Served(create_app(settings)) as server, ThreadPoolExecutor(4) as pool:
+        first = pool.submit(_invoke, server.url, ALICE, "a red cat", "job-1")
+        assert script.blocked.wait(30)  # the first run holds its thread, stopped before any image
+        others = list(pool.map(lambda _: _invoke(server.url, ALICE, "a red cat", "job-1"), range(3)))
+        assert [o.status_code for o in others] == [409] * 3
+        assert "running for another request" in others[0].json()["detail"] and "\n" not in others[0].text
+        stream = httpx.post(f"{server.url}/gems/stream", json={"input": {"prompt": "a red cat"}},
+                            headers={"X-API-Key": ALICE, "X-Thread-Id": "job-1"})  # fmt: skip
+        assert stream.status_code == 409  # a status, not a stream that fails later
+        # Bob's job-1 is another thread: not busy.
+        assert _invoke(server.url, BOB, "a red cat", "job-1").status_code == 200
+        script.release.set()
+        done = first.result(60)
+        assert done.status_code == 200 and len(done.json()["output"]["rounds"]) == 1
+        again = _invoke(server.url, ALICE, "a red cat", "job-1")
+        assert again.json()["output"]["final"] == done.json()["output"]["final"]
+    assert len(gen.prompts) == 2  # alice's one run and bob's
