@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from langchain_core.runnables import Runnable, RunnableConfig
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
 from gems.configs import ConfigError, GemsSettings, load_settings
@@ -801,12 +801,22 @@ def create_app(
 
         return handler
 
-    async def invalid(request: Any, exc: Any) -> Any:
+    def field_errors(errors: list[Any]) -> Any:
         # FastAPI would echo each bad input back (a 52 MB prompt, 52 MB again): name the field and the rule only.
-        errors = [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()[:20]]
-        return JSONResponse({"detail": errors}, status_code=422)
+        return JSONResponse({"detail": [{k: e.get(k) for k in ("loc", "msg", "type")} for e in errors[:20]]}, 422)
+
+    async def invalid(request: Any, exc: Any) -> Any:
+        return field_errors(exc.errors())
+
+    async def invalid_request(request: Any, exc: ValidationError) -> Any:
+        # LangServe checks each /batch input against the schema itself, raising pydantic's error: a client's
+        # mistake. Any other model failing to validate is the server's own fault and stays a 500.
+        if exc.title != GemsRequest.__name__:
+            raise exc
+        return field_errors(exc.errors())
 
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(ValidationError, invalid_request)
     app.add_exception_handler(ThreadConflict, refusal(409))
     app.add_exception_handler(ServerBusy, refusal(429, {"retry-after": "5"}))
     app.add_exception_handler(BatchTooLarge, refusal(413))

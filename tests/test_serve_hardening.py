@@ -240,3 +240,15 @@ def test_a_busy_thread_gets_409_and_never_a_second_run(tenants):
         again = _invoke(server.url, ALICE, "a red cat", "job-1")
         assert again.json()["output"]["final"] == done.json()["output"]["final"]
     assert len(gen.prompts) == 2  # alice's one run and bob's
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [[{"prompt": 5}], "x", [1], [None], [[]], [{}], [{"prompt": "a", "max_rounds": "SECRET-VALUE"}],
+     [{"prompt": "a cat"}, {"prompt": "a", "seed": -1}], [{"prompt": "a", "refine_mode": "SECRET-VALUE"}]],
+)  # fmt: skip
+def test_malformed_batch_items_get_one_short_line_not_a_500(app_for, inputs):
+    with _client(app_for(api_key="")) as client:
+        answer = client.post("/gems/batch", json={"inputs": inputs})
+    assert answer.status_code == 422 and answer.text.count("\n") == 0 and len(answer.text) < 1000
+    assert "SECRET-VALUE" not in answer.text
