@@ -3,10 +3,12 @@
 Routes: `/gems/invoke`, `/gems/batch`, `/gems/stream`, `/gems/stream_log`, `/gems/stream_events`,
 `/gems/playground/`; `/artifacts/<sha256>.png` for the images; `/runs/<thread>/` a run's page; `/signin`; `/health`.
 A run's thread comes from the `X-Thread-Id` header (a new one otherwise): the same id continues an interrupted run
-or returns the finished one, never generates twice. With `GEMS_API_KEY` (or `GEMS_API_KEYS`, `name:key,...`) set,
-every route but `/health` and `/signin` needs `Authorization: Bearer <key>`, `X-API-Key: <key>`, or the session
-cookie a browser gets by signing in once at `/signin`. At most `max_concurrent` runs execute at once; others wait
-up to `queue_timeout_s`, then get 429.
+or returns the finished one, never generates twice, and while it runs another request for it gets 409. With
+`GEMS_API_KEY` (or `GEMS_API_KEYS`, `name:key,...`; 16 characters or more) set, every route but `/health` and
+`/signin` needs `Authorization: Bearer <key>`, `X-API-Key: <key>`, or the session cookie a browser gets by signing
+in once at `/signin`; a client that offers 5 wrong keys in a minute waits. Images are served only to the tenant
+whose run made them. Bodies are bounded in size and time, browsers' cross-site POSTs refused. At most
+`max_concurrent` runs execute at once; others wait up to `queue_timeout_s`, then get 429.
 """
 
 from __future__ import annotations
@@ -634,6 +636,59 @@ def _replay(body: bytes, receive: Any) -> Any:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+HEADER_TIMEOUT_S = 10.0  # from connecting (or the last response) to a request's complete headers
+KEEP_ALIVE_S = 5  # an idle kept-alive connection
+MAX_HEADER_BYTES = 16 * 1024
+MAX_CONNECTIONS = 1024  # beyond this uvicorn answers 503 at once
+
+
+def uvicorn_options(header_timeout_s: float = HEADER_TIMEOUT_S) -> dict[str, Any]:
+    """Keyword arguments for `uvicorn.run` / `uvicorn.Config` that bound what a slow or idle client holds.
+
+    uvicorn alone has no deadline for a request's headers: a connection that sends half a request line, or a byte
+    now and then, is kept forever. This protocol closes it `header_timeout_s` after it connected or after its last
+    response, however much it trickles in meanwhile.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # the headers are in; the body has its own deadline in the guard
+
+        def on_response_complete(self) -> None:
+            self._arm()  # before the next pipelined request, which may disarm it at once
+            super().on_response_complete()
+
+    return {"http": HeaderDeadline, "timeout_keep_alive": KEEP_ALIVE_S,
+            "h11_max_incomplete_event_size": MAX_HEADER_BYTES, "limit_concurrency": MAX_CONNECTIONS}  # fmt: skip
 
 
 SIGNIN_PAGE = """<!doctype html><meta charset="utf-8"><title>gems: sign in</title>

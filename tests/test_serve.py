@@ -22,12 +22,18 @@ pytestmark = pytest.mark.slow
 
 
 class Served:
-    def __init__(self, app):
+    """`app` on a free port, in a thread, with the uvicorn options `gems serve` uses."""
+
+    def __init__(self, app, **options):
         import uvicorn
+
+        from gems.interfaces.serve import uvicorn_options
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        config = {**uvicorn_options(), **options}
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    **config))  # fmt: skip
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -252,3 +253,50 @@ def test_malformed_batch_items_get_one_short_line_not_a_500(app_for, inputs):
         answer = client.post("/gems/batch", json={"inputs": inputs})
     assert answer.status_code == 422 and answer.text.count("\n") == 0 and len(answer.text) < 1000
     assert "SECRET-VALUE" not in answer.text
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed this connection without an answer (a reset counts: bytes were still in flight)."""
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(app_for):
+    from gems.interfaces.serve import uvicorn_options
+
+    with Served(app_for(api_key=""), **uvicorn_options(header_timeout_s=0.5)) as server:
+
+        def connect() -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.settimeout(30)  # a hang guard only: uvicorn alone keeps such a connection open for ever
+            return sock
+
+        with connect() as half:
+            half.sendall(b"GET /hea")
+            assert _closed_by_server(half)
+        with connect() as silent:
+            assert _closed_by_server(silent)
+        with connect() as drip:  # a byte at a time buys no time: the deadline runs from the connect
+            stop = threading.Event()
+
+            def trickle() -> None:
+                for byte in b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 10_000:
+                    if stop.wait(0.05):
+                        return
+                    try:
+                        drip.sendall(bytes([byte]))
+                    except OSError:
+                        return
+
+            sender = threading.Thread(target=trickle, daemon=True)
+            sender.start()
+            try:
+                assert _closed_by_server(drip)
+            finally:
+                stop.set()
+                sender.join(5)
+        # Whole requests still work, on a connection kept alive between them.
+        with httpx.Client(base_url=server.url) as client:
+            assert [client.get("/health").json() for _ in range(2)] == [{"ok": True}] * 2
