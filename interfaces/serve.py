@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.tracers.log_stream import RunLog, RunLogPatch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
@@ -100,18 +101,104 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _with_urls(value: Any, found: set[str] | None = None) -> Any:
-    """Add `url` (`/artifacts/<sha256>.png`) next to every image reference; `found` collects their sha256."""
+def _served(value: Any, found: set[str] | None = None) -> Any:
+    """What a client may see of a value: each image reference gets its `url` and loses its server `path`.
+
+    `found` collects the sha256 of every image named, so the caller can let the tenant fetch them.
+    """
     if isinstance(value, dict):
-        out = {k: _with_urls(v, found) for k, v in value.items()}
-        if isinstance(out.get("sha256"), str) and "path" in out:
+        out = {k: _served(v, found) for k, v in value.items() if k != "path"}
+        if isinstance(out.get("sha256"), str) and "path" in value:
             out["url"] = f"/artifacts/{out['sha256']}.png"
             if found is not None:
                 found.add(out["sha256"])
         return out
     if isinstance(value, list):
-        return [_with_urls(v, found) for v in value]
+        return [_served(v, found) for v in value]
     return value
+
+
+def _one_line(text: Any, width: int = 200) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def progress_line(node: str, update: dict[str, Any]) -> str | None:
+    """A node's streamed update as one short line for people (None: nothing worth a line)."""
+    if node == "decompose":
+        criteria = update.get("criteria") or []
+        return _one_line(f"criteria ({len(criteria)}): " + "; ".join(map(str, criteria)))
+    if node == "prepare":
+        skill = f" (skill {update['skill']})" if update.get("skill") else ""
+        return _one_line(f"first prompt{skill}: {update.get('current_prompt')}")
+    if node == "generate":
+        urls = [c.get("url") for c in update.get("candidates") or [] if isinstance(c, dict)]
+        return f"round {update.get('round')}: {len(urls)} image(s) {' '.join(map(str, urls))}"
+    if node == "verify":
+        lines = [
+            _one_line(f"round {v.get('round')}: {'yes' if v.get('passed') else 'no'} - {v.get('criterion')}")
+            for v in update.get("verdicts") or []
+        ]
+        return "\n".join(lines) or None
+    if node in ("critique", "compress"):
+        last = (update.get("rounds") or [{}])[-1]
+        if node == "compress":
+            return _one_line(f"round {last.get('round')} experience: {last.get('experience')}")
+        passed, failed = len(last.get("passed") or []), len(last.get("failed") or [])
+        return f"round {last.get('round')}: {passed}/{passed + failed} criteria passed"
+    if node == "refine":
+        action = update.get("action") or {}
+        verb = "edit" if action.get("mode") == "edit" else "prompt"
+        return _one_line(f"round {action.get('round')} {verb}: {update.get('current_prompt')}")
+    if node == "finalize":
+        final = update.get("final") or {}
+        return f"chosen: round {final.get('round')}, {final.get('passed')}/{final.get('total')} criteria passed"
+    if node == "__interrupt__":
+        return "paused for review: send the same X-Thread-Id to go on"
+    return None  # review, skills, learn: nothing a person needs
+
+
+def _headline(result: dict[str, Any]) -> str:
+    """The first lines of the playground's output once a run is done: the image, then the run's page."""
+    image = (result.get("final") or {}).get("image") or {}
+    first = f"Final image: {image['url']}" if image.get("url") else "No final image (see the run page)"
+    return f"{first}\nRun page: {result.get('page')}\n\n"
+
+
+def _done_line(result: dict[str, Any]) -> str:
+    final = result.get("final") or {}
+    if result.get("success"):
+        verdict = "all criteria passed"
+    elif result.get("success") is None:
+        verdict = "nothing to check"
+    else:
+        verdict = "best so far"
+    return f"done: {verdict} ({final.get('passed')}/{final.get('total')}, round {final.get('round')})\n"
+
+
+def _readable(patch: RunLogPatch) -> RunLogPatch:
+    """A /stream_log patch with each streamed chunk as text: the playground prints chunks one after another.
+
+    The first chunk (the run's page) is replaced at the end by the final image and the page, so the output
+    starts with the links; the result itself goes to `final_output`, which the playground does not print.
+    """
+    ops: list[dict[str, Any]] = []
+    for op in patch.ops:
+        path, chunk = op.get("path", ""), op.get("value")
+        if path.startswith("/final_output"):
+            continue  # each chunk again; the result is set once below
+        if path != "/streamed_output/-" or not isinstance(chunk, dict):
+            ops.append(op)
+        elif chunk.get("node") == "__end__":
+            result = chunk.get("result") or {}
+            ops += [
+                {"op": "replace", "path": "/streamed_output/0", "value": _headline(result)},
+                {"op": "add", "path": "/streamed_output/-", "value": _done_line(result)},
+                {"op": "replace", "path": "/final_output", "value": result},
+            ]
+        elif chunk.get("line"):
+            ops.append({**op, "value": chunk["line"] + "\n"})
+    return RunLogPatch(*ops)
 
 
 class NoEditor(Exception):
@@ -244,7 +331,7 @@ class GemsService(Runnable[dict, dict]):
     def _shown(self, tenant: str, value: Any) -> Any:
         """`value` as a client sees it; the images it names become fetchable by this tenant."""
         found: set[str] = set()
-        out = _with_urls(_jsonable(value), found)
+        out = _served(_jsonable(value), found)
         if self.grants is not None:
             self.grants.grant(tenant, found)
         return out
@@ -300,7 +387,8 @@ class GemsService(Runnable[dict, dict]):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield `{"node", "update"}` as each node finishes (each round's image included), then the result."""
+        """Yield `{"node": "__start__", "thread_id", "page"}`, then `{"node", "line", "update"}` as each node
+        finishes (each round's images included), then `{"node": "__end__", "result"}`. `line` is for people."""
 
         async def single() -> AsyncIterator[Any]:
             yield input
@@ -317,6 +405,9 @@ class GemsService(Runnable[dict, dict]):
         with self._claim(run_cfg):
             snapshot = await self.graph.aget_state(run_cfg)
             pending, run_input = self._continuation(snapshot, prompt)
+            thread_id = client_thread(run_cfg["configurable"]["thread_id"])
+            page = f"/runs/{thread_id}/"
+            yield {"node": "__start__", "thread_id": thread_id, "page": page, "line": f"Run page: {page}"}
             if pending:
                 async with self._slot():
                     async for chunk in _isolated(
@@ -324,9 +415,22 @@ class GemsService(Runnable[dict, dict]):
                     ):
                         for node, update in chunk.items():
                             if node != "plan":  # the planner's update carries other runs' lessons
-                                yield {"node": node, "update": self._shown(tenant, update or {})}
+                                shown = self._shown(tenant, update or {})
+                                line = progress_line(node, shown if isinstance(shown, dict) else {})
+                                yield {"node": node, "line": line, "update": shown}
             values = (await self.graph.aget_state(run_cfg)).values
-            yield {"node": "__end__", "result": self._public(values, run_cfg, tenant)}
+            result = self._public(values, run_cfg, tenant)
+            yield {"node": "__end__", "line": _done_line(result).strip(), "result": result}
+
+
+class _Served(RunnableBinding):  # type: ignore[no-redef]  # mypy's pydantic plugin: a field named kwargs
+    """The service as LangServe serves it; `/stream_log`, which feeds the playground, streams readable text."""
+
+    async def astream_log(  # type: ignore[override]
+        self, input: Any, config: RunnableConfig | None = None, *, diff: bool = True, **options: Any
+    ) -> AsyncIterator[Any]:
+        async for patch in super().astream_log(input, config, diff=diff, **options):  # type: ignore[call-overload]
+            yield _readable(patch) if diff and not isinstance(patch, RunLog) else patch
 
 
 async def _isolated(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -770,7 +874,7 @@ def create_app(
     app = FastAPI(title="gems", description="GEMS image generation agent", lifespan=lifespan)
     add_routes(
         app,
-        service.with_types(input_type=GemsRequest, output_type=dict),  # type: ignore[arg-type]
+        _Served(bound=service, custom_input_type=GemsRequest, custom_output_type=dict),
         path="/gems",
         per_req_config_modifier=per_request,
         # stream_log feeds the playground.

@@ -78,7 +78,9 @@ class Page:
         return self.page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
 
 
-def test_playground_renders_and_a_run_from_its_form_completes(browser, served):  # noqa: F811
+def test_playground_renders_and_a_run_from_its_form_completes(browser, served, isolated_env):  # noqa: F811
+    from playwright.sync_api import expect
+
     server, _, _ = served(api_key=None)
     with server:
         view = Page(browser)
@@ -89,14 +91,19 @@ def test_playground_renders_and_a_run_from_its_form_completes(browser, served): 
         assert view.errors == []
         page.locator("textarea").first.fill("a red cat")
         page.get_by_role("button", name="Start").click()
-        page.get_by_text('"__end__"').wait_for(timeout=60_000)
+        box = page.locator("h2", has_text="Output").locator("xpath=following-sibling::div[1]")
+        expect(box).to_contain_text("done: all criteria passed", timeout=60_000)
         view.shot("playground-after-run")
-        output = page.inner_text("body")
-        assert view.errors == [] and '"success": true' in output
-        # The playground draws output as text: the result names the final image and the run's page.
-        start = output.rindex('"page": "/runs/') + len('"page": "')
-        run_path = output[start : output.index('"', start)]
-        image_url = output[output.rindex("/artifacts/") : output.index(".png", output.rindex("/artifacts/")) + 4]
+        output = box.inner_text()
+        assert view.errors == []
+        # The output starts with the final image and the run's page, then one short line per step; no JSON wall
+        # and no server path anywhere on the page.
+        lines = output.splitlines()
+        assert lines[0].startswith("Final image: /artifacts/") and lines[1].startswith("Run page: /runs/")
+        assert "round 1: 1 image(s) /artifacts/" in output and "round 2: 2/2 criteria passed" in output
+        assert len(lines) < 30 and max(map(len, lines)) <= 200 and "{" not in output
+        assert str(isolated_env) not in page.content() and '"path"' not in page.content()
+        image_url, run_path = lines[0].removeprefix("Final image: "), lines[1].removeprefix("Run page: ")
         answer = page.request.get(f"{server.url}{image_url}")
         assert answer.status == 200 and answer.headers["content-type"] == "image/png"
 
@@ -105,6 +112,7 @@ def test_playground_renders_and_a_run_from_its_form_completes(browser, served): 
         assert view.errors == [] and page.locator(".round").count() == 2
         assert all(width > 0 for width in view.images_loaded())
         assert page.locator(".round.final").count() == 1
+        assert page.locator(".round.final img").get_attribute("src") == image_url
 
 
 @contextlib.contextmanager
@@ -131,6 +139,8 @@ def _page_server():
 
 
 def test_a_browser_signs_in_once_and_a_wrong_key_is_refused(browser, served):  # noqa: F811
+    from playwright.sync_api import expect
+
     server, _, gen = served()
     with server:
         view = Page(browser)
@@ -160,6 +170,11 @@ def test_a_browser_signs_in_once_and_a_wrong_key_is_refused(browser, served):  #
         assert fresh.request.get(f"{server.url}/gems/input_schema").status == 401
         fresh.close()
 
+        # Signed in, the playground runs: its POSTs carry this origin and JSON, as the cookie now requires.
+        page.locator("textarea").first.fill("a red cat")
+        page.get_by_role("button", name="Start").click()
+        box = page.locator("h2", has_text="Output").locator("xpath=following-sibling::div[1]")
+        expect(box).to_contain_text("done: all criteria passed", timeout=60_000)
         # A page on another port of this host is the same site, so the cookie goes along: it still cannot start a
         # run by posting text/plain JSON (no preflight) to /gems/invoke.
         with _page_server() as elsewhere:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -300,3 +301,40 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(app_for):
         # Whole requests still work, on a connection kept alive between them.
         with httpx.Client(base_url=server.url) as client:
             assert [client.get("/health").json() for _ in range(2)] == [{"ok": True}] * 2
+
+
+def test_nothing_served_names_a_server_path_and_the_playground_feed_is_readable(tenants, isolated_env):
+    from gems.interfaces.serve import create_app
+
+    settings, _, _ = tenants()
+    secret = str(isolated_env)
+    with Served(create_app(settings)) as server:
+        headers = {"X-API-Key": ALICE}
+        result = _invoke(server.url, ALICE, thread="t1").json()["output"]
+        assert set(result) == {"thread_id", "prompt", "skill", "skill_trace", "lessons", "lesson_id", "warnings",
+                               "criteria", "success", "final", "rounds", "counts", "usage", "timings",
+                               "page"}  # fmt: skip
+        image = result["final"]["image"]
+        assert "path" not in image and image["url"] == f"/artifacts/{image['sha256']}.png"
+        served = {"invoke": json.dumps(result)}
+        chunks = list(_stream(server.url, ALICE, "a red cat", "t2"))
+        assert chunks[0] == {"node": "__start__", "thread_id": "t2", "page": "/runs/t2/", "line": "Run page: /runs/t2/"}
+        assert all(isinstance(c["line"], str | None) for c in chunks) and chunks[-1]["node"] == "__end__"
+        served["stream"] = json.dumps(chunks)
+        for route in ("batch", "stream_events", "stream_log"):
+            body = {"inputs": [{"prompt": "a cat"}]} if route == "batch" else {"input": {"prompt": "a cat"}}
+            answer = httpx.post(f"{server.url}/gems/{route}", json=body, headers=headers, timeout=60)
+            assert answer.status_code == 200
+            served[route] = answer.text
+        served["page"] = httpx.get(f"{server.url}/runs/t1/", headers=headers).text
+        assert [name for name, text in served.items() if secret in text] == []
+        # /stream_log (the playground's feed): lines of text; the first is replaced by the image and page at the end.
+        ops = [op for line in served.pop("stream_log").splitlines() if line.startswith("data: {")
+               for op in json.loads(line[6:]).get("ops", [])]  # fmt: skip
+        served["stream_log values"] = json.dumps([op.get("value") for op in ops])  # JSON patches have a "path"
+        assert [name for name, text in served.items() if '"path"' in text] == []
+        output = [op["value"] for op in ops if op["path"].startswith("/streamed_output/")]
+        assert all(isinstance(x, str) and x.endswith("\n") and "{" not in x for x in output)
+        assert output[0].startswith("Run page: /runs/") and output[-1].startswith("done: all criteria passed")
+        headline = next(op for op in ops if op["op"] == "replace" and op["path"] == "/streamed_output/0")["value"]
+        assert headline.startswith("Final image: /artifacts/") and "\nRun page: /runs/" in headline
