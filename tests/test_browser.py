@@ -9,8 +9,11 @@ Chromium comes from the system (Debian's `chromium`, installed by `.ci/run`); Pl
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,7 +78,9 @@ class Page:
         return self.page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
 
 
-def test_playground_renders_and_a_run_from_its_form_completes(browser, served):  # noqa: F811
+def test_playground_renders_and_a_run_from_its_form_completes(browser, served, isolated_env):  # noqa: F811
+    from playwright.sync_api import expect
+
     server, _, _ = served(api_key=None)
     with server:
         view = Page(browser)
@@ -86,14 +91,19 @@ def test_playground_renders_and_a_run_from_its_form_completes(browser, served): 
         assert view.errors == []
         page.locator("textarea").first.fill("a red cat")
         page.get_by_role("button", name="Start").click()
-        page.get_by_text('"__end__"').wait_for(timeout=60_000)
+        box = page.locator("h2", has_text="Output").locator("xpath=following-sibling::div[1]")
+        expect(box).to_contain_text("done: all criteria passed", timeout=60_000)
         view.shot("playground-after-run")
-        output = page.inner_text("body")
-        assert view.errors == [] and '"success": true' in output
-        # The playground draws output as text: the result names the final image and the run's page.
-        start = output.rindex('"page": "/runs/') + len('"page": "')
-        run_path = output[start : output.index('"', start)]
-        image_url = output[output.rindex("/artifacts/") : output.index(".png", output.rindex("/artifacts/")) + 4]
+        output = box.inner_text()
+        assert view.errors == []
+        # The output starts with the final image and the run's page, then one short line per step; no JSON wall
+        # and no server path anywhere on the page.
+        lines = output.splitlines()
+        assert lines[0].startswith("Final image: /artifacts/") and lines[1].startswith("Run page: /runs/")
+        assert "round 1: 1 image(s) /artifacts/" in output and "round 2: 2/2 criteria passed" in output
+        assert len(lines) < 30 and max(map(len, lines)) <= 200 and "{" not in output
+        assert str(isolated_env) not in page.content() and '"path"' not in page.content()
+        image_url, run_path = lines[0].removeprefix("Final image: "), lines[1].removeprefix("Run page: ")
         answer = page.request.get(f"{server.url}{image_url}")
         assert answer.status == 200 and answer.headers["content-type"] == "image/png"
 
@@ -102,10 +112,36 @@ def test_playground_renders_and_a_run_from_its_form_completes(browser, served): 
         assert view.errors == [] and page.locator(".round").count() == 2
         assert all(width > 0 for width in view.images_loaded())
         assert page.locator(".round.final").count() == 1
+        assert page.locator(".round.final img").get_attribute("src") == image_url
+
+
+@contextlib.contextmanager
+def _page_server():
+    """Another origin on this host: a real listener (from a page Playwright fulfilled itself, fetch failed)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<!doctype html><title>elsewhere</title>")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_a_browser_signs_in_once_and_a_wrong_key_is_refused(browser, served):  # noqa: F811
-    server, _, _ = served()
+    from playwright.sync_api import expect
+
+    server, _, gen = served()
     with server:
         view = Page(browser)
         page = view.page
@@ -133,6 +169,23 @@ def test_a_browser_signs_in_once_and_a_wrong_key_is_refused(browser, served):  #
         fresh = browser.new_context()
         assert fresh.request.get(f"{server.url}/gems/input_schema").status == 401
         fresh.close()
+
+        # Signed in, the playground runs: its POSTs carry this origin and JSON, as the cookie now requires.
+        page.locator("textarea").first.fill("a red cat")
+        page.get_by_role("button", name="Start").click()
+        box = page.locator("h2", has_text="Output").locator("xpath=following-sibling::div[1]")
+        expect(box).to_contain_text("done: all criteria passed", timeout=60_000)
+        # A page on another port of this host is the same site, so the cookie goes along: it still cannot start a
+        # run by posting text/plain JSON (no preflight) to /gems/invoke.
+        with _page_server() as elsewhere:
+            page.goto(f"{elsewhere}/")
+            with page.expect_response(f"{server.url}/gems/invoke") as forged:
+                page.evaluate(
+                    """url => fetch(url, {method: "POST", mode: "no-cors", credentials: "include",
+                        headers: {"Content-Type": "text/plain"}, body: JSON.stringify({input: {prompt: "forged"}})})""",
+                    f"{server.url}/gems/invoke",
+                )
+        assert forged.value.status == 403 and "forged" not in gen.prompts
 
 
 def test_the_run_page_and_the_bench_gallery_open_with_every_image(browser, stubs, tmp_path):

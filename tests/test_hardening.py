@@ -249,7 +249,7 @@ def test_a_header_that_is_not_utf8_is_a_4xx_not_a_crash(tmp_path):
 
     from gems.interfaces.serve import create_app
 
-    app = create_app(GemsSettings(data_dir=tmp_path), api_key="k")
+    app = create_app(GemsSettings(data_dir=tmp_path), api_key="k" * 16)
     with TestClient(app, raise_server_exceptions=False) as client:
         for headers in (
             {"X-API-Key": b"\xff\xfe"},
@@ -257,7 +257,7 @@ def test_a_header_that_is_not_utf8_is_a_4xx_not_a_crash(tmp_path):
             {"Cookie": b"gems_session=\xff"},
         ):
             assert client.get("/gems/input_schema", headers=headers).status_code == 401
-        thread = {"X-API-Key": "k", "X-Thread-Id": b"caf\xe9"}
+        thread = {"X-API-Key": "k" * 16, "X-Thread-Id": b"caf\xe9"}
         answer = client.post("/gems/invoke", json={"input": {"prompt": "a cat"}}, headers=thread)
         assert answer.status_code == 422 and "X-Thread-Id" in answer.text
 
