@@ -120,18 +120,21 @@ NO_EDITOR = "loop.refine_mode {mode} needs an editor: set editor.backend to diff
 
 
 MAX_ROUNDS = 50  # the most rounds any run may take, wherever its options come from
+MAX_CANDIDATES = 16  # images per round
+MAX_CRITERIA = 100  # criteria checked per image (each one verifier call)
 
 
 class LoopSettings(_Strict):
     """The GEMS loop; defaults reproduce the reference method."""
 
     max_rounds: int = Field(5, ge=1, le=MAX_ROUNDS, description="generator rounds before returning the best image")
-    images_per_round: int = Field(1, ge=1, le=16, description="candidates per round; the best one is kept")
+    images_per_round: int = Field(1, ge=1, le=MAX_CANDIDATES, description="candidates per round; the best one is kept")
     experience_max_words: int = Field(100, ge=10, le=1000)
     verifier_concurrency: int = Field(10, ge=1, le=256, description="parallel verifier calls")
     max_criteria: int | None = Field(
-        24, ge=1, description="cap on decomposed criteria (each is one verifier call per round); null = no cap"
-    )
+        24, ge=1, le=MAX_CRITERIA,
+        description=f"cap on decomposed criteria (each is one verifier call per round); null = {MAX_CRITERIA}",
+    )  # fmt: skip
     max_prompt_chars: int = Field(
         4000, ge=100, le=100_000, description="longer planner/refiner prompts are cut at a word boundary"
     )
@@ -483,7 +486,7 @@ class _RunLoop(_Strict):
         None, ge=1, le=MAX_ROUNDS, description="generator rounds before returning the best image"
     )
     seed: int | None = Field(None, ge=0, lt=2**63, description="base seed for reproducible generations")
-    images_per_round: int | None = Field(None, ge=1, le=16, description="candidates per round")
+    images_per_round: int | None = Field(None, ge=1, le=MAX_CANDIDATES, description="candidates per round")
     human_review: bool | None = Field(None, description="pause before the first generation for review")
     review_rounds: bool | None = Field(None, description="pause after each round for review")
     refine_mode: RefineMode | None = Field(None, description="regenerate, edit or auto (edit and auto need an editor)")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from langchain_core.messages import AIMessage
+from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from gems.configs.settings import MAX_ROUNDS
+from gems.configs import context_settings
+from gems.configs.settings import MAX_CANDIDATES, MAX_CRITERIA
 from gems.memory.state import GemsState, PlannerState, VerifyTask
+from gems.nodes.runtime import pinned
 
 MAX_TOOL_TURNS = 6  # planner turns before planning stops calling tools
 
@@ -25,7 +28,7 @@ def route_after_plan(state: PlannerState) -> Literal["skills", "prepare"]:
 
 def route_after_generate(state: GemsState) -> list[Send] | Literal["finalize"]:
     """Fan out one verifier call per (candidate, criterion); with no criteria there is nothing to check."""
-    criteria = state.get("criteria") or []
+    criteria = (state.get("criteria") or [])[:MAX_CRITERIA]  # a state edit cannot fan out past the cap
     if not criteria:
         return "finalize"
     return [
@@ -40,29 +43,28 @@ def route_after_generate(state: GemsState) -> list[Send] | Literal["finalize"]:
                 verifiers=state.get("verifiers") or [],
             ),
         )
-        for c, image in enumerate(state.get("candidates") or [])
+        for c, image in enumerate((state.get("candidates") or [])[:MAX_CANDIDATES])
         for i, q in enumerate(criteria)
     ]
 
 
-def route_after_critique(state: GemsState) -> Literal["finalize", "review_round", "compress"]:
-    """Stop when every criterion passed or the round budget is spent; else a person's review if asked, or refine."""
+def route_after_critique(state: GemsState, runtime: Runtime[Any]) -> Literal["finalize", "review_round", "compress"]:
+    """Stop when every criterion passed or the round budget is spent; else a person's review if asked, or refine.
+
+    The budget and the review flag are the run's own (pinned when it started, within their bounds).
+    """
     rounds = state.get("rounds") or []
     if rounds and not rounds[-1].get("failed"):
         return "finalize"
-    if state.get("round", 0) >= round_budget(state):
+    options = pinned(state, context_settings(runtime.context))
+    if state.get("round", 0) >= options["max_rounds"]:
         return "finalize"
-    return "review_round" if state.get("review_rounds") else "compress"
+    return "review_round" if options["review_rounds"] else "compress"
 
 
 def route_after_review(state: GemsState) -> Literal["finalize", "compress"]:
     """A reviewer who accepted the round's image ends the run with it; otherwise the loop goes on."""
     return "finalize" if state.get("accepted_round") else "compress"
-
-
-def round_budget(state: GemsState) -> int:
-    """The run's own round budget, never past the cap (a state edit cannot buy more rounds)."""
-    return max(1, min(int(state.get("max_rounds") or 5), MAX_ROUNDS))
 
 
 def recursion_limit_for(max_rounds: int) -> int:

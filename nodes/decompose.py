@@ -7,6 +7,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
+from gems.configs.settings import MAX_CRITERIA
 from gems.memory.state import GemsState
 from gems.nodes.calls import ask
 from gems.nodes.mllm import MLLMError
@@ -48,8 +49,8 @@ async def decompose(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[st
             except CriteriaParseError as exc:
                 raise MLLMError(CRITERIA_ERROR.format(detail=exc)) from None
     update: dict[str, Any] = {"mllm_calls": calls, "timings": timings, "usage": usage_update(*usages)}
-    cap = settings.loop.max_criteria
-    if cap is not None and len(criteria) > cap:
+    cap = settings.loop.max_criteria or MAX_CRITERIA
+    if len(criteria) > cap:
         update["warnings"] = [
             f"the decomposer wrote {len(criteria)} criteria; kept the first {cap} (loop.max_criteria)"
         ]

@@ -12,7 +12,7 @@ from gems.memory.state import GemsState, ImageRef
 from gems.nodes.calls import blocking, edit, render
 from gems.nodes.chat import run_links
 from gems.nodes.generators import editor_settings
-from gems.nodes.runtime import artifact_store, timed
+from gems.nodes.runtime import artifact_store, pinned, timed
 
 _rng = random.SystemRandom()
 
@@ -44,8 +44,9 @@ async def generate(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str
     has_criteria = bool(state.get("criteria"))
     prompt = (state.get("current_prompt") or state["prompt"]) if has_criteria else state["prompt"]
     # The run's own options as it started (kept in state), not a resuming caller's defaults.
-    base_seed = state.get("seed", settings.loop.seed)
-    count = (state.get("images_per_round") or settings.loop.images_per_round) if has_criteria else 1
+    options = pinned(state, settings)
+    base_seed = options["seed"]
+    count = options["images_per_round"] if has_criteria else 1
     store = artifact_store(settings)
     timings: dict[str, float] = {}
     candidates: list[ImageRef] = []

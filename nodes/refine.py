@@ -29,7 +29,7 @@ from gems.nodes.prompts.refine import (
     refine_system,
     refiner_parts,
 )
-from gems.nodes.runtime import artifact_store, timed, usage_update
+from gems.nodes.runtime import artifact_store, pinned, timed, usage_update
 from gems.skills import registry_for
 
 EMPTY_PROMPT_ERROR = "the refiner returned an empty prompt; check mllm.model and mllm.max_tokens"
@@ -52,7 +52,7 @@ async def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, 
         ConfigError: refine_mode edit or auto with no editor configured.
     """
     settings = context_settings(runtime.context)
-    mode = state.get("refine_mode") or settings.loop.refine_mode  # as the run started
+    mode = pinned(state, settings)["refine_mode"]  # as the run started
     rounds = list(state.get("rounds") or [])
     next_round = state.get("round", len(rounds)) + 1
     timings: dict[str, float] = {}

@@ -31,6 +31,7 @@ from langgraph.types import interrupt
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState
 from gems.nodes.chat import run_links
+from gems.nodes.runtime import pinned
 
 REVIEW_HELP = 'Answer "accept" to go on as proposed, or {"criteria": [...], "first_prompt": "..."} to replace either.'
 ROUND_HELP = (
@@ -171,7 +172,7 @@ def review(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
         Replaced `criteria` and/or `current_prompt`, or nothing.
     """
     # The flag recorded when the run started: a resume that omits the option still applies the reviewer's edits.
-    if not state.get("human_review", context_settings(runtime.context).loop.human_review):
+    if not pinned(state, context_settings(runtime.context))["human_review"]:
         return {}
     args = {"first_prompt": state.get("current_prompt"), "criteria": state.get("criteria") or []}
     description = f"Review the plan for: {state['prompt']}"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from langgraph.config import get_config
 
-from gems.configs import GemsSettings
+from gems.configs import GemsSettings, UsageError
+from gems.configs.settings import PINNED, checked_options
 from gems.memory.artifacts import ArtifactStore
 
 
@@ -24,6 +27,21 @@ def lesson_settings(settings: GemsSettings) -> GemsSettings:
         return settings
     tenant = re.sub(r"[^A-Za-z0-9_.-]", "_", str(caller))[:64]
     return settings.model_copy(update={"memory": settings.memory.model_copy(update={"tenant": tenant})})
+
+
+def pinned(state: Mapping[str, Any], settings: GemsSettings) -> dict[str, Any]:
+    """The run's options as it started (kept in state), each within its bounds; the settings' own for any missing or
+    out of bounds (a client's state edit cannot lift a run past the limits the settings model defines)."""
+    out = {key: getattr(settings.loop, key) for key in PINNED}
+    for key in PINNED:
+        if key not in state:
+            continue
+        if state[key] is None:  # only "no seed" means something as None
+            out["seed"] = None if key == "seed" else out["seed"]
+            continue
+        with contextlib.suppress(UsageError):  # out of bounds: the settings' value stands
+            out.update(checked_options({key: state[key]}))
+    return out
 
 
 def artifact_store(settings: GemsSettings) -> ArtifactStore:

@@ -481,3 +481,23 @@ def test_agent_chat_ui_shows_each_round_and_the_answer_and_takes_a_review(server
         page.screenshot(path=str(ARTIFACTS / f"chat-ui-{flavour}-3-accepted.png"), full_page=True)
     page.close()
     assert problems == [], problems
+
+
+def test_a_state_edit_cannot_lift_a_run_past_its_limits(server):
+    """With the run paused for review, a client rewrites its options in state (60 rounds, 10,000 images a round,
+    500 criteria); each value past its bound is ignored for the server's own, so the run stays within limits."""
+    alice = client(server)
+    thread = alice.threads.create()["thread_id"]
+    chat(alice, thread, REQUEST, context={"loop": {"human_review": True, "max_rounds": 1}})
+    made = len(server["gen"].prompts)
+    many = [f"Is there thing {i}?" for i in range(500)]
+    # Written as the decomposer's answer, while the review waits; then the review is accepted.
+    alice.threads.update_state(thread, {"images_per_round": 10_000, "max_rounds": 60, "criteria": many},
+                               as_node="decompose")  # fmt: skip
+    asked = server["script"].calls["verify"]
+    alice.runs.wait(thread, "gems", command={"resume": "accept"})
+    values = alice.threads.get_state(thread)["values"]
+    rounds = len(values["rounds"])
+    assert 1 <= rounds <= 5  # the server's budget (config default 5), never 60
+    assert len(server["gen"].prompts) - made == rounds  # one image a round, not 10,000
+    assert server["script"].calls["verify"] - asked == 100 * rounds  # the criteria cap, not 500 a round

@@ -6,20 +6,24 @@ then the diff of `tests/snapshots/prompts/*.txt` is what reviewers read.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from langgraph.checkpoint.memory import InMemorySaver
 
 from gems.configs import GemsSettings
+from gems.graph import build_graph, run_config
 from gems.memory.artifacts import ArtifactStore
 from gems.nodes.prompts import format_lessons, skill_block
 from gems.nodes.prompts import plan as plan_prompts
 from gems.nodes.prompts.compress import COMPRESS_SYSTEM, compressor_parts
 from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM, DECOMPOSE_USER, REPAIR_USER
 from gems.nodes.prompts.evolve import propose_system, propose_user
+from gems.nodes.prompts.intake import FOLLOW_UP_SYSTEM, FOLLOW_UP_USER
 from gems.nodes.prompts.refine import (
     CHOOSE_ASK,
     CHOOSE_SYSTEM,
@@ -30,7 +34,7 @@ from gems.nodes.prompts.refine import (
 )
 from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
 from gems.nodes.prompts.verify import VERIFY_SYSTEM, VERIFY_USER
-from tests.support.servers import png_bytes
+from tests.support.servers import png_bytes, role_of
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "prompts"
 REQUEST = 'three red apples left of a blue vase, a sign reading "FRESH"'
@@ -89,6 +93,7 @@ def _rendered(tmp_path: Path) -> dict[str, str]:
         "refiner-edit": (EDIT_SYSTEM, _text(refiner_parts(edited, settings, store, edited["rounds"][1], EDIT_ASK))),
         "refiner-choose": (CHOOSE_SYSTEM, _text(refiner_parts(state, settings, store, state["rounds"][1], CHOOSE_ASK))),
         "rewrite": (REWRITE_SYSTEM, REQUEST),
+        "follow-up": (FOLLOW_UP_SYSTEM, FOLLOW_UP + "\n[image]"),
         "skill-proposer": (
             propose_system(3),
             propose_user(
@@ -101,8 +106,11 @@ def _rendered(tmp_path: Path) -> dict[str, str]:
     return {role: f"=== system ===\n{system}\n=== user ===\n{user}\n" for role, (system, user) in roles.items()}
 
 
+FOLLOW_UP = FOLLOW_UP_USER.format(
+    previous=REQUEST, passed="- Are there three apples?", failed="- Is the vase blue?", message="now make the vase blue"
+)
 ROLES = ["planner", "router", "enhancer", "decomposer", "decomposer-repair", "verifier", "compressor", "refiner",
-         "refiner-with-skill", "refiner-edit", "refiner-choose", "rewrite", "skill-proposer"]  # fmt: skip
+         "refiner-with-skill", "refiner-edit", "refiner-choose", "rewrite", "skill-proposer", "follow-up"]  # fmt: skip
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -122,3 +130,28 @@ def test_lessons_block_is_shared_and_absent_without_lessons(tmp_path):
     assert format_lessons([]) == "" and format_lessons(LESSONS) in _text(refiner_parts(state, settings, store))
     state["lessons"] = []
     assert "Lessons from similar earlier requests" not in _text(refiner_parts(state, settings, store))
+
+
+@pytest.mark.parametrize("route", ["NONE", "counting"], ids=["no-skill", "skill"])
+def test_one_request_sends_the_calls_it_always_sent(stubs, route):
+    """The MLLM calls of a single request (count and every text, images included) and its final choice, against a
+    reviewed snapshot: the chat surface, the planner subgraph and the async nodes must not change the loop."""
+    s = stubs(criteria=["Is there a cat?", "Is the cat red?", "Is it on a mat?"],
+              verdict=lambda q, n: "yes" if q != "Is the cat red?" or n >= 3 else "no", route=route,
+              reasoning="thinking")  # fmt: skip
+    settings = s.settings(loop={"seed": 7})
+    out = build_graph(checkpointer=InMemorySaver()).invoke(
+        {"prompt": "a red cat on a mat"}, run_config(settings, "t"), context=settings
+    )
+    calls = sorted(
+        (role_of(r["body"]), json.dumps(r["body"]["messages"], sort_keys=True),
+         sorted(t["function"]["name"] for t in r["body"].get("tools", [])))
+        for r in s.mllm.requests
+    )  # fmt: skip
+    record = {"calls": calls, "final": [out["final"]["round"], out["final"]["passed"]], "generated": s.gen.prompts}
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    path = SNAPSHOTS.parent / f"calls-one-request-{route.lower()}.json"
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        path.write_text(text, encoding="utf-8")
+    assert path.is_file(), f"no snapshot {path.name}: run UPDATE_SNAPSHOTS=1 pytest tests/test_prompts.py"
+    assert text == path.read_text(encoding="utf-8"), "the calls of one request changed; update it if intended"

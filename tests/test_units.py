@@ -69,9 +69,9 @@ def test_route_after_generate_sends_one_task_per_candidate_and_criterion():
     ("round_no", "max_rounds", "failed", "review", "expected"),
     [(1, 5, [], False, "finalize"), (1, 5, ["q"], False, "compress"), (5, 5, ["q"], False, "finalize"),
      (2, 2, ["q"], False, "finalize"), (1, 5, ["q"], True, "review_round"), (1, 5, [], True, "finalize"),
-     (50, 60, ["q"], False, "finalize")],  # a state edit cannot lift the budget past the cap
+     (5, 60, ["q"], False, "finalize")],  # 60 is past the cap: the settings' budget (5) stands
 )  # fmt: skip
-def test_route_after_critique(round_no, max_rounds, failed, review, expected):
+def test_route_after_critique(round_no, max_rounds, failed, review, expected, runtime):
     state: Any = {
         "prompt": "p",
         "round": round_no,
@@ -79,7 +79,7 @@ def test_route_after_critique(round_no, max_rounds, failed, review, expected):
         "review_rounds": review,
         "rounds": [{"round": 1, "failed": failed}],
     }
-    assert route_after_critique(state) == expected
+    assert route_after_critique(state, runtime) == expected
 
 
 def test_recursion_limit_grows_with_rounds():
