@@ -342,3 +342,22 @@ def test_ctrl_c_mid_call_ends_the_cli_promptly_and_the_run_resumes(mllm_server, 
     resumed = _gems_process(["generate", "--resume", "t1", "--config", str(cfg)], tmp_path)
     _, _ = _line_then_exit(resumed, "all criteria passed")
     assert resumed.returncode == 0
+
+
+def test_a_run_killed_before_any_node_finished_resumes_with_its_options(stubs, tmp_path):
+    """The first checkpoint (the input) pins the run's options, so --resume without flags runs as started."""
+    from gems.graph import run_input
+    from gems.interfaces.cli import main as gems_main
+    from gems.memory.checkpoint import open_checkpointer
+    from tests.support.net import write_stub_config
+
+    s = stubs(criteria=["Is there a cat?"], verdict=lambda q, n: "no")
+    cfg = write_stub_config(tmp_path / "c.yaml", s.mllm.base_url, s.gen.url)  # 5 rounds by default
+    started = load_settings(cfg, overrides={"loop.max_rounds": 2, "loop.seed": 40})  # gems generate --max-rounds 2
+    with open_checkpointer(started) as saver:
+        graph = build_graph(checkpointer=saver)
+        config = run_config(started, "early")
+        graph.invoke(run_input("a red cat", started), config, context=started, interrupt_before=["intake"])
+        assert graph.get_state(config).next == ("intake",)  # nothing ran: as after a kill -9 at the first step
+    assert gems_main(["generate", "--resume", "early", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 0
+    assert len(s.gen.prompts) == 2 and s.gen.seeds == ["40", "41"]  # its own budget and seed, not the defaults
