@@ -8,8 +8,8 @@ PNG) and OpenAI's `POST /v1/images/generations` (`b64_json`), so gems' `http` an
 reference GEMS code use it unchanged, plus `POST /v1/images/edits` (multipart) when the pipeline takes an input
 image (FLUX.2 [klein], Qwen-Image-Edit, FLUX.1 Kontext), for `editor.backend: openai`; `/health` reports replicas,
 queue depth and counters (to key holders; liveness to anyone). `GemsGeneratorCounters` adds up what every replica
-did. Ray places, restarts and scales the replicas; nothing here queues or schedules. Every body, file part, image
-and parameter is bounded before work.
+did. Ray places, restarts and scales the replicas; the one list kept here is a replica's jobs waiting for its
+pipeline (see `PipelineReplica.render_batch`). Every body, file part, image and parameter is bounded before work.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime through Serve's ingress.
@@ -152,9 +152,9 @@ class PipelineReplica:
         return await self.render_batch(_Job.model_validate(job))
 
     # Serve forms a batch as soon as its wait ends and only then waits for the pipeline, so while one call runs the
-    # next requests pile up as many small batches (measured: 48 requests 50 ms apart -> 26 calls). Letting batches
-    # run at once and having whichever takes the pipeline render everything waiting by then fills the calls
-    # (48 -> 7 calls).
+    # next requests pile up as many small batches. Letting batches run at once and having whichever takes the
+    # pipeline render everything waiting by then fills the calls. bench/throughput.py runs both side by side:
+    # Serve's batching alone (max_concurrent_batches=1) made 3-4x the pipeline calls at 0.62x the prompts per hour.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=CONCURRENT_BATCHES)
     async def render_batch(self, jobs: list[_Job]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -165,30 +165,36 @@ class PipelineReplica:
                 if not all(future.done() for _, future in mine):
                     taken = self.waiting[: self.max_batch_size]
                     del self.waiting[: len(taken)]
-                    await self._render(taken)
+                    results = await self.render_jobs([job for job, _ in taken])
+                    for (_, future), result in zip(taken, results, strict=True):
+                        future.set_result(result)
+                    await self.counters.report.remote(self.replica, dict(self.totals))
         return [future.result() for _, future in mine]
 
-    async def _render(self, taken: list[tuple[_Job, asyncio.Future[dict[str, Any]]]]) -> None:
-        """Render the taken jobs, one pipeline call per group of compatible settings, and resolve their futures."""
-        groups: dict[tuple[Any, ...], list[tuple[_Job, asyncio.Future[dict[str, Any]]]]] = {}
-        for job, future in taken:
-            groups.setdefault(job.group(), []).append((job, future))
-        for group in groups.values():
-            overrides = group[0][0].overrides()
-            prompts, seeds = [job.prompt for job, _ in group], [job.seed for job, _ in group]
+    async def render_jobs(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+        """Render `jobs` in one pipeline call per group of equal settings; a result (or error) per job, in order."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.group(), []).append(i)
+        results: list[dict[str, Any]] = [{} for _ in jobs]
+        for indices in groups.values():
+            group = [jobs[i] for i in indices]
+            prompts, seeds = [job.prompt for job in group], [job.seed for job in group]
             try:
-                rendered = await asyncio.to_thread(self.generator.render_prompts, prompts, seeds, **overrides)
-                for (_, future), item in zip(group, rendered, strict=True):
-                    future.set_result({"png": item.data, "seed": item.meta["seed"], "busy_s": item.meta["busy_s"]})
+                rendered = await asyncio.to_thread(
+                    self.generator.render_prompts, prompts, seeds, **group[0].overrides()
+                )
+                for i, item in zip(indices, rendered, strict=True):
+                    results[i] = {"png": item.data, "seed": item.meta["seed"], "busy_s": item.meta["busy_s"]}
                     self.totals["busy_s"] += item.meta["busy_s"]
             except GeneratorError as exc:
-                for _, future in group:
-                    future.set_result({"error": str(exc)})
+                for i in indices:
+                    results[i] = {"error": str(exc)}
             self.totals["pipeline_calls"] += 1
             self.totals["largest_batch"] = max(self.totals["largest_batch"], len(group))
-        self.totals["images"] += len(taken)
+        self.totals["images"] += len(jobs)
         self.totals["batches"] += 1
-        await self.counters.report.remote(self.replica, dict(self.totals))
+        return results
 
     async def edit(self, job: dict[str, Any]) -> dict[str, Any]:
         """Edit one image (`job["image"]`, encoded) by `job["prompt"]`; edits are not batched."""
@@ -527,6 +533,7 @@ def build_app(
     gpus_per_replica: float = 0.0,
     api_key: str | None = None,
     pipeline_factory: Callable[[], Any] | None = None,
+    replica: Any = None,
 ) -> Any:
     """The Serve application (bind graph) for `serve.run`.
 
@@ -539,6 +546,8 @@ def build_app(
         api_key: required on every route but `/health` when set.
         pipeline_factory: builds a pipeline-like callable in each replica instead of loading `settings.model`
             (benchmarks use latency models).
+        replica: a `PipelineReplica` variant (a Serve deployment) in its place (bench/throughput.py compares
+            batching designs).
 
     Raises:
         ConfigError: the settings do not describe a local diffusers model.
@@ -550,7 +559,7 @@ def build_app(
         )
     resolved = effective_settings(settings)
     # @serve.deployment turns each class into a Deployment (bind, options); mypy sees Ray as untyped.
-    deployments: dict[str, Any] = {"counters": Counters, "replica": PipelineReplica, "gateway": Gateway}
+    deployments: dict[str, Any] = {"counters": Counters, "replica": replica or PipelineReplica, "gateway": Gateway}
     counters = deployments["counters"].bind()
     actor_options = {"num_gpus": gpus_per_replica} if gpus_per_replica else {"num_cpus": 1}
     pool = (
@@ -578,6 +587,7 @@ def start(
     request_timeout_s: float = 600.0,
     keep_alive_s: int = 5,
     pipeline_factory: Callable[[], Any] | None = None,
+    replica: Any = None,
     ray_init: dict[str, Any] | None = None,
 ) -> str:
     """Start (or join) Ray, run the application, and return its base URL; `serve.shutdown()` stops it.
@@ -605,7 +615,7 @@ def start(
     )  # fmt: skip
     app = build_app(
         settings, replicas=replicas, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-        gpus_per_replica=1.0 if gpus else 0.0, api_key=api_key, pipeline_factory=pipeline_factory,
+        gpus_per_replica=1.0 if gpus else 0.0, api_key=api_key, pipeline_factory=pipeline_factory, replica=replica,
     )  # fmt: skip
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
