@@ -7,8 +7,9 @@ rendered alone. `GemsGeneratorGateway` is the HTTP ingress: the reference GEMS p
 PNG) and OpenAI's `POST /v1/images/generations` (`b64_json`), so gems' `http` and `openai` backends and the
 reference GEMS code use it unchanged, plus `POST /v1/images/edits` (multipart) when the pipeline takes an input
 image (FLUX.2 [klein], Qwen-Image-Edit, FLUX.1 Kontext), for `editor.backend: openai`; `/health` reports replicas,
-queue depth and counters. `GemsGeneratorCounters` adds up what every replica did. Ray places, restarts and scales
-the replicas; nothing here queues or schedules.
+queue depth and counters (to key holders; liveness to anyone). `GemsGeneratorCounters` adds up what every replica
+did. Ray places, restarts and scales the replicas; the one list kept here is a replica's jobs waiting for its
+pipeline (see `PipelineReplica.render_batch`). Every body, file part, image and parameter is bounded before work.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime through Serve's ingress.
@@ -18,15 +19,16 @@ import io
 import os
 import random
 import time
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
+from starlette.requests import ClientDisconnect
 
 from gems.configs import ConfigError, GeneratorSettings
 from gems.configs.settings import KEY_HELP, key_name, offered_key
@@ -34,14 +36,28 @@ from gems.nodes.generators import GeneratorError, effective_settings
 from gems.nodes.generators.diffusers_backend import DiffusersGenerator  # torch and diffusers load on first use
 from gems.nodes.generators.edit import DiffusersEditor
 
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # a TypedDict that exists only for type checkers
+
 APP_NAME = "gems-generator"
 REPLICA = "GemsGenerator"
 MAX_PROMPT_CHARS = 4000
 MAX_IMAGES = 16
+MAX_SIDE = 4096  # the bounds of generator.width/height
+MAX_STEPS = 500  # the bound of generator.steps
+MAX_GUIDANCE = 100.0
 REPLICA_RETRIES = 2  # a job whose replica died is sent again (Ray routes it to a live one)
 CONCURRENT_BATCHES = 64  # Serve batches in a replica at once; they merge at the pipeline (see render_batch)
-MAX_EDIT_BYTES = 32 * 2**20  # an uploaded image to edit
-MAX_EDIT_PIXELS = 4096 * 4096
+MAX_BODY_BYTES = 2**20  # JSON bodies, and any body sent to the other routes
+MAX_IMAGE_BYTES = 32 * 2**20  # one file part of an edit
+MAX_EDIT_BODY_BYTES = MAX_IMAGE_BYTES + MAX_BODY_BYTES
+MAX_FIELD_BYTES = 64 * 2**10  # one text field of an edit form
+MAX_FORM_PARTS = 32
+MAX_PIXELS = MAX_SIDE * MAX_SIDE  # an image to edit, read from its header before anything decodes it
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # what OpenAI's edits take; other PIL decoders never see client bytes
+# Serve's proxy lets any client lift the request timeout or keep a request running after it disconnects with
+# these headers; the gateway refuses requests that carry them.
+SERVE_OVERRIDE_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
 
 
 class _Job(BaseModel):
@@ -67,6 +83,21 @@ class _Job(BaseModel):
 
     def group(self) -> tuple[Any, ...]:
         return tuple(self.overrides().values())
+
+
+def _check_image(data: bytes) -> None:
+    """Refuse an image from its header, before anything decodes it: 422 not PNG/JPEG/WebP, 413 over MAX_PIXELS."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as picture:  # reads the header only
+            width, height = picture.size
+    except Image.DecompressionBombError:  # PIL's own cap (far above ours) trips inside open()
+        width = height = MAX_SIDE + 1
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise HTTPException(422, "the uploaded file is not a PNG, JPEG or WebP image") from None
+    if width * height > MAX_PIXELS:
+        raise HTTPException(413, f"the image has more than {MAX_SIDE}x{MAX_SIDE} pixels")
 
 
 @serve.deployment(name="GemsGeneratorCounters", num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -121,9 +152,9 @@ class PipelineReplica:
         return await self.render_batch(_Job.model_validate(job))
 
     # Serve forms a batch as soon as its wait ends and only then waits for the pipeline, so while one call runs the
-    # next requests pile up as many small batches (measured: 48 requests 50 ms apart -> 26 calls). Letting batches
-    # run at once and having whichever takes the pipeline render everything waiting by then fills the calls
-    # (48 -> 7 calls).
+    # next requests pile up as many small batches. Letting batches run at once and having whichever takes the
+    # pipeline render everything waiting by then fills the calls. bench/throughput.py runs both side by side:
+    # Serve's batching alone (max_concurrent_batches=1) made 3-4x the pipeline calls at 0.62x the prompts per hour.
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=CONCURRENT_BATCHES)
     async def render_batch(self, jobs: list[_Job]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -134,33 +165,44 @@ class PipelineReplica:
                 if not all(future.done() for _, future in mine):
                     taken = self.waiting[: self.max_batch_size]
                     del self.waiting[: len(taken)]
-                    await self._render(taken)
+                    results = await self.render_jobs([job for job, _ in taken])
+                    for (_, future), result in zip(taken, results, strict=True):
+                        future.set_result(result)
+                    await self.counters.report.remote(self.replica, dict(self.totals))
         return [future.result() for _, future in mine]
 
-    async def _render(self, taken: list[tuple[_Job, asyncio.Future[dict[str, Any]]]]) -> None:
-        """Render the taken jobs, one pipeline call per group of compatible settings, and resolve their futures."""
-        groups: dict[tuple[Any, ...], list[tuple[_Job, asyncio.Future[dict[str, Any]]]]] = {}
-        for job, future in taken:
-            groups.setdefault(job.group(), []).append((job, future))
-        for group in groups.values():
-            overrides = group[0][0].overrides()
-            prompts, seeds = [job.prompt for job, _ in group], [job.seed for job, _ in group]
+    async def render_jobs(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+        """Render `jobs` in one pipeline call per group of equal settings; a result (or error) per job, in order."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.group(), []).append(i)
+        results: list[dict[str, Any]] = [{} for _ in jobs]
+        for indices in groups.values():
+            group = [jobs[i] for i in indices]
+            prompts, seeds = [job.prompt for job in group], [job.seed for job in group]
             try:
-                rendered = await asyncio.to_thread(self.generator.render_prompts, prompts, seeds, **overrides)
-                for (_, future), item in zip(group, rendered, strict=True):
-                    future.set_result({"png": item.data, "seed": item.meta["seed"], "busy_s": item.meta["busy_s"]})
+                rendered = await asyncio.to_thread(
+                    self.generator.render_prompts, prompts, seeds, **group[0].overrides()
+                )
+                for i, item in zip(indices, rendered, strict=True):
+                    results[i] = {"png": item.data, "seed": item.meta["seed"], "busy_s": item.meta["busy_s"]}
                     self.totals["busy_s"] += item.meta["busy_s"]
             except GeneratorError as exc:
-                for _, future in group:
-                    future.set_result({"error": str(exc)})
+                for i in indices:
+                    results[i] = {"error": str(exc)}
             self.totals["pipeline_calls"] += 1
             self.totals["largest_batch"] = max(self.totals["largest_batch"], len(group))
-        self.totals["images"] += len(taken)
+        self.totals["images"] += len(jobs)
         self.totals["batches"] += 1
-        await self.counters.report.remote(self.replica, dict(self.totals))
+        return results
 
     async def edit(self, job: dict[str, Any]) -> dict[str, Any]:
         """Edit one image (`job["image"]`, encoded) by `job["prompt"]`; edits are not batched."""
+        image = job.pop("image")
+        try:
+            _check_image(image)  # the gateway checked it too; a handle caller may not have
+        except HTTPException as exc:
+            return {"error": exc.detail, "status": exc.status_code}
         if self.editor is None and self.cannot_edit is None:
             try:
                 self.editor = DiffusersEditor(self.generator.settings, pipe=self.generator.pipe)
@@ -168,7 +210,6 @@ class PipelineReplica:
                 self.cannot_edit = str(exc)
         if self.editor is None:
             return {"error": self.cannot_edit, "status": 400}
-        image = job.pop("image")
         spec = _Job.model_validate(job)
         async with self.pipeline:
             try:
@@ -188,22 +229,60 @@ class PipelineReplica:
             raise RuntimeError("pipeline not loaded")
 
 
-class ImagesRequest(BaseModel):
-    """OpenAI's image generations body plus the open-server fields gems' `openai` backend sends."""
+class _Params(BaseModel):
+    """What every route takes, each value bounded; a value out of bounds is a one-line 422 naming its parameter."""
 
-    model_config = ConfigDict(extra="ignore")  # quality, style, user ... from other clients
+    model_config = ConfigDict(extra="ignore")  # quality, style, user ... from other clients; generator.call_kwargs
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    model: str | None = None
-    n: int = Field(1, ge=1, le=MAX_IMAGES)
-    size: str | None = Field(None, pattern=r"^\d{2,4}x\d{2,4}$")
     seed: int | None = Field(None, ge=0, lt=2**63)
-    num_inference_steps: int | None = Field(None, ge=1, le=500)
-    guidance_scale: float | None = Field(None, ge=0, le=100)
+    num_inference_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("the prompt is blank")
+        return prompt
+
+
+class GenerateQuery(_Params):
+    """The reference protocol's query: `POST /generate?prompt=...&seed=...&width=...`."""
+
+    width: int | None = Field(None, ge=16, le=MAX_SIDE)
+    height: int | None = Field(None, ge=16, le=MAX_SIDE)
+
+
+class ImagesRequest(_Params):
+    """OpenAI's image generations body (and edit form) plus the open-server fields gems' `openai` backend sends."""
+
+    model: str | None = Field(None, max_length=256)
+    n: int = Field(1, ge=1, le=MAX_IMAGES)
+    size: str | None = None
     response_format: Literal["b64_json", "url"] | None = None
 
+    @field_validator("size")
+    @classmethod
+    def _size_in_bounds(cls, size: str | None) -> str | None:
+        if size in (None, "auto"):
+            return None
+        width, _, height = size.partition("x")
+        if not (width.isdigit() and height.isdigit() and len(width) < 6 and len(height) < 6):
+            raise ValueError(f"give WIDTHxHEIGHT, each side 16 to {MAX_SIDE}")
+        if not (16 <= int(width) <= MAX_SIDE and 16 <= int(height) <= MAX_SIDE):
+            raise ValueError(f"each side must be 16 to {MAX_SIDE}")
+        return size
 
+    def dimensions(self) -> tuple[int | None, int | None]:
+        if not self.size:
+            return None, None
+        width, height = self.size.split("x")
+        return int(width), int(height)
+
+
+ParamsT = TypeVar("ParamsT", bound=_Params)
 _http = FastAPI(title="gems generator service", docs_url=None, redoc_url=None)
 
 
@@ -213,49 +292,128 @@ def _seeds(seed: int | None, n: int) -> list[int]:
     return [seed + i for i in range(n)]
 
 
-def _size(size: str | None) -> tuple[int | None, int | None]:
-    if not size:
-        return None, None
-    width, height = (int(x) for x in size.split("x"))
-    if not (16 <= width <= 4096 and 16 <= height <= 4096):  # the bounds of generator.width/height
-        raise HTTPException(422, f"size {size} is outside 16x16 .. 4096x4096")
-    return width, height
+def _validated(model: type[ParamsT], data: dict[str, Any] | bytes) -> ParamsT:
+    """`data` (a dict, or JSON bytes) as `model`; the first problem as a one-line 422 that never repeats the input."""
+    try:
+        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise HTTPException(422, f"{where}: {' '.join(first['msg'].split())}"[:300]) from None
+
+
+def _check_headers(request: Request, limit: int) -> None:
+    """Refuse Serve's override headers, and a declared body over `limit`, before reading a byte of it."""
+    for name in SERVE_OVERRIDE_HEADERS:
+        if name in request.headers:
+            raise HTTPException(400, f"the {name} header is not accepted here")
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise HTTPException(400, "content-length is not a number")
+    if declared is not None and int(declared) > limit:
+        raise HTTPException(413, f"the request body is over {limit} bytes")
+
+
+async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body as it arrives; past `limit` bytes (chunked uploads declare no length) reading stops with a 413."""
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the request body is over {limit} bytes")
+            yield chunk
+    except ClientDisconnect:
+        raise HTTPException(400, "the client closed the request before its body ended") from None
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in _chunks(request, limit)])
+
+
+class _Form:
+    """A multipart body parsed as it streams in; each part is bounded while it is read (file parts MAX_IMAGE_BYTES,
+    text fields MAX_FIELD_BYTES), so nothing is held whole before it is refused."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+        self.files: dict[str, bytes] = {}  # the first file of each name
+        self.parts = 0
+        self._headers: dict[bytes, bytes] = {}
+        self._field, self._value = bytearray(), bytearray()
+        self._name, self._is_file, self._data = "", False, bytearray()
+
+    def callbacks(self) -> "MultipartCallbacks":
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_FORM_PARTS:
+            raise HTTPException(413, f"the form has more than {MAX_FORM_PARTS} parts")
+        self._headers, self._data = {}, bytearray()
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._field).lower()] = bytes(self._value)
+        self._field, self._value = bytearray(), bytearray()
+
+    def _headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = options.get(b"name", b"").decode("latin-1")
+        self._is_file = b"filename" in options
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if len(self._data) + end - start > (MAX_IMAGE_BYTES if self._is_file else MAX_FIELD_BYTES):
+            what = f"a file part is over {MAX_IMAGE_BYTES // 2**20} MiB" if self._is_file else None
+            raise HTTPException(413, what or f"a form field is over {MAX_FIELD_BYTES // 2**10} KiB")
+        self._data.extend(data[start:end])
+
+    def _part_end(self) -> None:
+        if self._is_file:
+            self.files.setdefault(self._name, bytes(self._data))
+            return
+        try:
+            self.fields[self._name] = self._data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPException(422, "a form field is not UTF-8 text") from None
 
 
 async def _edit_form(request: Request) -> tuple[bytes, ImagesRequest]:
-    """The image and fields of a multipart edit request, each problem a one-line 4xx."""
-    from PIL import Image, UnidentifiedImageError
-    from pydantic import ValidationError
-    from starlette.datastructures import UploadFile
+    """The image and fields of a multipart edit request, read within the limits; each problem a one-line 4xx."""
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
 
-    if not (request.headers.get("content-type") or "").startswith("multipart/form-data"):
+    kind, options = parse_options_header(request.headers.get("content-type", ""))
+    if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise HTTPException(415, "send the edit as multipart/form-data with an image file and a prompt")
-    form = await request.form(max_files=16, max_fields=64, max_part_size=MAX_EDIT_BYTES)
-    upload = form.get("image") or form.get("image[]")
-    if not isinstance(upload, UploadFile):
+    form = _Form()
+    try:
+        parser = MultipartParser(options[b"boundary"], form.callbacks())
+        async for chunk in _chunks(request, MAX_EDIT_BODY_BYTES):
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError:
+        raise HTTPException(400, "the multipart body is malformed") from None
+    image = form.files.get("image") or form.files.get("image[]")
+    if not image:
         raise HTTPException(422, "no image file in the form (field image or image[])")
-    data = await upload.read(MAX_EDIT_BYTES + 1)
-    if len(data) > MAX_EDIT_BYTES:
-        raise HTTPException(413, f"the image is over {MAX_EDIT_BYTES // 2**20} MiB")
-    try:
-        with Image.open(io.BytesIO(data)) as picture:  # the header only
-            if picture.width * picture.height > MAX_EDIT_PIXELS:
-                raise HTTPException(413, f"the image is {picture.width}x{picture.height}, over 4096x4096 pixels")
-    except (UnidentifiedImageError, OSError):
-        raise HTTPException(422, "the uploaded file is not an image PIL can read") from None
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    try:
-        body = ImagesRequest.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise HTTPException(422, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-    return data, body
+    _check_image(image)
+    return image, _validated(ImagesRequest, dict(form.fields))
 
 
 @serve.deployment(name="GemsGeneratorGateway", max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
 @serve.ingress(_http)
 class Gateway:
-    """HTTP in front of the replicas: both protocols, the API key, retries when a replica dies, `/health`."""
+    """HTTP in front of the replicas: both protocols, the API key, limits, retries when a replica dies, `/health`."""
 
     def __init__(self, replicas: DeploymentHandle, counters: DeploymentHandle, model: str, api_key: str | None):
         self.replicas = replicas
@@ -266,11 +424,14 @@ class Gateway:
         self.requests = 0
         self.retried = 0
 
-    def _check_key(self, request: Request) -> None:
-        if not self.api_key:
-            return
-        if key_name({"default": self.api_key}, offered_key(request.headers)) is None:
+    def _has_key(self, request: Request) -> bool:
+        return not self.api_key or key_name({"default": self.api_key}, offered_key(request.headers)) is not None
+
+    def _admit(self, request: Request, limit: int) -> None:
+        """What every POST passes before its body is read: the key, then the headers and the declared size."""
+        if not self._has_key(request):
             raise HTTPException(401, KEY_HELP, headers={"www-authenticate": "Bearer"})
+        _check_headers(request, limit)
 
     async def _render(self, job: _Job, image: bytes | None = None) -> dict[str, Any]:
         self.in_flight += 1
@@ -299,57 +460,50 @@ class Gateway:
         return list(await asyncio.gather(*(self._render(job, image) for job in jobs)))
 
     @_http.post("/generate")
-    async def generate(
-        self,
-        request: Request,
-        prompt: str,
-        seed: int | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | None = None,
-    ) -> Response:
-        """The reference GEMS protocol: the image as PNG bytes; `x-seed` says which seed drew it."""
-        self._check_key(request)
-        body = ImagesRequest(
-            prompt=prompt, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt, size=f"{width}x{height}" if width and height else None,
-        )  # fmt: skip
-        (result,) = await self._render_all(self._jobs(body))
+    async def generate(self, request: Request) -> Response:
+        """The reference GEMS protocol: `?prompt=` (and optional seed, width, height, num_inference_steps,
+        guidance_scale, negative_prompt) answered with PNG bytes; `x-seed` says which seed drew it."""
+        self._admit(request, MAX_BODY_BYTES)
+        await _body(request, MAX_BODY_BYTES)  # the query says it all; a body is only read to bound it
+        query = _validated(GenerateQuery, dict(request.query_params))
+        (result,) = await self._render_all(self._jobs(query, query.width, query.height, 1))
         headers = {"x-seed": str(result["seed"]), "x-model": self.model}
         return Response(content=result["png"], media_type="image/png", headers=headers)
 
     @_http.post("/v1/images/generations")
-    async def images(self, request: Request, body: ImagesRequest) -> JSONResponse:
+    async def images(self, request: Request) -> JSONResponse:
         """OpenAI image generations: `n` images as `b64_json` (URLs are not served)."""
-        self._check_key(request)
+        self._admit(request, MAX_BODY_BYTES)
+        body = _validated(ImagesRequest, await _body(request, MAX_BODY_BYTES))
         if body.response_format == "url":
             raise HTTPException(400, "this server answers response_format b64_json only")
-        return self._images_answer(await self._render_all(self._jobs(body)))
+        return self._images_answer(await self._render_all(self._jobs(body, *body.dimensions(), body.n)))
 
     @_http.post("/v1/images/edits")
     async def edits(self, request: Request) -> JSONResponse:
         """OpenAI image edits: multipart with `image` (or `image[]`, the first one is edited) and the same fields."""
-        self._check_key(request)
+        self._admit(request, MAX_EDIT_BODY_BYTES)
         image, body = await _edit_form(request)
         if body.response_format == "url":
             raise HTTPException(400, "this server answers response_format b64_json only")
-        return self._images_answer(await self._render_all(self._jobs(body), image))
+        return self._images_answer(await self._render_all(self._jobs(body, *body.dimensions(), body.n), image))
 
     def _images_answer(self, results: list[dict[str, Any]]) -> JSONResponse:
         """OpenAI's images answer: each image as `b64_json`, with the seed that drew it."""
         data = [{"b64_json": base64.b64encode(r["png"]).decode(), "seed": r["seed"]} for r in results]
         return JSONResponse({"created": int(time.time()), "model": self.model, "data": data})
 
-    def _jobs(self, body: ImagesRequest) -> list[_Job]:
-        width, height = _size(body.size)
-        shared = body.model_dump(include={"prompt", "num_inference_steps", "guidance_scale", "negative_prompt"})
-        return [_Job(**shared, seed=seed, width=width, height=height) for seed in _seeds(body.seed, body.n)]
+    @staticmethod
+    def _jobs(params: _Params, width: int | None, height: int | None, n: int) -> list[_Job]:
+        shared = params.model_dump(include={"prompt", "num_inference_steps", "guidance_scale", "negative_prompt"})
+        return [_Job(**shared, seed=seed, width=width, height=height) for seed in _seeds(params.seed, n)]
 
     @_http.get("/health")
-    async def health(self) -> dict[str, Any]:
-        """Replicas by state, jobs waiting or rendering, and counters since start (no key needed)."""
+    async def health(self, request: Request) -> dict[str, Any]:
+        """Liveness for anyone; with a key configured, the details (model, replicas, counters) need the key."""
+        _check_headers(request, 0)
+        if not self._has_key(request):
+            return {"ok": True}
         counters = await self.counters.snapshot.remote()
         try:
             status = serve.status().applications[APP_NAME].deployments[REPLICA]
@@ -357,6 +511,7 @@ class Gateway:
         except (KeyError, AttributeError):
             replicas = {}
         return {
+            "ok": True,
             "status": "ok" if replicas.get("RUNNING", 0) > 0 else "degraded",
             "model": self.model,
             "replicas": replicas,
@@ -378,6 +533,7 @@ def build_app(
     gpus_per_replica: float = 0.0,
     api_key: str | None = None,
     pipeline_factory: Callable[[], Any] | None = None,
+    replica: Any = None,
 ) -> Any:
     """The Serve application (bind graph) for `serve.run`.
 
@@ -390,6 +546,8 @@ def build_app(
         api_key: required on every route but `/health` when set.
         pipeline_factory: builds a pipeline-like callable in each replica instead of loading `settings.model`
             (benchmarks use latency models).
+        replica: a `PipelineReplica` variant (a Serve deployment) in its place (bench/throughput.py compares
+            batching designs).
 
     Raises:
         ConfigError: the settings do not describe a local diffusers model.
@@ -401,7 +559,7 @@ def build_app(
         )
     resolved = effective_settings(settings)
     # @serve.deployment turns each class into a Deployment (bind, options); mypy sees Ray as untyped.
-    deployments: dict[str, Any] = {"counters": Counters, "replica": PipelineReplica, "gateway": Gateway}
+    deployments: dict[str, Any] = {"counters": Counters, "replica": replica or PipelineReplica, "gateway": Gateway}
     counters = deployments["counters"].bind()
     actor_options = {"num_gpus": gpus_per_replica} if gpus_per_replica else {"num_cpus": 1}
     pool = (
@@ -426,12 +584,18 @@ def start(
     port: int = 8400,
     address: str | None = None,
     api_key: str | None = None,
+    request_timeout_s: float = 600.0,
+    keep_alive_s: int = 5,
     pipeline_factory: Callable[[], Any] | None = None,
+    replica: Any = None,
     ray_init: dict[str, Any] | None = None,
 ) -> str:
     """Start (or join) Ray, run the application, and return its base URL; `serve.shutdown()` stops it.
 
-    `replicas` defaults to the cluster's GPU count (one per GPU), or 1 without GPUs.
+    `replicas` defaults to the cluster's GPU count (one per GPU), or 1 without GPUs. Serve's HTTP proxy answers a
+    request still running after `request_timeout_s` (body upload included) with 408 and cancels it, and closes a
+    connection idle `keep_alive_s` after its last answer; both apply only where this call starts Serve (a running
+    Serve keeps its own). The proxy has no timeout for a client still sending its headers.
     """
     import ray
 
@@ -444,10 +608,14 @@ def start(
         ray.init(**options)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     replicas = replicas or max(1, gpus)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(
+        http_options={
+            "host": host, "port": port, "request_timeout_s": request_timeout_s, "keep_alive_timeout_s": keep_alive_s,
+        }
+    )  # fmt: skip
     app = build_app(
         settings, replicas=replicas, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-        gpus_per_replica=1.0 if gpus else 0.0, api_key=api_key, pipeline_factory=pipeline_factory,
+        gpus_per_replica=1.0 if gpus else 0.0, api_key=api_key, pipeline_factory=pipeline_factory, replica=replica,
     )  # fmt: skip
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
