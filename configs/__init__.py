@@ -1,8 +1,8 @@
 """Configuration: the `GemsSettings` model, YAML presets, env overrides, and the `GemsError` family."""
 
 from gems.configs.errors import ConfigError, GemsError, UsageError
+from gems.configs.loading import ENV_OVERRIDES, context_settings, load_settings, resolve_config_path
 from gems.configs.settings import (
-    ENV_OVERRIDES,
     ChromaSettings,
     EditorSettings,
     EmbeddingSettings,
@@ -16,9 +16,6 @@ from gems.configs.settings import (
     RunOptions,
     SkillSettings,
     StorageSettings,
-    context_settings,
-    load_settings,
-    resolve_config_path,
 )
 
 __all__ = [

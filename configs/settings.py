@@ -1,25 +1,19 @@
-"""Settings for a gems run: one validated pydantic model, loaded from YAML with `GEMS_*` env overrides.
+"""What a gems run is configured by: `GemsSettings` (every section, every field defaulted and described) and
+`RunOptions`, the part a client of a shared server may set per run. Each limit is defined once, here.
 
-The same model is the graph's `context_schema`, so the CLI, LangGraph Studio assistants and library users all
-pass run options the same way. Every field has a default; unknown keys are errors.
+`GemsSettings` is the graph's `context_schema` for trusted callers, `RunOptions` for the served graph; how settings
+are read (YAML, `GEMS_*`, a run's context) is `gems.configs.loading`. Unknown keys are errors.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import hmac
-import json
 import os
-from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from gems.configs.errors import ConfigError, UsageError
+from gems.configs.errors import ConfigError
 
 
 class _Strict(BaseModel):
@@ -119,9 +113,13 @@ RefineMode = Literal["regenerate", "edit", "auto"]
 NO_EDITOR = "loop.refine_mode {mode} needs an editor: set editor.backend to diffusers, openai or generator"
 
 
-MAX_ROUNDS = 50  # the most rounds any run may take, wherever its options come from
+# The limits of a run, wherever its options come from (a config file, a server's client, a state edit).
+MAX_ROUNDS = 50
 MAX_CANDIDATES = 16  # images per round
 MAX_CRITERIA = 100  # criteria checked per image (each one verifier call)
+Rounds = Annotated[int, Field(ge=1, le=MAX_ROUNDS, description="generator rounds before returning the best image")]
+Candidates = Annotated[int, Field(ge=1, le=MAX_CANDIDATES, description="candidates per round; the best one is kept")]
+Seed = Annotated[int, Field(ge=0, lt=2**63, description="base seed; round r candidate c uses seed+(r-1)*n+c")]
 
 
 class LoopSettings(_Strict):
@@ -138,7 +136,7 @@ class LoopSettings(_Strict):
     max_prompt_chars: int = Field(
         4000, ge=100, le=100_000, description="longer planner/refiner prompts are cut at a word boundary"
     )
-    seed: int | None = Field(None, description="base seed; round r candidate c uses seed+(r-1)*n+c")
+    seed: Seed | None = None
     human_review: bool = Field(
         False, description="pause before the first generation so a person can edit the criteria or first prompt"
     )
@@ -298,229 +296,19 @@ def missing_editor(settings: GemsSettings) -> str | None:
     return None
 
 
-# env var -> dotted settings key; these are the knobs people change most.
-ENV_OVERRIDES = {
-    "GEMS_DATA_DIR": "data_dir",
-    "GEMS_MLLM_BASE_URL": "mllm.base_url",
-    "GEMS_MLLM_MODEL": "mllm.model",
-    "GEMS_MLLM_API_KEY": "mllm.api_key",
-    "GEMS_GENERATOR_BACKEND": "generator.backend",
-    "GEMS_GENERATOR_URL": "generator.url",
-    "GEMS_GENERATOR_MODEL": "generator.model",
-}
+class RunLoop(_Strict):
+    """The loop options a run may set (within the same bounds as `LoopSettings`); unset: the server's own."""
 
-PRESET_CONFIGS = ("default", "openai", "cpu")
-
-
-def resolve_config_path(name: str | os.PathLike[str]) -> Path:
-    """Return the YAML file for a path, or for a bundled preset name such as `cpu`."""
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
-    stem = str(name).removesuffix(".yaml")
-    if stem in PRESET_CONFIGS or stem.startswith("ablations/"):
-        bundled = resources.files("gems.configs").joinpath(f"{stem}.yaml")
-        if bundled.is_file():
-            return Path(str(bundled))
-    raise ConfigError(
-        f"config file not found: {name} (give a path to a YAML file or one of: {', '.join(PRESET_CONFIGS)})"
-    )
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = data
-    for key in parents:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = {}
-            node[key] = child
-        node = child
-    node[leaf] = value
-
-
-def _format_validation_error(source: str, err: ValidationError) -> str:
-    parts = []
-    for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
-        elif item["type"] == "value_error" and not item["loc"]:  # a check across sections says it all itself
-            parts.append(str(item["msg"]).removeprefix("Value error, "))
-        else:
-            parts.append(f"{loc}: {item['msg']}")
-    return f"invalid config {source}: " + "; ".join(parts)
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Read one YAML config file into a dict, with a one-line error for unreadable or malformed files."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"broken YAML in config {path}{where}: {problem}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid config {path}: the top level must be a mapping of keys, not {type(data).__name__}")
-    return data
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-ConfigPaths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
-
-
-def _config_files(path: ConfigPaths, env: Mapping[str, str]) -> list[str | os.PathLike[str]]:
-    """The config files to merge, in order: `path` (one or several), else `GEMS_CONFIG`, else none."""
-    chosen = path if path is not None else env.get("GEMS_CONFIG") or None
-    if chosen is None:
-        return []
-    return [chosen] if isinstance(chosen, str | os.PathLike) else list(chosen)
-
-
-def load_settings(
-    path: ConfigPaths = None,
-    overrides: dict[str, Any] | None = None,
-    env: Mapping[str, str] | None = None,
-) -> GemsSettings:
-    """Load settings: defaults < YAML file (`path` or `GEMS_CONFIG`) < `GEMS_*` env vars < `overrides`.
-
-    Args:
-        path: a YAML file or bundled preset name, or several merged in order (later files win key by key);
-            `None` uses `GEMS_CONFIG` when set.
-        overrides: dotted keys to values, e.g. `{"loop.max_rounds": 3}` (CLI flags).
-        env: the environment to read (default `os.environ`).
-
-    Raises:
-        ConfigError: with a one-line message naming the file and the bad key.
-    """
-    env = os.environ if env is None else env
-    source = "(defaults)"
-    data: dict[str, Any] = {}
-    for one in _config_files(path, env):
-        file = resolve_config_path(one)
-        source = str(file) if source == "(defaults)" else f"{source} + {file}"
-        data = _deep_merge(data, read_config_file(file))
-    for var, dotted in ENV_OVERRIDES.items():
-        if env.get(var):
-            _set_dotted(data, dotted, env[var])
-            source = f"{source} + ${var}" if source != "(defaults)" else f"${var}"
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, dotted, value)
-    try:
-        settings = GemsSettings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc)) from None
-    return complete(settings.model_copy(update={"data_dir": settings.data_dir.expanduser()}))
-
-
-def configured_value(path: ConfigPaths, dotted: str, env: Mapping[str, str] | None = None) -> Any:
-    """The value the config files themselves give a dotted key (None when no file sets it; defaults don't count)."""
-    data: dict[str, Any] = {}
-    for one in _config_files(path, os.environ if env is None else env):
-        data = _deep_merge(data, read_config_file(resolve_config_path(one)))
-    node: Any = data
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def cache_key(settings: BaseModel) -> str:
-    """A key for per-process client caches: the settings as JSON, secrets included (never log it)."""
-
-    def reveal(value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            return value.get_secret_value()
-        if isinstance(value, dict):
-            return {k: reveal(v) for k, v in value.items()}
-        return value
-
-    return json.dumps(reveal(settings.model_dump(mode="python")), sort_keys=True, default=str)
-
-
-def is_complete(settings: GemsSettings) -> bool:
-    """True for settings from `load_settings` (every section given), False for a partial context."""
-    return settings.model_fields_set >= set(GemsSettings.model_fields)
-
-
-def complete(settings: GemsSettings) -> GemsSettings:
-    """Mark every field as explicitly set, so `overlay` treats these settings as whole, not partial."""
-    return GemsSettings.model_validate(settings.model_dump(mode="python", round_trip=True))
-
-
-def overlay(base: BaseModel, partial: BaseModel) -> Any:
-    """`base` with the fields `partial` explicitly sets (recursively), e.g. a server's context over the env config."""
-    updates: dict[str, Any] = {}
-    for name in partial.model_fields_set:
-        value = getattr(partial, name)
-        current = getattr(base, name)
-        updates[name] = (
-            overlay(current, value) if isinstance(value, BaseModel) and isinstance(current, BaseModel) else value
-        )
-    return base.model_copy(update=updates)
-
-
-@functools.lru_cache(maxsize=1)
-def settings_from_env() -> GemsSettings:
-    """Settings from `GEMS_CONFIG` and `GEMS_*`, read once per process (servers that pass no whole context)."""
-    return load_settings()
-
-
-class _RunLoop(_Strict):
-    max_rounds: int | None = Field(
-        None, ge=1, le=MAX_ROUNDS, description="generator rounds before returning the best image"
-    )
-    seed: int | None = Field(None, ge=0, lt=2**63, description="base seed for reproducible generations")
-    images_per_round: int | None = Field(None, ge=1, le=MAX_CANDIDATES, description="candidates per round")
+    max_rounds: Rounds | None = None
+    seed: Seed | None = None
+    images_per_round: Candidates | None = None
     human_review: bool | None = Field(None, description="pause before the first generation for review")
     review_rounds: bool | None = Field(None, description="pause after each round for review")
     refine_mode: RefineMode | None = Field(None, description="regenerate, edit or auto (edit and auto need an editor)")
 
 
-# What a run keeps in its state as it started (a resume runs with these, whoever resumes it).
-PINNED = ("max_rounds", "seed", "images_per_round", "human_review", "review_rounds", "refine_mode")
-
-
-def pinned_options(settings: GemsSettings) -> dict[str, Any]:
-    """The run options to pin in a run's first checkpoint, plus the digest of the settings that make its images."""
-    options = {key: getattr(settings.loop, key) for key in PINNED}
-    options["config_digest"] = settings_digest(settings, RESUME_IGNORES | RUN_OPTIONS)
-    return options
-
-
-def checked_options(options: Any) -> dict[str, Any]:
-    """Pinned run options from a run's input, within the same bounds as the settings.
-
-    Raises:
-        UsageError: not a mapping, an unknown key, or a value out of bounds; one line naming it.
-    """
-    if not isinstance(options, Mapping):
-        raise UsageError("options must be an object of run options")
-    unknown = sorted(set(options) - {*PINNED, "config_digest"})
-    if unknown:
-        raise UsageError(f"options: unknown {', '.join(map(str, unknown))}; known: {', '.join(PINNED)}")
-    given = {k: options[k] for k in PINNED if k in options and options[k] is not None}
-    try:
-        loop = _RunLoop.model_validate(given)
-    except ValidationError as exc:
-        raise UsageError(_format_validation_error("options", exc).removeprefix("invalid config ")) from None
-    digest = options.get("config_digest")
-    return {**loop.model_dump(exclude_none=True), **({"config_digest": str(digest)[:64]} if digest else {})}
+# What a run keeps in its state as it started: a resume runs with these, whoever resumes it.
+PINNED = tuple(RunLoop.model_fields)
 
 
 class _RunMemory(_Strict):
@@ -538,7 +326,7 @@ class RunOptions(_Strict):
     server's config says. Anything else is refused by validation, naming the field.
     """
 
-    loop: _RunLoop = Field(default_factory=_RunLoop)
+    loop: RunLoop = Field(default_factory=RunLoop)
     memory: _RunMemory = Field(default_factory=_RunMemory)
     skills: _RunSkills = Field(default_factory=_RunSkills)
 
@@ -558,75 +346,3 @@ class RunOptions(_Strict):
         if why:
             raise ConfigError(why + " in the server's config")
         return applied
-
-
-def context_settings(context: Any) -> GemsSettings:
-    """The run's settings from a graph context value (`GemsSettings`, `RunOptions`, a dict, or None).
-
-    `RunOptions` (what the served graph takes from clients) and a partial `GemsSettings` (say
-    `{"loop": {"max_rounds": 2}}` from trusted code) overlay the settings from `GEMS_CONFIG` and `GEMS_*`; settings
-    from `load_settings` are whole and used as they are.
-    """
-    if isinstance(context, RunOptions):
-        return context.apply(settings_from_env())
-    if isinstance(context, dict) and context:
-        context = GemsSettings.model_validate(context)
-    if isinstance(context, GemsSettings):
-        return context if is_complete(context) else overlay(settings_from_env(), context)
-    return settings_from_env()
-
-
-KEY_HELP = "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-
-
-def offered_key(headers: Mapping[str, str]) -> str:
-    """The key a request offers: `X-API-Key`, else an `Authorization: Bearer` token (header names lower-case)."""
-    auth = headers.get("authorization") or ""
-    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    return headers.get("x-api-key") or bearer
-
-
-def key_name(keys: Mapping[str, str], offered: str) -> str | None:
-    """The name of the key `offered` matches, compared in constant time against every key; None for no match."""
-    found = None
-    for name, key in keys.items():
-        if offered and hmac.compare_digest(offered.encode(), key.encode()):
-            found = name
-    return found
-
-
-def api_keys_from_env() -> dict[str, str]:
-    """`GEMS_API_KEYS` (`name:key,name:key`) or `GEMS_API_KEY` (one key named `default`); empty: no auth.
-
-    Raises:
-        ConfigError: an entry of `GEMS_API_KEYS` is not `name:key`.
-    """
-    keys: dict[str, str] = {}
-    for entry in filter(None, (e.strip() for e in os.environ.get("GEMS_API_KEYS", "").split(","))):
-        name, sep, key = entry.partition(":")
-        if not (sep and name.strip() and key.strip()):
-            raise ConfigError("GEMS_API_KEYS must be comma-separated name:key pairs (e.g. alice:k1,bob:k2)")
-        keys[name.strip()] = key.strip()
-    single = os.environ.get("GEMS_API_KEY")
-    if single and single not in keys.values():
-        keys["default"] = single
-    return keys
-
-
-# What a resumed run may change (a server on a new port, a new key or timeout) and still be the run it was.
-RESUME_IGNORES = frozenset({"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency",
-                            "chroma", "base_url", "url", "headers", "host", "port", "tenant"})  # fmt: skip
-RUN_OPTIONS = frozenset({"max_rounds", "seed", "images_per_round", "human_review", "review_rounds"})
-
-
-def strip_keys(data: Any, ignore: frozenset[str]) -> Any:
-    """`data` (nested dicts) without the keys in `ignore`, at any depth."""
-    if isinstance(data, dict):
-        return {k: strip_keys(v, ignore) for k, v in data.items() if k not in ignore}
-    return data
-
-
-def settings_digest(settings: GemsSettings, ignore: frozenset[str] = RESUME_IGNORES) -> str:
-    """sha256 (16 hex) of the settings left after dropping `ignore`d keys: what decides the images a run makes."""
-    text = json.dumps(strip_keys(settings.model_dump(mode="json"), ignore), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -8,7 +8,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
 
 from gems.configs import GemsSettings, RunOptions
-from gems.configs.settings import MAX_ROUNDS, pinned_options
+from gems.configs.loading import pinned_options
+from gems.configs.settings import MAX_ROUNDS
 from gems.graph.routing import (
     recursion_limit_for,
     route_after_critique,

@@ -27,8 +27,9 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from gems.configs import GemsSettings
-from gems.configs.settings import api_keys_from_env, key_name, offered_key, settings_from_env
+from gems.configs.loading import settings_from_env
 from gems.graph.builder import build_graph
+from gems.interfaces.keys import api_keys_from_env, key_name, offered_key
 from gems.interfaces.pages import render_template, run_page
 from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.checkpoint import server_checkpointer

@@ -24,9 +24,11 @@ from typing import Any
 from langgraph_sdk import Auth
 
 from gems.configs import RunOptions, UsageError
-from gems.configs.settings import KEY_HELP, api_keys_from_env, checked_options, key_name, offered_key
+from gems.configs.loading import checked_options
+from gems.interfaces.keys import KEY_HELP, api_keys_from_env, check_keys, key_name, offered_key
 
 auth = Auth()
+check_keys(api_keys_from_env())  # at start-up: a key short enough to guess stops the server, in one line
 # Keys LangGraph itself puts into a run's configurable; everything else in a context is the client's.
 _SERVER_KEYS = {"thread_id", "checkpoint_id", "checkpoint_ns", "checkpoint_map", "run_id", "assistant_id", "graph_id",
                 "user_id", "cron_id"}  # fmt: skip

@@ -31,7 +31,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
 from gems.configs import ConfigError, GeneratorSettings
-from gems.configs.settings import KEY_HELP, key_name, offered_key
+from gems.interfaces.keys import KEY_HELP, key_name, offered_key
 from gems.nodes.generators import GeneratorError, effective_settings
 from gems.nodes.generators.diffusers_backend import DiffusersGenerator  # torch and diffusers load on first use
 from gems.nodes.generators.edit import DiffusersEditor

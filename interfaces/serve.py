@@ -38,8 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
 from gems.configs import ConfigError, GemsSettings, load_settings
-from gems.configs.settings import KEY_HELP, api_keys_from_env, key_name, missing_editor, offered_key
+from gems.configs.settings import MAX_ROUNDS, missing_editor
 from gems.graph.builder import build_graph, continuation, run_config
+from gems.interfaces.keys import KEY_HELP, api_keys_from_env, check_keys, key_name, offered_key
 from gems.interfaces.pages import run_page
 from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.checkpoint import open_checkpointer
@@ -47,7 +48,6 @@ from gems.memory.store import open_store
 from gems.memory.trajectory import run_result
 
 MAX_PROMPT_CHARS = 2000
-MAX_ROUNDS_CAP = 10
 THREAD_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_BATCH = 16  # inputs in one /gems/batch; each also takes a run slot
 
@@ -76,7 +76,7 @@ class GemsRequest(BaseModel):
     )
     # Optional, null accepted, but no `{"type": "null"}` in the schema: the playground's form cannot draw one.
     # Strict: "5", 5.0 and true are not a number of rounds.
-    max_rounds: Annotated[int, Field(strict=True, ge=1, le=MAX_ROUNDS_CAP)] | SkipJsonSchema[None] = Field(
+    max_rounds: Annotated[int, Field(strict=True, ge=1, le=MAX_ROUNDS)] | SkipJsonSchema[None] = Field(
         None, description="attempts before the best is returned", json_schema_extra=_no_default
     )
     seed: Annotated[int, Field(strict=True, ge=0, lt=2**63)] | SkipJsonSchema[None] = Field(
@@ -500,7 +500,6 @@ SESSION_TTL_S = 12 * 3600
 OPEN_PATHS = ("/health", "/signin", "/favicon.ico")
 BROWSER_PAGES = ("/gems/playground", "/runs/")  # without a session these send a browser to /signin
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-MIN_KEY_CHARS = 16
 MAX_BODY_BYTES = 1_000_000  # 16 prompts of 2,000 characters fit many times over
 MAX_SIGNIN_BYTES = 4096  # a form with one key in it
 BODY_TIMEOUT_S = 30.0  # to receive a whole body, however it trickles in
@@ -803,21 +802,6 @@ input{{width:100%;box-sizing:border-box;margin:.5em 0}}.error{{color:#c33}}</sty
 <h1>gems</h1><p>Sign in with your API key to use the playground and see runs.</p>{message}
 <form method="post" action="/signin"><label>API key <input type="password" name="key" autocomplete="current-password"
 autofocus required></label><button type="submit">Sign in</button></form>"""
-
-
-def check_keys(keys: dict[str, str]) -> None:
-    """Refuse keys short enough to guess: at least MIN_KEY_CHARS characters each.
-
-    Raises:
-        ConfigError: naming the rule and the key's name (never the key).
-    """
-    for name, key in keys.items():
-        if len(key) < MIN_KEY_CHARS:
-            where = "GEMS_API_KEY" if name == "default" else f"the GEMS_API_KEYS entry {name!r}"
-            raise ConfigError(
-                f"API keys must be at least {MIN_KEY_CHARS} characters; {where} has {len(key)} "
-                "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))')"
-            )
 
 
 def create_app(

@@ -9,6 +9,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
 from gems.configs import GemsSettings, load_settings
+from gems.configs.settings import MAX_ROUNDS
 from gems.graph.builder import build_graph, run_config, run_input
 from gems.memory.artifacts import ArtifactStore
 from gems.memory.trajectory import run_result
@@ -24,7 +25,7 @@ class GenerateImageInput(BaseModel):
     """Arguments the agent fills in."""
 
     prompt: str = Field(description="what the image must show: objects, counts, colours, positions, text")
-    max_rounds: int | None = Field(None, ge=1, le=10, description="attempts before returning the best image")
+    max_rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS, description="attempts before returning the best image")
 
 
 def gems_tool(

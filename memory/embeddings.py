@@ -18,7 +18,7 @@ from langchain_core.embeddings import Embeddings
 from pydantic import SecretStr
 
 from gems.configs import ConfigError, EmbeddingSettings, GemsError
-from gems.configs.settings import cache_key, settings_from_env
+from gems.configs.loading import cache_key, settings_from_env
 from gems.memory.aio import PerLoop, run_blocking, within
 from gems.memory.encoder import NumpySentenceEncoder, supports
 

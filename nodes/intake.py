@@ -18,7 +18,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from gems.configs import GemsSettings, UsageError, context_settings
-from gems.configs.settings import checked_options, pinned_options
+from gems.configs.loading import checked_options, pinned_options
 from gems.memory.state import GemsState, ImageRef, Turn
 from gems.nodes.calls import ask, blocking
 from gems.nodes.chat import EMPTY_REQUEST, request_parts, run_links, stored_request

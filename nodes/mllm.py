@@ -19,7 +19,7 @@ from langchain_openai import ChatOpenAI
 from langgraph.constants import TAG_NOSTREAM
 
 from gems.configs import GemsError, MLLMSettings
-from gems.configs.settings import cache_key
+from gems.configs.loading import cache_key
 from gems.memory.aio import PerLoop, within
 
 

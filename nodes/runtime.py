@@ -12,7 +12,8 @@ from typing import Any
 from langgraph.config import get_config
 
 from gems.configs import GemsSettings, UsageError
-from gems.configs.settings import PINNED, checked_options
+from gems.configs.loading import checked_options
+from gems.configs.settings import PINNED
 from gems.memory.artifacts import ArtifactStore
 
 

@@ -36,7 +36,7 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(var, raising=False)
     data_dir = tmp_path / "data"
     monkeypatch.setenv("GEMS_DATA_DIR", str(data_dir))
-    from gems.configs.settings import settings_from_env
+    from gems.configs.loading import settings_from_env
 
     settings_from_env.cache_clear()
     return data_dir

@@ -617,7 +617,7 @@ def test_continuation_after_only_the_first_checkpoint():
 
 
 def test_lessons_in_a_bench_only_when_a_config_file_turns_them_on(tmp_path):
-    from gems.configs.settings import configured_value
+    from gems.configs.loading import configured_value
 
     on = tmp_path / "on.yaml"
     on.write_text("memory: {lessons: true}\n")

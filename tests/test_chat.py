@@ -501,3 +501,14 @@ def test_a_state_edit_cannot_lift_a_run_past_its_limits(server):
     assert 1 <= rounds <= 5  # the server's budget (config default 5), never 60
     assert len(server["gen"].prompts) - made == rounds  # one image a round, not 10,000
     assert server["script"].calls["verify"] - asked == 100 * rounds  # the criteria cap, not 500 a round
+
+
+def test_the_agent_server_refuses_to_start_with_a_short_key(tmp_path):
+    """Keys short enough to guess stop the server at start-up, in one line naming the rule (never the key)."""
+    env = {**os.environ, "GEMS_API_KEYS": "alice:short", "GEMS_DATA_DIR": str(tmp_path)}
+    code = "import gems.interfaces.agent_auth"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "API keys must be at least 16 characters; the GEMS_API_KEYS entry 'alice' has 5" in last
+    assert "short" not in last  # the key itself is never printed

@@ -100,7 +100,7 @@ def test_data_dir_expands_user(monkeypatch, tmp_path):
 
 
 def test_whole_settings_are_used_as_given_and_partial_ones_overlay_the_env(monkeypatch, tmp_path):
-    from gems.configs.settings import context_settings, is_complete, settings_from_env
+    from gems.configs.loading import context_settings, is_complete, settings_from_env
 
     whole = load_settings("cpu", env={})
     assert is_complete(whole) and not is_complete(GemsSettings(loop={"max_rounds": 2}))
@@ -111,11 +111,12 @@ def test_whole_settings_are_used_as_given_and_partial_ones_overlay_the_env(monke
     # A CLI run with --config never reads a broken GEMS_CONFIG behind it...
     assert context_settings(whole) is whole
     # ...while a partial context (a server's) is layered over it, so the broken file is reported.
+    partial = GemsSettings(loop={"max_rounds": 2})  # what LangGraph makes of context={"loop": {"max_rounds": 2}}
     with pytest.raises(ConfigError, match="broken YAML"):
-        context_settings({"loop": {"max_rounds": 2}})
+        context_settings(partial)
     good = tmp_path / "good.yaml"
     good.write_text("mllm:\n  model: from-env-config\n")
     monkeypatch.setenv("GEMS_CONFIG", str(good))
     settings_from_env.cache_clear()
-    merged = context_settings({"loop": {"max_rounds": 2}})
+    merged = context_settings(partial)
     assert (merged.loop.max_rounds, merged.mllm.model) == (2, "from-env-config")

@@ -134,7 +134,7 @@ def test_api_key_is_required(served):
 
 def test_several_keys_from_gems_api_keys(served, monkeypatch):
     from gems.configs import ConfigError
-    from gems.configs.settings import api_keys_from_env
+    from gems.interfaces.keys import api_keys_from_env
 
     monkeypatch.setenv("GEMS_API_KEYS", f"alice:{ALICE}, bob:{BOB}")
     assert api_keys_from_env() == {"alice": ALICE, "bob": BOB}

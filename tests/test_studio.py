@@ -13,6 +13,7 @@ import pytest
 from tests.support.net import free_port, wait_until_up, write_stub_config
 
 ROOT = Path(__file__).resolve().parents[1]
+KEYS = "alice:key-a-0123456789abcdef,bob:key-b-0123456789abcdef"  # 16 characters or more, as servers require
 CRITERIA = ["Is there a cat?", "Is the cat red?"]
 pytestmark = pytest.mark.slow
 
@@ -178,7 +179,7 @@ def test_langgraph_dev_takes_only_run_options_from_a_request(studio, tmp_path):
         attacker.stop()
 
 
-@pytest.mark.parametrize("studio", [{"keys": "alice:key-a,bob:key-b"}], indirect=True)
+@pytest.mark.parametrize("studio", [{"keys": KEYS}], indirect=True)
 def test_langgraph_dev_needs_a_key_and_keeps_each_callers_threads_apart(studio):
     from langgraph_sdk import get_sync_client
 
@@ -186,8 +187,8 @@ def test_langgraph_dev_needs_a_key_and_keeps_each_callers_threads_apart(studio):
     nobody = get_sync_client(url=url, api_key=None)
     with pytest.raises(Exception, match="missing or wrong API key"):
         nobody.threads.create()
-    alice = get_sync_client(url=url, api_key=None, headers={"X-API-Key": "key-a"})
-    bob = get_sync_client(url=url, api_key=None, headers={"Authorization": "Bearer key-b"})
+    alice = get_sync_client(url=url, api_key=None, headers={"X-API-Key": "key-a-0123456789abcdef"})
+    bob = get_sync_client(url=url, api_key=None, headers={"Authorization": "Bearer key-b-0123456789abcdef"})
     thread = alice.threads.create()
     done = alice.runs.wait(
         thread["thread_id"], "gems", input={"prompt": "a red cat"}, context={"loop": {"max_rounds": 1}}
@@ -202,13 +203,13 @@ def test_langgraph_dev_needs_a_key_and_keeps_each_callers_threads_apart(studio):
     assert len(gen.prompts) == 1  # bob's run never started
 
 
-@pytest.mark.parametrize("studio", [{"keys": "alice:key-a,bob:key-b", "lessons": True}], indirect=True)
+@pytest.mark.parametrize("studio", [{"keys": KEYS, "lessons": True}], indirect=True)
 def test_langgraph_dev_keeps_each_callers_lessons_apart(studio):
     from langgraph_sdk import get_sync_client
 
     url, _, _, _ = studio
-    alice = get_sync_client(url=url, api_key=None, headers={"X-API-Key": "key-a"})
-    bob = get_sync_client(url=url, api_key=None, headers={"X-API-Key": "key-b"})
+    alice = get_sync_client(url=url, api_key=None, headers={"X-API-Key": "key-a-0123456789abcdef"})
+    bob = get_sync_client(url=url, api_key=None, headers={"X-API-Key": "key-b-0123456789abcdef"})
     one_round = {"loop": {"max_rounds": 1}}
 
     def run(client, prompt: str) -> dict:

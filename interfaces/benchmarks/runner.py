@@ -29,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from gems.configs import ConfigError, GemsSettings
-from gems.configs.settings import settings_digest, strip_keys
+from gems.configs.loading import OUTPUT_IGNORES, settings_digest, strip_keys
 from gems.graph.builder import build_graph
 from gems.interfaces.benchmarks.datasets import BenchPrompt, load_prompts
 from gems.interfaces.benchmarks.methods import arun_method, method_settings
@@ -39,10 +39,9 @@ from gems.interfaces.benchmarks.selection import Selection, prompts_digest
 from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 
-# Settings that cannot change what a run produces: they may differ between a run and its continuation.
-# A bench run is tied to its endpoints too: only these may differ between a run and its continuation.
-BENCH_IGNORES = frozenset({"data_dir", "storage", "api_key", "timeout_s", "max_retries", "verifier_concurrency",
-                           "chroma"})  # fmt: skip
+# Only what cannot change the images may differ between a bench run and its continuation (endpoints too are part
+# of a bench run's identity, unlike a resumed generate run's).
+BENCH_IGNORES = OUTPUT_IGNORES
 _RUN_ARTIFACTS = ("results", "checkpoints.sqlite", "checkpoints.sqlite-wal", "checkpoints.sqlite-shm", "lessons",
                   "images", "summary.json", "report.md", "report.html", "run.json")  # fmt: skip
 SAMPLE_SEED_STRIDE = 1000  # sample k of a prompt starts at base seed + k * 1000, clear of its rounds' seeds

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from gems.configs import load_settings
-from gems.configs.settings import configured_value
+from gems.configs.loading import configured_value
 from gems.interfaces.benchmarks.export import FORMATS, export_run
 from gems.interfaces.benchmarks.merge import merge_runs
 from gems.interfaces.benchmarks.methods import METHODS

@@ -18,7 +18,7 @@ import click
 from filelock import FileLock, Timeout
 
 from gems.configs import UsageError, load_settings
-from gems.configs.settings import RESUME_IGNORES, RUN_OPTIONS, settings_digest
+from gems.configs.loading import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.graph import build_graph, continuation, run_config
 from gems.graph import run_input as new_run
 from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from gems.configs import load_settings
-from gems.configs.settings import api_keys_from_env
 from gems.interfaces.cli import CONTEXT, config_option
+from gems.interfaces.keys import api_keys_from_env
 from gems.interfaces.serve import create_app, uvicorn_options
 
 

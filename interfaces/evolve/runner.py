@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gems.configs import GemsSettings, UsageError
-from gems.configs.settings import RESUME_IGNORES, settings_digest
+from gems.configs.loading import RESUME_IGNORES, settings_digest
 from gems.interfaces.benchmarks.datasets import load_prompts
 from gems.interfaces.benchmarks.runner import run_bench
 from gems.interfaces.evolve.report import write_reports

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from gems.configs import GeneratorSettings
-from gems.configs.settings import cache_key
+from gems.configs.loading import cache_key
 from gems.nodes.generators.base import Generator, GeneratorError, Rendered
 from gems.nodes.generators.diffusers_backend import DiffusersGenerator  # torch/diffusers load on first render
 from gems.nodes.generators.edit import Editor, get_editor

@@ -16,7 +16,7 @@ import time
 from typing import Any, Protocol
 
 from gems.configs import GeneratorSettings
-from gems.configs.settings import cache_key
+from gems.configs.loading import cache_key
 from gems.nodes.generators.base import GeneratorError, Rendered
 from gems.nodes.generators.diffusers_backend import DiffusersGenerator, off_loop
 from gems.nodes.generators.openai_backend import OpenAIImagesGenerator
