@@ -148,6 +148,15 @@ class LoopSettings(_Strict):
     edit_base: Literal["best", "last"] = Field(
         "best", description="the image an edit starts from: the best round so far, or the last one"
     )
+    verify: Literal["per-criterion", "batched"] = Field(
+        "per-criterion",
+        description="per-criterion: one yes/no call per criterion (paper); batched: one call per image answers every "
+        "criterion (unreadable ones are asked again one by one)",
+    )
+    compress: Literal["separate", "merged"] = Field(
+        "separate", description="separate: a compressor call per round (paper); merged: the refiner writes the "
+        "round's lesson with the next prompt, in one call",
+    )  # fmt: skip
     review_rounds: bool = Field(
         False,
         description="pause after each round that did not pass everything: accept its image now, edit the next "

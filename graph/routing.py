@@ -26,11 +26,30 @@ def route_after_plan(state: PlannerState) -> Literal["skills", "prepare"]:
     return "prepare"
 
 
-def route_after_generate(state: GemsState) -> list[Send] | Literal["finalize"]:
-    """Fan out one verifier call per (candidate, criterion); with no criteria there is nothing to check."""
+def route_after_generate(state: GemsState, runtime: Runtime[Any]) -> list[Send] | Literal["finalize"]:
+    """Fan out one verifier call per (candidate, criterion), or per candidate with `loop.verify: batched`; with no
+    criteria there is nothing to check."""
     criteria = (state.get("criteria") or [])[:MAX_CRITERIA]  # a state edit cannot fan out past the cap
     if not criteria:
         return "finalize"
+    candidates = (state.get("candidates") or [])[:MAX_CANDIDATES]
+    verifiers = state.get("verifiers") or []
+    if context_settings(runtime.context).loop.verify == "batched":
+        return [
+            Send(
+                "verify",
+                VerifyTask(
+                    round=state["round"],
+                    candidate=c,
+                    index=-1,
+                    criterion="",
+                    image=image,
+                    verifiers=verifiers,
+                    criteria=criteria,
+                ),
+            )
+            for c, image in enumerate(candidates)
+        ]
     return [
         Send(
             "verify",
@@ -40,10 +59,10 @@ def route_after_generate(state: GemsState) -> list[Send] | Literal["finalize"]:
                 index=i,
                 criterion=q,
                 image=image,
-                verifiers=state.get("verifiers") or [],
+                verifiers=verifiers,
             ),
         )
-        for c, image in enumerate((state.get("candidates") or [])[:MAX_CANDIDATES])
+        for c, image in enumerate(candidates)
         for i, q in enumerate(criteria)
     ]
 

@@ -82,7 +82,8 @@ class RoundAction(TypedDict, total=False):
 
 
 class VerifyTask(TypedDict):
-    """What one parallel verifier call receives (sent with `Send`)."""
+    """What one parallel verifier call receives (sent with `Send`): one criterion, or (`loop.verify: batched`) every
+    criterion of the image in `criteria`, `index` and `criterion` then unused."""
 
     round: int
     candidate: int
@@ -90,6 +91,7 @@ class VerifyTask(TypedDict):
     criterion: str
     image: ImageRef
     verifiers: NotRequired[list[str]]
+    criteria: NotRequired[list[str]]
 
 
 def merge_rounds(left: list[RoundRecord] | None, right: list[RoundRecord] | None) -> list[RoundRecord]:

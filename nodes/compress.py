@@ -31,8 +31,8 @@ async def compress(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str
         The latest round's `experience` (merged into `rounds`) and counters, or nothing.
     """
     settings = context_settings(runtime.context)
-    if not MODE_LAYERS[settings.memory.mode]["experience"]:
-        return {}
+    if not MODE_LAYERS[settings.memory.mode]["experience"] or settings.loop.compress == "merged":
+        return {}  # no experiences kept, or the refiner writes them with the next prompt (loop.compress: merged)
     latest = state["rounds"][-1]
     timings: dict[str, float] = {}
     with timed(timings, "compress"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -11,60 +12,114 @@ from gems.memory.state import GemsState, RoundRecord, Verdict, VerifyTask
 from gems.nodes.calls import ask, blocking
 from gems.nodes.chat import round_message, run_links
 from gems.nodes.mllm import MLLMError, image_part, text_part
-from gems.nodes.parsing import parse_verdict
-from gems.nodes.prompts.verify import VERIFY_SYSTEM, VERIFY_USER
+from gems.nodes.parsing import parse_verdict, parse_verdicts
+from gems.nodes.prompts.verify import VERIFY_BATCH_SYSTEM, VERIFY_BATCH_USER, VERIFY_SYSTEM, VERIFY_USER, numbered
 from gems.nodes.runtime import artifact_store, timed, usage_update
 from gems.skills.verifiers import VERIFIERS, VerifierUnavailable, combine
 
 
 async def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
-    """Answer one criterion on one image; an error or an unclear answer counts as a fail, never a crash.
+    """Check one image: one criterion (the paper), or every criterion in one call (`loop.verify: batched`).
+
+    An error or an unclear answer counts as a fail, never a crash. A batched answer that leaves a criterion out or
+    unreadable is asked again for that criterion alone, so nothing passes silently.
 
     Args:
-        task: the criterion, its index, and the image reference (sent by `route_after_generate`).
+        task: the image reference and its criterion (with its index), or `criteria` for a batch.
         runtime: the run's settings as context.
 
     Returns:
-        One `Verdict` appended to `verdicts`, and counters.
+        The `Verdict`s appended to `verdicts`, and counters.
     """
     settings = context_settings(runtime.context)
     timings: dict[str, float] = {}
-    usage: dict[str, int] = {}
-    error: str | None = None
-    answer = ""
+    criteria = list(task.get("criteria") or [task["criterion"]])
+    indexes = range(len(criteria)) if task.get("criteria") else [task["index"]]
+    verdicts: list[Verdict] = []
+    calls, usages = 0, []
     with timed(timings, "verify"):
         try:
-            store = artifact_store(settings)
-            data_url = await blocking(store.data_url, task["image"], settings.mllm.image_max_side)
-            reply = await ask(
-                settings.mllm,
-                VERIFY_SYSTEM,
-                [text_part(VERIFY_USER.format(criterion=task["criterion"])), image_part(data_url)],
-            )
-            answer, usage = reply.text, reply.usage
-        except (MLLMError, OSError, ValueError) as exc:
-            error = str(exc)
-    verdict = parse_verdict(answer) if error is None else None
-    record = Verdict(
-        round=task["round"],
-        candidate=task["candidate"],
-        index=task["index"],
-        criterion=task["criterion"],
-        passed=verdict is True,
-        answer=answer[:500],
-        error=error if error is not None else (None if verdict is not None else "answer was neither yes nor no"),
-    )
-    # Tools the loaded skills bring (e.g. OCR for quoted text) check the same criterion; see skills/verifiers.py.
-    checks = await blocking(_tool_checks, task, settings, timings) if task.get("verifiers") else []
-    if checks:
-        record["checks"] = checks
-        record["mllm_passed"] = record["passed"]
-        for check in checks:
-            record["passed"] = combine(record["passed"], check)
-    return {"verdicts": [record], "mllm_calls": 1, "timings": timings, "usage": usage_update(usage)}
+            data_url = await blocking(artifact_store(settings).data_url, task["image"], settings.mllm.image_max_side)
+        except (OSError, ValueError) as exc:  # the image is unreadable: every criterion fails, saying why
+            verdicts = [_fail(task, i, q, str(exc)) for i, q in zip(indexes, criteria, strict=True)]
+        else:
+            if task.get("criteria"):
+                verdicts, calls, usages = await _batch(task, criteria, data_url, settings)
+            else:
+                verdict, usage = await _one(task, task["index"], task["criterion"], data_url, settings)
+                verdicts, calls, usages = [verdict], 1, [usage]
+    for record in verdicts:
+        # Tools the loaded skills bring (e.g. OCR for quoted text) check the same criterion; see skills/verifiers.py.
+        if task.get("verifiers"):
+            checks = await blocking(_tool_checks, task, record["criterion"], settings, timings)
+            if checks:
+                record["checks"] = checks
+                record["mllm_passed"] = record["passed"]
+                for check in checks:
+                    record["passed"] = combine(record["passed"], check)
+    return {"verdicts": verdicts, "mllm_calls": calls, "timings": timings, "usage": usage_update(*usages)}
 
 
-def _tool_checks(task: VerifyTask, settings: GemsSettings, timings: dict[str, float]) -> list[dict[str, Any]]:
+def _fail(task: VerifyTask, index: int, criterion: str, error: str) -> Verdict:
+    return Verdict(round=task["round"], candidate=task["candidate"], index=index, criterion=criterion, passed=False,
+                   answer="", error=error)  # fmt: skip
+
+
+async def _one(
+    task: VerifyTask, index: int, criterion: str, data_url: str, settings: GemsSettings
+) -> tuple[Verdict, dict[str, int]]:
+    """One criterion, one call: the paper's verifier."""
+    try:
+        reply = await ask(
+            settings.mllm, VERIFY_SYSTEM, [text_part(VERIFY_USER.format(criterion=criterion)), image_part(data_url)]
+        )
+    except MLLMError as exc:
+        return _fail(task, index, criterion, str(exc)), {}
+    verdict = parse_verdict(reply.text)
+    record = _fail(task, index, criterion, "answer was neither yes nor no" if verdict is None else "")
+    record.update(passed=verdict is True, answer=reply.text[:500], error=record["error"] or None)
+    return record, reply.usage
+
+
+async def _batch(
+    task: VerifyTask, criteria: list[str], data_url: str, settings: GemsSettings
+) -> tuple[list[Verdict], int, list[dict[str, int]]]:
+    """Every criterion in one call (the image first, so a server's prefix cache reuses it); the ones the answer
+    leaves out or unreadable are asked again one by one."""
+    found: dict[int, tuple[bool, str]] = {}
+    usages: list[dict[str, int]] = []
+    calls = 1
+    try:
+        reply = await ask(
+            settings.mllm,
+            VERIFY_BATCH_SYSTEM,
+            [image_part(data_url), text_part(VERIFY_BATCH_USER.format(questions=numbered(criteria)))],
+        )
+        found, usages = parse_verdicts(reply.text, len(criteria)), [reply.usage]
+    except MLLMError:
+        pass  # every criterion is asked alone below
+    verdicts: list[Verdict] = []
+    missing = [i for i in range(len(criteria)) if i + 1 not in found]
+    again = await asyncio.gather(*(_one(task, i, criteria[i], data_url, settings) for i in missing))
+    asked = dict(zip(missing, again, strict=True))
+    for i, criterion in enumerate(criteria):
+        if i in asked:
+            verdict, usage = asked[i]
+            verdicts.append(verdict)
+            usages.append(usage)
+            calls += 1
+        else:
+            passed, why = found[i + 1]
+            record = _fail(task, i, criterion, "")
+            record.update(passed=passed, answer=(("yes" if passed else "no") + (f": {why}" if why else ""))[:500])
+            record["error"] = None
+            verdicts.append(record)
+    return verdicts, calls, usages
+
+
+def _tool_checks(
+    task: VerifyTask, criterion: str, settings: GemsSettings, timings: dict[str, float]
+) -> list[dict[str, Any]]:
     checks = []
     for name in task.get("verifiers") or []:
         tool = VERIFIERS.get(name)
@@ -73,7 +128,7 @@ def _tool_checks(task: VerifyTask, settings: GemsSettings, timings: dict[str, fl
         with timed(timings, f"verify_{name}"):
             try:
                 path = artifact_store(settings).path_for(task["image"]["sha256"])
-                result = tool(task["criterion"], path)
+                result = tool(criterion, path)
             except VerifierUnavailable as exc:
                 result = {"tool": name, "status": "unavailable", "error": str(exc)}
         if result is not None:

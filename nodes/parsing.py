@@ -91,7 +91,9 @@ def parse_skill_choice(answer: str, names: list[str]) -> str | None:
     return None
 
 
-_PROMPT_LABEL_RE = re.compile(r"^\s*\**\s*(?:final\s+|new\s+|refined\s+|improved\s+)?prompt\s*\**\s*:\s*\**\s*", re.I)
+_PROMPT_LABEL_RE = re.compile(
+    r"^\s*\**\s*(?:final\s+|new\s+|refined\s+|improved\s+|edit\s+)?(?:prompt|instruction)\s*\**\s*:\s*\**\s*", re.I
+)
 
 
 def clean_prompt(answer: str) -> str:
@@ -132,3 +134,62 @@ def parse_choice(answer: str) -> tuple[str | None, str | None, str]:
         leftovers = [text[: marks[0].start()] if marks else text] + [h[1] for h in heads.values() if len(h) > 1]
         body = "\n".join(part.strip() for part in leftovers if part.strip())
     return action, reason, clean_prompt(body)
+
+
+_NUMBERED_RE = re.compile(r"^\s*(?:Q|question\s*)?(\d+)\s*[.):\-]\s*(.+)$", re.I | re.M)
+
+
+def parse_verdicts(answer: str, count: int) -> dict[int, tuple[bool, str]]:
+    """The batched verifier's answers: question number (1-based) -> (passed, the few words why).
+
+    Reads a JSON array of `{"n", "answer", "why"}` objects (or answers in question order), else numbered lines
+    (`1. yes - ...`). Questions missing from the answer, or whose answer is neither yes nor no, are left out: the
+    caller asks those one by one, never passes them silently.
+    """
+    text, _ = split_thinking(answer)
+    found: dict[int, tuple[bool, str]] = {}
+    for candidate in _json_candidates(text):
+        try:
+            data = json.loads(candidate)
+        except (json.JSONDecodeError, ValueError):
+            continue
+        if isinstance(data, dict):
+            data = data.get("answers") or data.get("results")
+        if not isinstance(data, list):
+            continue
+        for position, item in enumerate(data, 1):
+            number, said, why = position, item, ""
+            if isinstance(item, dict):
+                number = item.get("n", item.get("index", position))
+                said = item.get("answer", item.get("verdict", ""))
+                why = str(item.get("why", item.get("reason", "")) or "")
+            verdict = parse_verdict(str(said)) if isinstance(said, str | bool) else None
+            if isinstance(said, bool):
+                verdict = said
+            if isinstance(number, int) and 1 <= number <= count and verdict is not None:
+                found.setdefault(number, (verdict, " ".join(why.split())[:200]))
+        if found:
+            return found
+    for match in _NUMBERED_RE.finditer(text):
+        number, rest = int(match.group(1)), match.group(2)
+        verdict = parse_verdict(rest)
+        if 1 <= number <= count and verdict is not None:
+            found.setdefault(number, (verdict, " ".join(rest.split())[:200]))
+    return found
+
+
+_LESSON_RE = re.compile(r"^\s*\**\s*LESSON\s*\**\s*:\s*", re.I | re.M)
+_NEXT_LABEL_RE = re.compile(r"^\s*\**\s*(PROMPT|INSTRUCTION|ACTION|REASON|TEXT)\s*\**\s*:", re.I | re.M)
+
+
+def split_lesson(answer: str) -> tuple[str | None, str]:
+    """A merged refiner's answer: (its `LESSON:` text or None, the rest: the prompt or the mode's own answer)."""
+    text, _ = split_thinking(answer)
+    mark = _LESSON_RE.search(text)
+    if mark is None:
+        return None, answer
+    after = text[mark.end() :]
+    nxt = _NEXT_LABEL_RE.search(after)
+    lesson = after[: nxt.start()] if nxt else after.split("\n\n", 1)[0]
+    rest = text[: mark.start()] + (after[nxt.start() :] if nxt else after[len(lesson) :])
+    return (" ".join(lesson.split()) or None), rest.strip()

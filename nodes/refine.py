@@ -14,17 +14,20 @@ from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
 from gems.memory.state import GemsState, RoundAction
-from gems.memory.trajectory import best_round
+from gems.memory.trajectory import MODE_LAYERS, best_round
 from gems.nodes.calls import ask, blocking
 from gems.nodes.chat import Links, next_step_line, round_message, run_links
+from gems.nodes.compress import truncate_words
 from gems.nodes.generators import editor_settings
 from gems.nodes.mllm import MLLMError
-from gems.nodes.parsing import clean_prompt, parse_choice
+from gems.nodes.parsing import clean_prompt, parse_choice, split_lesson
 from gems.nodes.prompts.refine import (
     CHOOSE_ASK,
     CHOOSE_SYSTEM,
     EDIT_ASK,
     EDIT_SYSTEM,
+    MERGED_LABELS,
+    MERGED_LESSON,
     REFINE_ASK,
     refine_system,
     refiner_parts,
@@ -35,6 +38,7 @@ from gems.skills import registry_for
 EMPTY_PROMPT_ERROR = "the refiner returned an empty prompt; check mllm.model and mllm.max_tokens"
 REVIEWER_THOUGHT = "Prompt written by the reviewer after the previous round."
 NO_ACTION_WARNING = "the refiner named no ACTION (edit or regenerate); its text was used as a new prompt"
+NO_LESSON_WARNING = "the refiner wrote no LESSON (loop.compress merged); the round keeps no experience"
 
 
 async def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, Any]:
@@ -73,19 +77,33 @@ async def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, 
         system, question = EDIT_SYSTEM, EDIT_ASK
     else:
         system, question = CHOOSE_SYSTEM, CHOOSE_ASK
+    # loop.compress merged: this one call also writes the latest round's experience (no compressor call).
+    merged = settings.loop.compress == "merged" and MODE_LAYERS[settings.memory.mode]["experience"]
+    if merged:
+        label = MERGED_LABELS["regenerate" if base is None else mode]
+        system += MERGED_LESSON.format(max_words=settings.loop.experience_max_words, label=label)
     with timed(timings, "refine"):
         parts = await blocking(lambda: refiner_parts(state, settings, store, base=base, ask=question))
         reply = await ask(settings.mllm, system, parts)
     warnings: list[str] = []
+    answer, update = reply.text, {}
+    if merged:
+        lesson, answer = split_lesson(answer)
+        if lesson is None:
+            warnings.append(NO_LESSON_WARNING)
+        elif rounds:
+            experience = truncate_words(lesson, settings.loop.experience_max_words)
+            update["rounds"] = [{"round": rounds[-1]["round"], "experience": experience}]
+            state = {**state, "rounds": [*rounds[:-1], {**rounds[-1], "experience": experience}]}  # type: ignore[typeddict-item]
     action = RoundAction(round=next_round, mode="generate")
     if base is not None and mode == "auto":
-        choice, reason, text = parse_choice(reply.text)
+        choice, reason, text = parse_choice(answer)
         if choice is None:
             warnings.append(NO_ACTION_WARNING)
         action["reason"] = reason
         mode_now = "edit" if choice == "edit" else "generate"
     else:
-        text = clean_prompt(reply.text)
+        text = clean_prompt(answer)
         mode_now = "edit" if base is not None else "generate"
     if mode_now == "edit":
         assert base is not None
@@ -97,6 +115,7 @@ async def refine(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, 
         warnings.append(f"the refiner wrote {len(text)} characters; cut to {cap} (loop.max_prompt_chars)")
         text = text[:cap].rsplit(" ", 1)[0]
     return {
+        **update,
         **({"warnings": warnings} if warnings else {}),
         "current_prompt": text,
         "action": action,

@@ -9,6 +9,7 @@ from gems.graph import build_graph, run_config
 from gems.nodes.generators import GeneratorError
 from gems.nodes.mllm import MLLMError
 from tests.conftest import make_settings
+from tests.support.servers import user_text
 
 CRITERIA = ["Is there a cat?", "Is the cat red?", "Is the cat on a mat?"]
 
@@ -189,3 +190,36 @@ def test_human_review_pauses_before_generating_and_applies_edits(stubs):
     done = graph.invoke(Command(resume={"first_prompt": "a red cat, side view"}), config, context=settings)
     assert s.gen.prompts[0] == "a red cat, side view" and done["success"] is True
     assert done["criteria"] == CRITERIA
+
+
+# ---- the efficient loop (loop.verify batched, loop.compress merged) ----------------------------------------------
+
+EFFICIENT = {"verify": "batched", "compress": "merged"}
+
+
+def by_image_prompt(q: str, made_from: str | None) -> str:
+    """A consistent verifier: the colour passes from the second prompt on, the rest always."""
+    return "no" if q == "Is the cat red?" and made_from == "a red cat on a mat" else "yes"
+
+
+def test_the_efficient_loop_makes_the_same_choices_with_fewer_calls(stubs):
+    paper = stubs(criteria=CRITERIA, verdict_by_image=by_image_prompt)
+    slow, _, _ = run(paper.settings())
+    lean = stubs(criteria=CRITERIA, verdict_by_image=by_image_prompt)
+    fast, _, _ = run(lean.settings(loop=EFFICIENT))
+    assert lean.gen.prompts == paper.gen.prompts and fast["final"] == slow["final"]
+    assert [r["passed"] for r in fast["rounds"]] == [r["passed"] for r in slow["rounds"]]
+    assert (paper.script.calls["verify"], paper.script.calls["compress"]) == (6, 1)  # 3 criteria x 2 rounds, 1 lesson
+    assert (lean.script.calls["verify_batch"], lean.script.calls["verify"], lean.script.calls["compress"]) == (2, 0, 0)
+    assert fast["rounds"][0]["experience"] == "Lesson: make the failed parts explicit."  # written by the refiner
+    assert fast["mllm_calls"] == slow["mllm_calls"] - 5  # 6 verify + 1 compress became 2 batched verify calls
+    batch = lean.script.bodies["verify_batch"][0]["messages"][-1]["content"]
+    assert batch[0]["type"] == "image_url" and "1. Is there a cat?" in batch[1]["text"]  # the image first
+
+
+def test_a_batched_answer_that_leaves_a_criterion_out_asks_it_alone(stubs):
+    s = stubs(criteria=CRITERIA, verdict_by_image=by_image_prompt, batch_skip=("Is the cat on a mat?",))
+    values, _, _ = run(s.settings(loop={**EFFICIENT, "max_rounds": 1}))
+    asked_alone = [user_text(b) for b in s.script.bodies["verify"]]
+    assert asked_alone == ["Question: Is the cat on a mat?"]  # never passed silently
+    assert values["rounds"][0]["passed"] == ["Is there a cat?", "Is the cat on a mat?"] and values["mllm_calls"] == 4

@@ -29,11 +29,13 @@ from gems.nodes.prompts.refine import (
     CHOOSE_SYSTEM,
     EDIT_ASK,
     EDIT_SYSTEM,
+    MERGED_LABELS,
+    MERGED_LESSON,
     refine_system,
     refiner_parts,
 )
 from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
-from gems.nodes.prompts.verify import VERIFY_SYSTEM, VERIFY_USER
+from gems.nodes.prompts.verify import VERIFY_BATCH_SYSTEM, VERIFY_BATCH_USER, VERIFY_SYSTEM, VERIFY_USER, numbered
 from tests.support.servers import png_bytes, role_of
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "prompts"
@@ -94,6 +96,15 @@ def _rendered(tmp_path: Path) -> dict[str, str]:
         "refiner-choose": (CHOOSE_SYSTEM, _text(refiner_parts(state, settings, store, state["rounds"][1], CHOOSE_ASK))),
         "rewrite": (REWRITE_SYSTEM, REQUEST),
         "follow-up": (FOLLOW_UP_SYSTEM, FOLLOW_UP + "\n[image]"),
+        "verifier-batched": (
+            VERIFY_BATCH_SYSTEM,
+            "[image]\n"
+            + VERIFY_BATCH_USER.format(questions=numbered(["Are there three apples?", "Is the vase blue?"])),
+        ),
+        "refiner-merged": (
+            refine_system([]) + MERGED_LESSON.format(max_words=100, label=MERGED_LABELS["regenerate"]),
+            "(same user message as refiner)",
+        ),
         "skill-proposer": (
             propose_system(3),
             propose_user(
@@ -106,11 +117,13 @@ def _rendered(tmp_path: Path) -> dict[str, str]:
     return {role: f"=== system ===\n{system}\n=== user ===\n{user}\n" for role, (system, user) in roles.items()}
 
 
+QUESTIONS = ["Are there three apples?", "Is the vase blue?"]
 FOLLOW_UP = FOLLOW_UP_USER.format(
     previous=REQUEST, passed="- Are there three apples?", failed="- Is the vase blue?", message="now make the vase blue"
 )
 ROLES = ["planner", "router", "enhancer", "decomposer", "decomposer-repair", "verifier", "compressor", "refiner",
-         "refiner-with-skill", "refiner-edit", "refiner-choose", "rewrite", "skill-proposer", "follow-up"]  # fmt: skip
+         "refiner-with-skill", "refiner-edit", "refiner-choose", "rewrite", "skill-proposer", "follow-up",
+         "verifier-batched", "refiner-merged"]  # fmt: skip
 
 
 @pytest.mark.parametrize("role", ROLES)

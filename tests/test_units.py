@@ -55,14 +55,19 @@ def test_route_after_plan_runs_tool_calls_until_the_turn_limit():
     assert route_after_plan({"prompt": "p", "planner_messages": many}) == "prepare"
 
 
-def test_route_after_generate_sends_one_task_per_candidate_and_criterion():
+def test_route_after_generate_sends_one_task_per_candidate_and_criterion(runtime):
     state: Any = {"prompt": "p", "round": 2, "criteria": CRITERIA[:2], "candidates": [{"sha256": "a"}, {"sha256": "b"}]}
-    sends = route_after_generate(state)
+    sends = route_after_generate(state, runtime)
     assert isinstance(sends, list) and all(isinstance(s, Send) and s.node == "verify" for s in sends)
     assert [(s.arg["candidate"], s.arg["index"], s.arg["round"]) for s in sends] == [
         (0, 0, 2), (0, 1, 2), (1, 0, 2), (1, 1, 2)
     ]  # fmt: skip
-    assert route_after_generate({"prompt": "p", "round": 1, "criteria": [], "candidates": [{}]}) == "finalize"
+    assert route_after_generate({"prompt": "p", "round": 1, "criteria": [], "candidates": [{}]}, runtime) == "finalize"
+    batched: Any = Runtime(context=GemsSettings(data_dir=runtime.context.data_dir, loop={"verify": "batched"}))
+    sends = route_after_generate(state, batched)
+    assert isinstance(sends, list) and [(s.arg["candidate"], s.arg["criteria"]) for s in sends] == [
+        (0, CRITERIA[:2]), (1, CRITERIA[:2])
+    ]  # fmt: skip  # one call per image, every criterion in it
 
 
 @pytest.mark.parametrize(
@@ -173,3 +178,22 @@ def test_seed_for_is_distinct_per_round_and_candidate_and_random_without_a_base(
     assert seeds == set(range(100, 106))
     assert seed_for(7, 1, 0, 1) == 7 and seed_for(7, 2, 0, 1) == 8
     assert len({seed_for(None, 1, 0, 1) for _ in range(20)}) > 1
+
+
+# ---- the efficient loop's parsers ----
+
+
+def test_parse_verdicts_reads_json_or_numbered_lines_and_leaves_out_the_unclear():
+    from gems.nodes.parsing import parse_verdicts, split_lesson
+
+    answer = '```json\n[{"n": 1, "answer": "Yes", "why": "a cat"}, {"n": 2, "answer": "not sure"}, {"n": 9}]\n```'
+    assert parse_verdicts(answer, 3) == {1: (True, "a cat")}  # 2 unclear, 3 missing, 9 out of range
+    assert parse_verdicts('["yes", "no", "yes"]', 3) == {1: (True, ""), 2: (False, ""), 3: (True, "")}
+    assert parse_verdicts("1. yes - a cat\n2) No, it is blue\n3: maybe", 3) == {
+        1: (True, "yes - a cat"), 2: (False, "No, it is blue")}  # fmt: skip
+    assert parse_verdicts("I cannot tell.", 2) == {}
+    lesson, rest = split_lesson("LESSON: say crimson, twice.\nPROMPT: a crimson cat")
+    assert (lesson, rest) == ("say crimson, twice.", "PROMPT: a crimson cat")
+    assert split_lesson("a crimson cat") == (None, "a crimson cat")
+    lesson, rest = split_lesson("LESSON: keep the mat\nACTION: edit\nREASON: colour\nTEXT: make it red")
+    assert lesson == "keep the mat" and rest.startswith("ACTION: edit")

@@ -41,6 +41,15 @@ REASON: one line
 TEXT: for edit, the instruction (name what failed and how to fix it, say to keep everything else); for regenerate,
 the complete new prompt"""
 
+MERGED_LESSON = """
+
+Before your answer, write the lesson of the latest attempt for the attempts to come: what failed and the likely
+cause, what worked and must be kept, what to change. Answer in this form:
+LESSON: the lesson, at most {max_words} words
+{label}"""
+MERGED_LABELS = {"regenerate": "PROMPT: the new prompt", "edit": "INSTRUCTION: the edit instruction",
+                 "auto": "then ACTION, REASON and TEXT as asked"}  # fmt: skip
+
 REFINE_SKILLS = """
 
 Expert guidance to keep following:

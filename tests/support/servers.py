@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import select
 import socket
 import threading
@@ -322,7 +323,7 @@ def role_of(body: dict[str, Any]) -> str:
     from gems.nodes.prompts.plan import ENHANCE_SYSTEM, PLANNER_SYSTEM, ROUTER_SYSTEM
     from gems.nodes.prompts.refine import CHOOSE_SYSTEM, EDIT_SYSTEM, REFINE_SYSTEM
     from gems.nodes.prompts.rewrite import REWRITE_SYSTEM
-    from gems.nodes.prompts.verify import VERIFY_SYSTEM
+    from gems.nodes.prompts.verify import VERIFY_BATCH_SYSTEM, VERIFY_SYSTEM
 
     system = _system_text(body)
     for role, prompt in (
@@ -331,6 +332,7 @@ def role_of(body: dict[str, Any]) -> str:
         ("enhance", ENHANCE_SYSTEM),
         ("decompose", DECOMPOSE_SYSTEM),
         ("verify", VERIFY_SYSTEM),
+        ("verify_batch", VERIFY_BATCH_SYSTEM),
         ("compress", COMPRESS_SYSTEM),
         ("refine", REFINE_SYSTEM),
         ("edit", EDIT_SYSTEM),
@@ -362,6 +364,7 @@ class ScriptedMLLM:
         propose: `f(n, body)` -> the skill proposer's n-th answer (gems skills evolve).
         follow_up: `f(body)` -> a follow-up chat message made into a whole request (the intake's call).
         fail_verify: criteria whose verifier call answers HTTP 500.
+        batch_skip: criteria a batched verifier answer leaves out (the node must ask them again alone).
         block_at: `(role, n)`: the n-th call of that role waits until `release` is set (a test kills its client).
     """
 
@@ -376,6 +379,7 @@ class ScriptedMLLM:
         compress: str = "Lesson: make the failed parts explicit.",
         reasoning: str | None = None,
         fail_verify: tuple[str, ...] = (),
+        batch_skip: tuple[str, ...] = (),
         planner: Callable[[int, list[dict[str, Any]]], Any] | None = None,
         agent: Callable[[dict[str, Any]], Any] | None = None,
         verdict_by_image: Callable[[str, str | None], str] | None = None,
@@ -408,6 +412,7 @@ class ScriptedMLLM:
         self.compress = compress
         self.reasoning = reasoning
         self.fail_verify = set(fail_verify)
+        self.batch_skip = set(batch_skip)
         self.tool_skills = set(tool_skills)
         self.planner = planner
         self.agent = agent
@@ -419,6 +424,14 @@ class ScriptedMLLM:
         self.asked: defaultdict[str, int] = defaultdict(int)
         self.bodies: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
         self.lock = threading.Lock()
+
+    def _verdict(self, criterion: str, body: dict[str, Any]) -> str:
+        if self.verdict_by_image is not None:  # order-free: decided by what the image was made from
+            return self.verdict_by_image(criterion, image_prompt(body))
+        with self.lock:
+            self.asked[criterion] += 1
+            attempt = self.asked[criterion]
+        return self.verdict(criterion, attempt)
 
     def __call__(self, body: dict[str, Any]) -> Any:
         role = role_of(body)
@@ -455,20 +468,23 @@ class ScriptedMLLM:
             criterion = user_text(body).removeprefix("Question: ").strip()
             if criterion in self.fail_verify:
                 raise HTTPFailure(500, "verifier exploded")
-            if self.verdict_by_image is not None:  # order-free: decided by what the image was made from
-                return self.verdict_by_image(criterion, image_prompt(body))
-            with self.lock:
-                self.asked[criterion] += 1
-                attempt = self.asked[criterion]
-            return self.verdict(criterion, attempt)
+            return self._verdict(criterion, body)
+        if role == "verify_batch":  # loop.verify batched: every numbered question of one image, as JSON
+            questions = re.findall(r"^\d+\. (.+)$", user_text(body), re.M)
+            answers = [{"n": n, "answer": self._verdict(q, body), "why": "scripted"}
+                       for n, q in enumerate(questions, 1) if q not in self.batch_skip]  # fmt: skip
+            return json.dumps(answers)
         if role == "compress":
             return self.compress
+        # loop.compress merged: the refiner writes the round's lesson first.
+        lesson = f"LESSON: {self.compress}\n" if "LESSON:" in _system_text(body) else ""
         if role == "refine":
-            return {"content": self.refine(count), "reasoning_content": self.reasoning}
+            label = "PROMPT: " if lesson else ""
+            return {"content": f"{lesson}{label}{self.refine(count)}", "reasoning_content": self.reasoning}
         if role == "edit":
-            return self.edit(count)
+            return f"{lesson}{'INSTRUCTION: ' if lesson else ''}{self.edit(count)}"
         if role == "choose":
-            return self.choose(count)
+            return lesson + self.choose(count)
         if role == "propose":
             return self.propose(count, body)
         if role == "follow_up":
