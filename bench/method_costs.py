@@ -29,7 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support, the offline server kit
 
-from gems.configs import GemsSettings, load_settings
+from gems.configs import GemsSettings, load_settings, resolve_config_path
+from gems.configs.loading import read_config_file
 from gems.interfaces.benchmarks.runner import run_bench
 from tests.support.servers import GeneratorStub, OpenAIStub, ScriptedMLLM, role_of, user_text
 
@@ -43,6 +44,7 @@ ROWS = [  # (row of the paper, method, ablation config or None)
     ("Fig. 4 right: prompt + feedback", "gems", "ablations/memory-feedback"),
     ("Fig. 4 right: + image", "gems", "ablations/memory-images"),
     ("Fig. 4 right: + image + thought", "gems", "ablations/memory-thought"),
+    ("the efficient loop (beyond the paper)", "gems", "ablations/skill+ablations/efficient"),
 ]
 
 
@@ -96,9 +98,11 @@ def paper_rows(args: argparse.Namespace) -> None:
                     "skills": {"top_k": 20},
                 }
             ).model_dump(mode="python")
-            if ablation:  # the ablation file's sections over the stub config, as `--config mine --config ablation`
-                overlay = load_settings(ablation, env={}).model_dump(mode="python")
-                base["memory"], base["skills"] = overlay["memory"], {**overlay["skills"], "top_k": 20}
+            for name in (ablation or "").split("+") if ablation else []:
+                # The file's keys over the stub config, key by key, as `--config mine --config ablation`.
+                for section, values in read_config_file(resolve_config_path(name)).items():
+                    base[section] = {**base[section], **values}
+                base["skills"]["top_k"] = 20
             settings = GemsSettings.model_validate(base)
             out = Path(tmp) / f"run{n}"
             summary = run_bench(data, settings, method, out, concurrency=4, progress=False)
