@@ -429,6 +429,7 @@ def _shot_on_failure(page: Any, name: str, problems: list[str]) -> Any:
         raise
 
 
+@pytest.mark.timeout(1200)  # the first time, the UI is built from the npm registry (about 3 minutes on 2 cores)
 @pytest.mark.parametrize("flavour", _ui_flavours())
 def test_agent_chat_ui_shows_each_round_and_the_answer_and_takes_a_review(server, browser_context, flavour):
     from tests.support.chat_ui import build_chat_ui, chat_ui, chat_ui_url
