@@ -280,6 +280,14 @@ def test_cancelling_a_run_closes_the_call_in_flight_and_the_thread_resumes(serve
 # ---- owners (Hardening II) ----------------------------------------------------------------------------------------
 
 
+def test_studios_auth_scheme_does_not_skip_the_key(server):
+    """Under langgraph dev, `x-auth-scheme: langsmith` would make anyone LangGraph Studio's user, without a key; the
+    auth config turns that off (disable_studio_auth), so every request goes through the keys."""
+    for path, body in (("/threads", {}), ("/threads/search", {}), ("/store/namespaces", {})):
+        answer = httpx.post(f"{server['url']}{path}", json=body, headers={"x-auth-scheme": "langsmith"})
+        assert answer.status_code == 401, (path, answer.status_code)
+
+
 def test_the_store_is_each_tenants_own(server):
     alice, bob = client(server), client(server, "bob")
     alice.store.put_item(["gems", "tenants", "alice", "notes"], "n1", {"prompt": "alice's secret"})
