@@ -36,7 +36,7 @@ async def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, 
     criteria = list(task.get("criteria") or [task["criterion"]])
     indexes = range(len(criteria)) if task.get("criteria") else [task["index"]]
     verdicts: list[Verdict] = []
-    calls, usages = 0, []
+    calls, usages = 0, list[dict[str, int]]()
     with timed(timings, "verify"):
         try:
             data_url = await blocking(artifact_store(settings).data_url, task["image"], settings.mllm.image_max_side)
@@ -60,9 +60,15 @@ async def verify(task: VerifyTask, runtime: Runtime[GemsSettings]) -> dict[str, 
     return {"verdicts": verdicts, "mllm_calls": calls, "timings": timings, "usage": usage_update(*usages)}
 
 
+def _verdict(
+    task: VerifyTask, index: int, criterion: str, *, passed: bool = False, answer: str = "", error: str | None = None
+) -> Verdict:
+    return Verdict(round=task["round"], candidate=task["candidate"], index=index, criterion=criterion, passed=passed,
+                   answer=answer[:500], error=error)  # fmt: skip
+
+
 def _fail(task: VerifyTask, index: int, criterion: str, error: str) -> Verdict:
-    return Verdict(round=task["round"], candidate=task["candidate"], index=index, criterion=criterion, passed=False,
-                   answer="", error=error)  # fmt: skip
+    return _verdict(task, index, criterion, error=error)
 
 
 async def _one(
@@ -76,9 +82,8 @@ async def _one(
     except MLLMError as exc:
         return _fail(task, index, criterion, str(exc)), {}
     verdict = parse_verdict(reply.text)
-    record = _fail(task, index, criterion, "answer was neither yes nor no" if verdict is None else "")
-    record.update(passed=verdict is True, answer=reply.text[:500], error=record["error"] or None)
-    return record, reply.usage
+    unclear = "answer was neither yes nor no" if verdict is None else None
+    return _verdict(task, index, criterion, passed=verdict is True, answer=reply.text, error=unclear), reply.usage
 
 
 async def _batch(
@@ -110,10 +115,8 @@ async def _batch(
             calls += 1
         else:
             passed, why = found[i + 1]
-            record = _fail(task, i, criterion, "")
-            record.update(passed=passed, answer=(("yes" if passed else "no") + (f": {why}" if why else ""))[:500])
-            record["error"] = None
-            verdicts.append(record)
+            said = ("yes" if passed else "no") + (f": {why}" if why else "")
+            verdicts.append(_verdict(task, i, criterion, passed=passed, answer=said))
     return verdicts, calls, usages
 
 

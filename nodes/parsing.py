@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from gems.nodes.mllm import split_thinking
 
@@ -158,7 +159,8 @@ def parse_verdicts(answer: str, count: int) -> dict[int, tuple[bool, str]]:
         if not isinstance(data, list):
             continue
         for position, item in enumerate(data, 1):
-            number, said, why = position, item, ""
+            number: Any = position
+            said, why = item, ""
             if isinstance(item, dict):
                 number = item.get("n", item.get("index", position))
                 said = item.get("answer", item.get("verdict", ""))
