@@ -94,12 +94,12 @@ def tokenizer():
     return tok
 
 
-def image_processor():
+def image_processor(max_pixels: int = 64 * 64):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    # 16-pixel patches merged 2x2, at most 64x64 pixels: an image is 4 to 16 tokens.
+    # 16-pixel patches merged 2x2 (one token per 32x32 pixels), by default at most 64x64: 4 to 16 tokens.
     return Qwen2VLImageProcessorPil(
-        patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32, max_pixels=64 * 64
+        patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32, max_pixels=max_pixels
     )
 
 
@@ -164,7 +164,9 @@ def tiny_qwen3_vl(tok, seed: int = 0, scripted: bool = False):
     return model
 
 
-def save_tiny_qwen3_vl(folder: Path, seed: int = 0, scripted: bool = False, template: str = CHAT_TEMPLATE) -> Path:
+def save_tiny_qwen3_vl(
+    folder: Path, seed: int = 0, scripted: bool = False, template: str = CHAT_TEMPLATE, max_pixels: int = 64 * 64
+) -> Path:
     """Build and `save_pretrained` the tiny model, tokenizer, image processor and chat template into `folder`."""
     tok = tokenizer()
     for token in CHAIN:
@@ -172,6 +174,6 @@ def save_tiny_qwen3_vl(folder: Path, seed: int = 0, scripted: bool = False, temp
     tok.chat_template = template
     tiny_qwen3_vl(tok, seed, scripted).save_pretrained(folder)
     tok.save_pretrained(folder)
-    image_processor().save_pretrained(folder)
+    image_processor(max_pixels).save_pretrained(folder)
     (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
     return folder
