@@ -15,6 +15,7 @@ whole run goes through every role.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 
@@ -73,10 +74,9 @@ CORPUS = [
 ]
 
 
-def tokenizer():
-    """The byte-level BPE, wrapped as a transformers tokenizer (special tokens as Qwen names them)."""
+@functools.cache
+def _trained_bpe() -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -88,6 +88,15 @@ def tokenizer():
         show_progress=False,
     )
     bpe.train_from_iterator(CORPUS, trainer)
+    return bpe.to_str()
+
+
+def tokenizer():
+    """The byte-level BPE, wrapped as a transformers tokenizer (special tokens as Qwen names them)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer.from_str(_trained_bpe())  # trained once per process
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_tokens(ADDED)
     tok.chat_template = CHAT_TEMPLATE
