@@ -63,7 +63,8 @@ class LocalModelError(GemsError, RuntimeError):
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
+    text = " ".join(str(exc).split())
+    return re.split(r"(?<=\.) ", text, maxsplit=1)[0][:200].rstrip(".")  # the first sentence: the rest is hub advice
 
 
 @dataclass
@@ -244,7 +245,10 @@ def load_vlm(model: str, dtype: str = "auto", device: str = "auto", device_map: 
             return _vlms[key]
         try:
             import torch  # noqa: F401  (a missing torch surfaces here, not mid-call)
+            from transformers.utils import logging as transformers_logging
 
+            # A first download is gigabytes: show its progress, which loading a diffusers pipeline turns off.
+            transformers_logging.enable_progress_bar()
             place = _pick_device(device if device_map is None else "auto")
             processor = _load_processor(model)
             net = _load_model(model, _pick_dtype(dtype, place), device_map)

@@ -319,3 +319,15 @@ def test_bench_with_the_in_process_judge_in_shards(vlm_dirs, tiny_sd_dir, isolat
     again, _ = scorer.atoms(result["final"]["image"]["path"], atoms)
     assert [a["p"] for a in again] == pytest.approx([a["p"] for a in result["score"]["atoms"]], abs=1e-7)
     assert result["cost"]["judge_calls"] == len(atoms)
+
+
+def test_gems_generate_without_the_weights_says_so_in_one_line(isolated_env, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "mllm: {backend: transformers, model: nobody/no-such-vlm, device: cpu}\n"
+        f"generator: {{backend: http, preset: null, url: {NOWHERE}}}\nmemory: {{lessons: false}}\n"
+    )
+    assert gems_main(["generate", "a cat", "--config", str(config), "--quiet", "--out", str(tmp_path / "o")]) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gems: error")]
+    assert len(errors) == 1 and "cannot load the in-process model 'nobody/no-such-vlm'" in errors[0]
+    assert "hf download nobody/no-such-vlm" in errors[0]
