@@ -29,7 +29,7 @@ ENV_OVERRIDES = {
     "GEMS_GENERATOR_MODEL": "generator.model",
 }
 
-PRESET_CONFIGS = ("default", "openai", "cpu")
+PRESET_CONFIGS = ("default", "openai", "cpu", "local")
 
 
 def resolve_config_path(name: str | os.PathLike[str]) -> Path:

@@ -36,6 +36,20 @@ class MLLMSettings(_Strict):
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="extra JSON for every request, e.g. chat_template_kwargs"
     )
+    backend: Literal["openai", "transformers"] = Field(
+        "openai",
+        description="openai: an OpenAI-compatible server at base_url; transformers: the model runs in this process "
+        "(hub id or local folder in model; extra_body.chat_template_kwargs go to its chat template)",
+    )
+    device: str = Field("auto", description="transformers: auto (CUDA when present, else MPS, else CPU), cpu, cuda:1")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="transformers: auto is bfloat16 on CUDA (float16 without bf16 support), float32 on CPU"
+    )
+    device_map: str | None = Field(
+        None,
+        description="transformers: accelerate placement instead of device, e.g. auto (fills the GPUs, then CPU "
+        "memory) when the model shares a GPU with the generator",
+    )
 
     def resolved_api_key(self) -> str:
         if self.api_key is not None:
@@ -58,6 +72,11 @@ class JudgeSettings(MLLMSettings):
         None,
         description="hub id or folder of the judge's tokenizer, to take each answer's first token exactly as "
         "GenEval2's evaluation.py does; unset: Qwen-style pre-tokenization (the official judge is Qwen3-VL)",
+    )
+    share_image: bool = Field(
+        True,
+        description="transformers backend: encode an image once for all its questions (a cached prefix, the "
+        "questions batched); false: evaluation.py's one whole pass per question",
     )
 
 

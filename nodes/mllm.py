@@ -1,5 +1,6 @@
 """The MLLM adapter: every LLM/MLLM role talks to a LangChain chat model (`ChatOpenAI` on any OpenAI-compatible
-server by default), asynchronously and with a deadline per call."""
+server by default, or the model in this process with `mllm.backend: transformers`), asynchronously and with a
+deadline per call."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from langgraph.constants import TAG_NOSTREAM
 from gems.configs import GemsError, MLLMSettings
 from gems.configs.loading import cache_key
 from gems.memory.aio import PerLoop, within
+from gems.nodes.local_vlm import LocalModelError, TransformersChat
 
 
 class MLLMError(GemsError, RuntimeError):
@@ -97,6 +99,8 @@ def text_part(text: str) -> dict[str, Any]:
 def _describe_error(exc: Exception, settings: MLLMSettings) -> str:
     import openai
 
+    if settings.backend == "transformers":
+        return f"the in-process model {settings.model} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     where = f"MLLM endpoint {settings.base_url} (model {settings.model})"
     if isinstance(exc, openai.APITimeoutError):
         return f"{where} timed out after {settings.timeout_s:g}s; raise mllm.timeout_s or check the server"
@@ -146,9 +150,11 @@ class MLLM:
 
     def __init__(self, settings: MLLMSettings, chat: BaseChatModel | None = None):
         self.settings = settings
-        tries = settings.max_retries + 1
-        self.deadline_s = settings.timeout_s * tries + _BACKOFF_S * settings.max_retries + _GRACE_S
-        self._fixed = chat
+        self.local = settings.backend == "transformers"
+        retries = 0 if self.local else settings.max_retries  # nothing to retry in this process
+        self.deadline_s = settings.timeout_s * (retries + 1) + _BACKOFF_S * retries + _GRACE_S
+        # The in-process model is one object for every event loop; its weights load once per process.
+        self._fixed = chat if chat is not None or not self.local else TransformersChat.from_settings(settings)
         # An async HTTP pool belongs to the event loop that opened it: one client per loop.
         self._chats: PerLoop[BaseChatModel] = PerLoop(self._openai_chat)
 
@@ -182,16 +188,26 @@ class MLLM:
 
     def _overdue(self) -> MLLMError:
         s = self.settings
+        if self.local:
+            return MLLMError(
+                f"the in-process model {s.model} gave no complete answer within {self.deadline_s:g}s; raise "
+                "mllm.timeout_s or lower mllm.max_tokens"
+            )
         return MLLMError(
             f"the MLLM endpoint {s.base_url} gave no complete answer within {self.deadline_s:g}s "
             f"(mllm.timeout_s {s.timeout_s:g} x {s.max_retries + 1} tries); check the server or raise mllm.timeout_s"
         )
 
     async def _call(self, runnable: Any, messages: list[Any]) -> Any:
+        load = getattr(self._fixed, "aload", None)
         try:
+            if load is not None:
+                await load()  # before the deadline starts: a first download takes minutes
             return await within(self.deadline_s, runnable.ainvoke(messages, _INTERNAL), self._overdue)
         except MLLMError:
             raise
+        except LocalModelError as exc:
+            raise MLLMError(str(exc), exc.status_code) from exc
         except Exception as exc:
             raise MLLMError(_describe_error(exc, self.settings), getattr(exc, "status_code", None)) from exc
 

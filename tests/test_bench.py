@@ -96,6 +96,7 @@ def test_gems_bench_scores_reports_and_costs(mllm_server, gen_server, isolated_e
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| pass rate |" in report and "| count |" in report and "generator_busy_s" in report
     assert "Soft-TIFA (GenEval2's official metric): soft_tifa_gm" in report and "judge_calls" in report
+    assert "- judge: judge-vlm at http" in report and "only the top-20 logprobs" in report  # the endpoint's limit
     gallery = (tmp_path / "out" / "report.html").read_text()
     assert gallery.count("<img") == sum(len(r["rounds"]) for r in results.values()) and "✓" in gallery
     assert "Criteria pass rate by round (self-check" in gallery and " MLLM calls (" in gallery

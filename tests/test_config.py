@@ -9,7 +9,7 @@ import pytest
 from gems.configs import ConfigError, GemsSettings, load_settings, resolve_config_path
 
 
-@pytest.mark.parametrize("name", ["default", "openai", "cpu", "default.yaml"])
+@pytest.mark.parametrize("name", ["default", "openai", "cpu", "local", "default.yaml"])
 def test_bundled_presets_load_and_validate(name):
     settings = load_settings(name, env={})
     assert isinstance(settings, GemsSettings)
@@ -19,11 +19,17 @@ def test_bundled_presets_load_and_validate(name):
 def test_preset_contents_match_their_purpose():
     assert load_settings("default", env={}).generator.preset == "z-image-turbo"
     cpu = load_settings("cpu", env={})
-    assert (cpu.generator.preset, cpu.generator.device, cpu.mllm.base_url) == (
-        "sd-turbo",
-        "cpu",
-        "http://127.0.0.1:11434/v1",
+    assert (cpu.generator.preset, cpu.generator.device) == ("sd-turbo", "cpu")
+    assert (cpu.mllm.backend, cpu.mllm.model, cpu.mllm.device) == ("transformers", "Qwen/Qwen3-VL-2B-Instruct", "cpu")
+    local = load_settings("local", env={})
+    assert (local.generator.preset, local.mllm.backend, local.mllm.model) == (
+        "z-image-turbo",
+        "transformers",
+        "Qwen/Qwen3-VL-8B-Instruct",
     )
+    # The judge is GenEval2's own, in this process: the same weights as the roles, so loaded once.
+    assert local.judge is not None and (local.judge.backend, local.judge.model) == ("transformers", local.mllm.model)
+    assert GemsSettings().mllm.backend == "openai"  # the default stays a server
     hosted = load_settings("openai", env={})
     assert (hosted.generator.backend, hosted.generator.model) == ("openai", "gpt-image-1")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from gems.interfaces.benchmarks.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
+from gems.interfaces.benchmarks.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL, judge_note
 from gems.interfaces.pages import Table, copied_beside, cost_line, gallery_item, render_gallery
 
 # Additive costs: their total is meaningful. Per-prompt `wall_s` overlaps under concurrency, so only its mean is
@@ -135,6 +135,7 @@ def build_summary(records: list[dict[str, Any]], *, run: dict[str, Any], prompts
         "method": run.get("method"),
         "scorer": scorer,
         "metric": {"soft-tifa": SOFT_TIFA_LABEL, "verifier": SELF_CHECK_LABEL}.get(scorer or ""),
+        "judge": judge_note((run.get("config") or {}).get("judge")) if scorer == "soft-tifa" else None,
         "prompts": prompts,
         "images": images,
         "finished": sum(1 for n in samples.values() if n >= per_prompt_images),  # prompts with every image
@@ -242,6 +243,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         f"# gems bench: {summary['method']} on {summary['dataset']}",
         "",
         f"- **{headline(summary)}**",
+        *([f"- judge: {summary['judge']}"] if summary.get("judge") else []),
         f"- prompts: {summary['finished']}/{summary['prompts']} finished"
         + (
             f" ({summary['finished_images']}/{summary['images']} images)"
@@ -293,6 +295,7 @@ def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Pat
     check = summary["self_check"]
     intro = [
         headline(summary),
+        *([f"judge: {summary['judge']}"] if summary.get("judge") else []),
         f"{summary['finished']}/{summary['prompts']} prompts, {_fmt(summary['rounds_used'])} rounds per prompt, "
         f"cross-prompt lessons {_lessons_line(summary)}. Criteria pass rate by round ({check['label']}): "
         + " → ".join(_fmt(v) for v in check["round_pass_rate"])

@@ -364,6 +364,7 @@ def _models(settings: GemsSettings, scorer_name: str) -> dict[str, Any]:
         "generator": settings.generator.model_label,
         "generator_backend": settings.generator.backend,
         "judge": settings.judge.model if settings.judge and scorer_name == "soft-tifa" else None,
+        "judge_backend": settings.judge.backend if settings.judge and scorer_name == "soft-tifa" else None,
     }
 
 

@@ -10,7 +10,9 @@
   or `judge.tokenizer` for another judge. A prompt's `soft_tifa_am` is the mean of its atoms and
   `soft_tifa_gm` their geometric mean (0 when any atom is 0); a dataset's score is 100 x the mean over prompts.
   Through an OpenAI-compatible endpoint only the top-k logprobs are visible (`judge.top_logprobs`): a token outside
-  them counts 0 where the official script, reading the whole vocabulary, would add a small probability.
+  them counts 0 where the official script, reading the whole vocabulary, would add a small probability. With
+  `judge.backend: transformers` the judge runs in this process and the computation is evaluation.py's own: softmax
+  over the whole vocabulary, first tokens by the model's tokenizer (`LocalSoftTIFAScorer`).
 - `verifier`: the loop's own verdict on its final image (criteria passed / total). It is the loop grading itself,
   labelled "self-check (not the benchmark's metric)" wherever it is shown.
 """
@@ -29,6 +31,7 @@ from pydantic import SecretStr
 from gems.configs import ConfigError, GemsSettings, JudgeSettings
 from gems.interfaces.benchmarks.datasets import BenchPrompt
 from gems.interfaces.benchmarks.first_tokens import QWEN3_VL_FIRST_TOKENS
+from gems.nodes.local_vlm import LocalModelError, LocalVLM, load_vlm
 
 # evaluation.py's return_numeric_string: exactly these lower-case words, anything else maps to "other".
 NUMBER_DIGITS = {
@@ -220,12 +223,97 @@ class SoftTIFAScorer:
         return {"am": sum(probs) / len(probs), "gm": geometric_mean(probs), "atoms": atoms, "cost": usage}
 
 
+class LocalSoftTIFAScorer:
+    """GenEval2's Soft-TIFA with the judge in this process, computed as evaluation.py does.
+
+    Per atom: the image file and `"{question} Answer in one word."` through the processor's chat template, one
+    greedy token, softmax over the whole vocabulary, and the sum of the probabilities of each answer string's
+    first token `tokenizer.encode(answer)[0]`, added in evaluation.py's order. `judge.share_image` encodes the image
+    once for all its atoms (see `LocalVLM.next_token_distributions`).
+    """
+
+    name = "soft-tifa"
+    label = SOFT_TIFA_LABEL
+
+    def __init__(self, judge: JudgeSettings):
+        self.judge = judge
+        self._first_ids: dict[str, int] = {}
+
+    def _vlm(self) -> LocalVLM:
+        j = self.judge
+        try:
+            return load_vlm(j.model, j.dtype, j.device, j.device_map)
+        except LocalModelError as exc:
+            raise ScorerError(f"the judge: {exc}") from None
+
+    def first_token_id(self, vlm: LocalVLM, answer: str) -> int:
+        if answer not in self._first_ids:
+            self._first_ids[answer] = int(vlm.tokenizer.encode(answer)[0])
+        return self._first_ids[answer]
+
+    def atoms(self, image: Any, atoms: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], int]:
+        """Each atom's question, expected answer, probability `p` and argmax token; and the tokens the model read.
+
+        `image`: a file path (as evaluation.py passes it) or a PIL image.
+        """
+        vlm = self._vlm()
+        prompts = [question + JUDGE_SUFFIX for question, _ in atoms]
+        dists, tokens = vlm.run(lambda: vlm.next_token_distributions(image, prompts, self.judge.share_image))
+        scored = []
+        for (question, expected), probs in zip(atoms, dists, strict=True):
+            p = 0.0
+            for answer in answer_strings(question, expected):
+                p += probs[self.first_token_id(vlm, answer)].item()
+            argmax = vlm.tokenizer.decode([int(probs.argmax())])
+            scored.append({"question": question, "expected": expected, "p": p, "argmax": argmax})
+        return scored, tokens
+
+    def check(self) -> None:
+        """Load the judge and ask one question about a small grey image (fails before the first prompt)."""
+        from PIL import Image
+
+        try:
+            self.atoms(Image.new("RGB", (64, 64), (128, 128, 128)), [("Is this image grey?", "yes")])
+        except ScorerError:
+            raise
+        except Exception as exc:
+            raise ScorerError(
+                f"the in-process judge {self.judge.model} did not answer: {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}"
+            ) from None
+
+    def score(self, item: BenchPrompt, record: dict[str, Any], image_path: Path) -> dict[str, Any]:
+        atoms, tokens = self.atoms(str(image_path), list(item.atoms))
+        probs = [float(a["p"]) for a in atoms]
+        usage = {"judge_calls": len(atoms), "judge_input_tokens": tokens, "judge_output_tokens": len(atoms)}
+        return {"am": sum(probs) / len(probs), "gm": geometric_mean(probs), "atoms": atoms, "cost": usage}
+
+
+def judge_note(judge: dict[str, Any] | None) -> str | None:
+    """What the judge could see, for reports: the whole vocabulary in this process, or an endpoint's top-k."""
+    if not judge:
+        return None
+    model = judge.get("model")
+    if judge.get("backend") == "transformers":
+        return (
+            f"{model} in this process (transformers): every answer token's probability over the whole vocabulary, "
+            "as evaluation.py"
+        )
+    return (
+        f"{model} at {judge.get('base_url')}: only the top-{judge.get('top_logprobs')} logprobs of the answer token "
+        "are visible; an answer token outside them counts 0 (evaluation.py reads the whole vocabulary)"
+    )
+
+
 def judge_warning(settings: GemsSettings) -> str | None:
     """A warning when the judge is the loop's own verifier (it would grade its own homework)."""
-    judge = settings.judge
-    if judge is not None and judge.model == settings.mllm.model and judge.base_url == settings.mllm.base_url:
+    judge, mllm = settings.judge, settings.mllm
+    if judge is None or judge.model != mllm.model or judge.backend != mllm.backend:
+        return None
+    if judge.backend == "transformers" or judge.base_url == mllm.base_url:
+        where = "in this process" if judge.backend == "transformers" else f"at {judge.base_url}"
         return (
-            f"warning: the judge ({judge.model} at {judge.base_url}) is also the loop's verifier; "
+            f"warning: the judge ({judge.model} {where}) is also the loop's verifier; "
             "scores will be optimistic. Configure a different judge for numbers you publish."
         )
     return None
@@ -263,7 +351,9 @@ def resolve_scorer(name: str, settings: GemsSettings, dataset: str, method: str,
                 f"the soft-tifa scorer needs [question, answer] atoms (GenEval2's vqa_list); "
                 f"{len(missing)} prompt(s) have none, e.g. {missing[0]}"
             )
-        unknown = missing_first_tokens(items) if settings.judge.tokenizer is None else []
+        # The in-process judge reads first tokens from its own tokenizer; an endpoint's needs the table.
+        table = settings.judge.tokenizer is None and settings.judge.backend == "openai"
+        unknown = missing_first_tokens(items) if table else []
         if unknown:
             raise ScorerError(
                 f"prompt {unknown[0][0]}'s answer {unknown[0][1]!r} has no entry in gems' table of the official "
@@ -281,4 +371,6 @@ def make_scorer(name: str, settings: GemsSettings) -> Scorer | None:
     if name == "verifier":
         return VerifierScorer()
     assert settings.judge is not None  # resolve_scorer checked it
+    if settings.judge.backend == "transformers":
+        return LocalSoftTIFAScorer(settings.judge)
     return SoftTIFAScorer(settings.judge)

@@ -73,11 +73,19 @@ def bench() -> None:
 @click.option("--images-per-prompt", type=int, default=1, show_default=True, help="samples per prompt (GenEval: 4)")
 @click.option("--max-rounds", type=int, help="override loop.max_rounds")
 @click.option("--seed", type=int, help="base seed (default: drawn once and kept in run.json)")
+@click.option(
+    "--judge-backend", type=click.Choice(["openai", "transformers"]),
+    help="override judge.backend: transformers runs the judge (judge.model) in this process, no server",
+)  # fmt: skip
 @click.option("--force-new", is_flag=True, help="clear a folder that holds another run")
 @click.option("--quiet", is_flag=True, help="no progress line")
 def run(prompts: str, config: tuple[str, ...], **opts: Any) -> int:
     """Run PROMPTS (a GenEval/GenEval2 .jsonl, a DPG folder, a .txt or .jsonl) and write results and reports."""
-    overrides = {"loop.max_rounds": opts["max_rounds"], "loop.seed": opts["seed"]}
+    overrides = {
+        "loop.max_rounds": opts["max_rounds"],
+        "loop.seed": opts["seed"],
+        "judge.backend": opts["judge_backend"],
+    }
     settings = load_settings(configs(config), overrides=overrides)
     summary = run_bench(
         prompts,
