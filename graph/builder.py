@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.prebuilt import ToolNode
 
 from gems.configs import GemsSettings, RunOptions
 from gems.configs.loading import pinned_options
@@ -27,10 +26,9 @@ from gems.nodes.finalize import finalize
 from gems.nodes.generate import generate
 from gems.nodes.intake import intake
 from gems.nodes.learn import learn
-from gems.nodes.plan import plan, prepare
+from gems.nodes.plan import plan, prepare, skills
 from gems.nodes.refine import refine
 from gems.nodes.review import review, review_round
-from gems.skills.tools import PLANNER_MESSAGES, SKILL_TOOLS
 
 
 def build_planner(context_schema: type[Any] = GemsSettings) -> Any:
@@ -42,7 +40,7 @@ def build_planner(context_schema: type[Any] = GemsSettings) -> Any:
     planner = StateGraph(PlannerState, context_schema=context_schema, input_schema=PlannerInput,
                          output_schema=PlannerOutput)  # fmt: skip
     planner.add_node("plan", node(plan))  # lessons, skill candidates, the planner's turn
-    planner.add_node("skills", ToolNode(SKILL_TOOLS, messages_key=PLANNER_MESSAGES, handle_tool_errors=True))
+    planner.add_node("skills", node(skills))  # load_skill, read_skill_resource, run by LangGraph's ToolNode
     planner.add_node("prepare", prepare)  # the first prompt and the skill trace
     planner.add_edge(START, "plan")
     planner.add_conditional_edges("plan", route_after_plan, ["skills", "prepare"])

@@ -14,6 +14,7 @@ Nothing served names a path on the server. The routes read the run from the serv
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -26,23 +27,19 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gems.configs import GemsSettings
+from gems.configs import GemsSettings, UsageError
 from gems.configs.loading import settings_from_env
 from gems.graph.builder import build_graph
 from gems.interfaces.keys import api_keys_from_env, key_name, offered_key
 from gems.interfaces.pages import render_template, run_page
 from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.checkpoint import server_checkpointer
-from gems.memory.links import artifact_url, check, run_url, url_secret
+from gems.memory.links import artifact_url, check, run_url, tenant_of, url_secret
 from gems.memory.trajectory import run_result
+from gems.nodes.chat import Links, linked_attachments
 
 REFUSED = "this link is missing its signature, was altered, has expired or is another tenant's"
 KEY_OR_LINK = "send the server's API key (X-Api-Key or Authorization: Bearer) or open a link a run gave you"
-
-
-def _tenant_of_key(name: str | None) -> str:
-    """The tenant a key's name stands for: the key's name, or "" for the single shared key and local use."""
-    return "" if name in (None, "default", "anonymous") else str(name)
 
 
 def _caller(request: Request, kind: str, subject: str) -> str | None:
@@ -57,7 +54,7 @@ def _caller(request: Request, kind: str, subject: str) -> str | None:
         return ""  # no keys configured: local use, one tenant
     headers = {k.lower(): v for k, v in request.headers.items()}
     name = key_name(keys, offered_key(headers))
-    return None if name is None else _tenant_of_key(name)
+    return None if name is None else tenant_of(name)
 
 
 async def artifact(request: Request) -> Response:
@@ -145,15 +142,32 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 MAX_BODY_BYTES = 20_000_000  # a request with a few attached photos fits; a flood does not
-_RUN_ROUTE = re.compile(r"^/threads/[^/]+/runs(/stream|/wait)?/?$")
+_THREAD_RUN = re.compile(r"^/threads/[^/]+/runs(/stream|/wait)?/?$")
+_ANY_RUN = re.compile(r"^(/threads/[^/]+)?/runs(/stream|/wait|/batch|/crons)?/?$")
+_STATE = re.compile(r"^/threads/[^/]+/state/?$")
+# What a client may write into a thread's state (`POST /threads/{id}/state`, a run's `command.update`): a review's
+# answers. Everything else (owner, rounds, images, the run's options and counters) is the server's to write.
+CLIENT_STATE = frozenset({"criteria", "current_prompt", "reviewer_prompt"})
+
+
+class Refused(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
 
 class ServerPolicy:
     """ASGI middleware for every route of the server (langgraph.json `http.app` middleware is global).
 
-    - Bodies are read with a byte limit, counted as they arrive (413 past it), so a flood is refused early.
+    - A request without a valid key (when keys are set) passes untouched: the API's auth answers 401 before it
+      reads the body, so a flood from nobody costs nothing.
+    - Bodies are read with a byte limit, counted as they arrive (413 past it).
     - One run per thread at a time: a run created on a thread without a multitask strategy (or with `enqueue`)
       gets `reject`, so a second request while one runs is answered 409 instead of queueing a second run.
+    - Images attached to a run's messages are stored as files and replaced by signed links before the run is
+      created, so no checkpoint, history or stream ever holds base64; anything else inline (a PDF) is refused, 422.
+    - State writes (`POST /threads/{id}/state`, `command.update`) may hold only a review's answers (403 otherwise):
+      a run's owner, rounds, images, options and counters are the server's.
     """
 
     def __init__(self, app: Any, max_body: int = MAX_BODY_BYTES):
@@ -162,6 +176,12 @@ class ServerPolicy:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        keys = api_keys_from_env()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        caller = key_name(keys, offered_key(headers)) if keys else "anonymous"
+        if caller is None:
             await self.app(scope, receive, send)
             return
         body, size = [], 0
@@ -177,9 +197,11 @@ class ServerPolicy:
             body.append(chunk)
             if not message.get("more_body"):
                 break
-        data = b"".join(body)
-        if _RUN_ROUTE.match(scope.get("path", "")):
-            data = _one_run_per_thread(data)
+        try:
+            data = await asyncio.to_thread(self._rewritten, scope.get("path", ""), b"".join(body), caller)
+        except Refused as exc:
+            await JSONResponse({"detail": exc.detail}, exc.status)(scope, receive, send)
+            return
         sent = False
 
         async def replay() -> dict[str, Any]:
@@ -189,20 +211,68 @@ class ServerPolicy:
             sent = True
             return {"type": "http.request", "body": data, "more_body": False}
 
-        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(data)).encode()))
-        await self.app({**scope, "headers": headers}, replay, send)
+        kept = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+        kept.append((b"content-length", str(len(data)).encode()))
+        await self.app({**scope, "headers": kept}, replay, send)
 
-
-def _one_run_per_thread(data: bytes) -> bytes:
-    try:
-        payload = json.loads(data) if data else None
-    except ValueError:
-        return data  # the API answers malformed JSON itself
-    if isinstance(payload, dict) and payload.get("multitask_strategy") in (None, "enqueue"):
-        payload["multitask_strategy"] = "reject"
+    def _rewritten(self, path: str, data: bytes, caller: str) -> bytes:
+        """The body as the API should see it, or `Refused`."""
+        run, state = _ANY_RUN.match(path), _STATE.match(path)
+        search = path.rstrip("/") == "/store/items/search"
+        if not (run or state or search) or not data:
+            return data
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return data  # the API answers malformed JSON itself
+        if not isinstance(payload, dict):
+            return data
+        if search and not isinstance(payload.get("namespace_prefix"), list):
+            raise Refused(422, "namespace_prefix is required: the namespace to search, a list of strings")
+        if state:
+            _only_review_answers(payload.get("values"))
+        if run:
+            command = payload.get("command")
+            if isinstance(command, dict):
+                _only_review_answers(command.get("update"))
+            if _THREAD_RUN.match(path) and payload.get("multitask_strategy") in (None, "enqueue"):
+                payload["multitask_strategy"] = "reject"
+            inputs = payload.get("input")
+            if isinstance(inputs, dict) and isinstance(inputs.get("messages"), list):
+                inputs["messages"] = self._linked(inputs["messages"], caller)
         return json.dumps(payload).encode()
-    return data
+
+    @staticmethod
+    def _linked(messages: list[Any], caller: str) -> list[Any]:
+        settings = settings_from_env()
+        store = ArtifactStore(settings.artifacts_dir, max_pixels=settings.storage.max_pixels)
+        links = Links(url_secret(settings.data_dir), tenant_of(caller), None)
+        try:
+            return [
+                {**m, "content": linked_attachments(m.get("content"), store, links)} if isinstance(m, dict) else m
+                for m in messages
+            ]
+        except (UsageError, ArtifactError) as exc:
+            raise Refused(413 if "max_pixels" in str(exc) else 422, str(exc)) from None
+
+
+def _only_review_answers(values: Any) -> None:
+    if values is None:
+        return
+    updates = [values] if isinstance(values, dict) else values if isinstance(values, list) else None
+    if updates is None:
+        raise Refused(422, "a state update is an object of state keys")
+    for update in updates:
+        given = set(update) if isinstance(update, dict) else {str(update)}
+        if isinstance(update, list | tuple) and update:  # LangGraph's [key, value] pairs
+            given = {str(update[0])}
+        refused = sorted(given - CLIENT_STATE)
+        if refused:
+            raise Refused(
+                403,
+                f"state keys {', '.join(refused)} are the server's; a client may write only "
+                f"{', '.join(sorted(CLIENT_STATE))} (answer a review with a resume command)",
+            )
 
 
 app = Starlette(

@@ -75,7 +75,7 @@ def refuse_other_options(context: Any) -> None:
 
 
 def _has_request(messages: Any) -> bool:
-    """True when the last message is a person's with some text or an image."""
+    """True when the last message is a person's with some text (an image alone says nothing to do)."""
     if not isinstance(messages, list) or not messages:
         return False
     last = messages[-1]
@@ -85,9 +85,10 @@ def _has_request(messages: Any) -> bool:
     if isinstance(content, str):
         return bool(content.strip())
     return isinstance(content, list) and any(
-        (isinstance(b, str) and b.strip()) or (isinstance(b, Mapping) and (b.get("text") or b.get("type") != "text"))
+        (isinstance(b, str) and b.strip()) or (isinstance(b, Mapping) and b.get("type") == "text"
+                                                and str(b.get("text") or "").strip())
         for b in content
-    )
+    )  # fmt: skip
 
 
 def check_input(value: Any) -> None:
@@ -121,10 +122,12 @@ def _mine(ctx: Auth.types.AuthContext) -> dict[str, str]:
 
 
 def _own(ctx: Auth.types.AuthContext, value: Any) -> dict[str, str]:
-    """Stamp the caller as the owner of what it creates, whatever metadata it sent."""
+    """Stamp the caller as the owner of what it creates, whatever metadata it sent (no one may claim to be the
+    server either: `created_by: system` marks the server's own assistants)."""
     metadata = value.get("metadata")
     if not isinstance(metadata, dict):
         metadata = value["metadata"] = {}
+    metadata.pop("created_by", None)
     metadata["owner"] = ctx.user.identity
     return _mine(ctx)
 
@@ -200,6 +203,7 @@ async def read_assistant(ctx: Auth.types.AuthContext, value: Any) -> None:
 async def new_cron(ctx: Auth.types.AuthContext, value: Auth.types.CronsCreate) -> dict[str, str]:
     payload = value.get("payload") or {}
     refuse_other_options(payload.get("context"))
+    refuse_other_options((payload.get("config") or {}).get("configurable"))
     check_input(payload.get("input"))
     return _own(ctx, value)
 
@@ -211,14 +215,28 @@ async def own_crons(ctx: Auth.types.AuthContext, value: Any) -> dict[str, str]:
 
 @auth.on.store
 async def own_store(ctx: Auth.types.AuthContext, value: Any) -> None:
-    """Each tenant's store is `("gems", "tenants", <name>, ...)`: reads, writes, deletes and listings stay in it."""
+    """Each tenant's store is `("gems", "tenants", <name>, ...)`: reads, writes, deletes and listings stay in it.
+
+    The single shared key (`GEMS_API_KEY`, named `default`) keeps to `("gems", "lessons")`, so beside named tenants
+    it reaches none of theirs; without keys (local use) the one user has the whole store.
+    """
     identity = ctx.user.identity
-    if identity in SHARED:
+    if identity == "anonymous":
         return
-    mine = ("gems", "tenants", identity)
+    mine = ("gems", "lessons") if identity == "default" else ("gems", "tenants", identity)
     namespace = tuple(value.get("namespace") or ())
     if ctx.action == "list_namespaces" and len(namespace) < len(mine) and mine[: len(namespace)] == namespace:
         value["namespace"] = mine  # a listing from higher up lists the caller's own part
         return
     if namespace[: len(mine)] != mine:
         raise _refuse(403, f"the store is yours under {'/'.join(mine)} only")
+
+
+@auth.on.crons.update
+async def changed_cron(ctx: Auth.types.AuthContext, value: Any) -> dict[str, str]:
+    payload = value.get("payload") or value
+    refuse_other_options(payload.get("context"))
+    refuse_other_options((payload.get("config") or {}).get("configurable"))
+    if payload.get("input") is not None:
+        check_input(payload.get("input"))
+    return _mine(ctx)

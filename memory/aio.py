@@ -9,6 +9,7 @@ kept for the process, so connection pools live across calls and nothing blocks i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
@@ -55,17 +56,25 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
 
 def run_main(coro: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(coro)` for a program's main work (Ctrl-C cancels it); in a thread that already runs a loop
-    (a notebook, Playwright's sync API), the same in a thread of its own."""
+    (a notebook, Playwright's sync API), the same in a thread of its own. The loop's clients are closed before it
+    ends (`aclose_loop_clients`), so no connection outlives it, a cancelled call's included."""
+
+    async def main_work() -> T:
+        try:
+            return await coro
+        finally:
+            await aclose_loop_clients()
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return asyncio.run(main_work())
     result: list[T] = []
     error: list[BaseException] = []
 
     def main() -> None:
         try:
-            result.append(asyncio.run(coro))
+            result.append(asyncio.run(main_work()))
         except BaseException as exc:
             error.append(exc)
 
@@ -75,6 +84,27 @@ def run_main(coro: Coroutine[Any, Any, T]) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+_every: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()
+
+
+async def aclose_loop_clients() -> None:
+    """Close every client made for the running event loop (`PerLoop`), before the loop ends.
+
+    A call cancelled mid-answer (a deadline, a sibling's failure) can leave its connection open in the pool until
+    the client closes; a short-lived loop (`asyncio.run` around `graph.ainvoke`) should call this at its end.
+    """
+    loop = asyncio.get_running_loop()
+    for per_loop in list(_every):
+        value = per_loop.pop(loop)
+        if value is None:
+            continue
+        client = getattr(value, "http_async_client", None) or value  # a LangChain client's own pool
+        closing = getattr(client, "aclose", None)
+        if closing is not None:
+            with contextlib.suppress(Exception):
+                await closing()
 
 
 class PerLoop(Generic[T]):
@@ -88,6 +118,11 @@ class PerLoop(Generic[T]):
         self._factory = factory
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        _every.add(self)
+
+    def pop(self, loop: asyncio.AbstractEventLoop) -> T | None:
+        with self._lock:
+            return self._by_loop.pop(loop, None)
 
     def get(self) -> T:
         loop = asyncio.get_running_loop()

@@ -90,6 +90,14 @@ class ArtifactStore:
         ref.update(meta)
         return ref
 
+    def ref_for(self, sha256: str) -> dict[str, Any]:
+        """The reference of an image already stored (its size read from the file's header)."""
+        try:
+            with Image.open(self.path_for(sha256)) as image:
+                return {"sha256": sha256, "width": image.width, "height": image.height}
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {sha256[:12]}… is missing from {self.root}") from None
+
     def read_bytes(self, ref: Mapping[str, Any] | str) -> bytes:
         """Return the PNG bytes for a reference or digest."""
         digest = ref if isinstance(ref, str) else ref["sha256"]

@@ -31,6 +31,19 @@ _SHA = re.compile(r"[0-9a-f]{64}")
 _secrets: dict[Path, bytes] = {}
 
 
+SHARED_IDENTITIES = ("anonymous", "default")  # callers without a tenant of their own: local use, the single key
+TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def tenant_of(identity: str | None) -> str:
+    """The tenant a caller's identity (an API key's name) stands for: "" for local use and the single shared key.
+
+    Key names are checked at start-up to match `TENANT_NAME`, so the name is the tenant, in links, pages, lessons
+    and the store alike.
+    """
+    return "" if not identity or identity in SHARED_IDENTITIES else str(identity)
+
+
 def public_base() -> str:
     """Where clients reach the server: `GEMS_PUBLIC_URL`, else `LANGGRAPH_API_URL`, else "" (relative links)."""
     return (os.environ.get("GEMS_PUBLIC_URL") or os.environ.get("LANGGRAPH_API_URL") or "").rstrip("/")

@@ -131,7 +131,6 @@ class GemsState(TypedDict):
     references: NotRequired[list[ImageRef]]  # images the person attached to the request
     options: NotRequired[dict[str, Any]]  # run options a trusted caller pins in the input (see configs.PINNED)
     turns: NotRequired[Annotated[list[Turn], operator.add]]  # earlier requests on this thread
-    planner_messages: NotRequired[Annotated[list[AnyMessage], add_messages]]  # the planner's tool loop
     skill: NotRequired[str | None]
     skill_trace: NotRequired[dict[str, Any]]
     verifiers: NotRequired[list[str]]

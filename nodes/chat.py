@@ -15,21 +15,22 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.config import get_config
 
 from gems.configs import GemsSettings, UsageError
 from gems.memory.artifacts import ArtifactStore
-from gems.memory.links import artifact_url, run_url, url_secret
-from gems.nodes.runtime import lesson_settings
+from gems.memory.links import artifact_url, check, run_url, tenant_of, url_secret
 
 EMPTY_REQUEST = (
     'the request is empty: send {"messages": [{"role": "user", "content": "a red cube on a table"}]} '
     'or {"prompt": "a red cube on a table"}'
 )
 MAX_REFERENCES = 4  # attached images a request may bring
-_DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,(.*)", re.DOTALL)
+_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(.*)", re.DOTALL | re.IGNORECASE)
+_ARTIFACT_LINK = re.compile(r"/artifacts/([0-9a-f]{64})\.png\?(.*)$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,23 @@ class Links:
     def page(self) -> str | None:
         return run_url(self.secret, self.thread_id, self.tenant) if self.thread_id else None
 
+    def own_image(self, url: str) -> str | None:
+        """The sha256 of an image link this server signed for this tenant (a previous answer's, an attachment's);
+        None for any other link."""
+        match = _ARTIFACT_LINK.search(url)
+        if match is None:
+            return None
+        params = dict(parse_qsl(match.group(2)))
+        return match.group(1) if check(self.secret, "artifact", match.group(1), params) == self.tenant else None
+
+
+def _caller() -> str | None:
+    """The Agent Server's authenticated caller of this run, if any."""
+    try:
+        return (get_config().get("configurable") or {}).get("langgraph_auth_user_id")
+    except RuntimeError:
+        return None
+
 
 async def run_links(settings: GemsSettings) -> Links:
     """The links of the run in progress (its thread and tenant); the signing key is read off the event loop."""
@@ -53,7 +71,7 @@ async def run_links(settings: GemsSettings) -> Links:
         thread = (get_config().get("configurable") or {}).get("thread_id")
     except RuntimeError:  # outside a graph run
         thread = None
-    tenant = lesson_settings(settings).memory.tenant or ""
+    tenant = settings.memory.tenant or tenant_of(_caller())
     secret = await asyncio.to_thread(url_secret, settings.data_dir)
     return Links(secret, tenant, str(thread) if thread else None)
 
@@ -153,52 +171,91 @@ def final_message(turn: int, state: Mapping[str, Any], final: Mapping[str, Any],
 # ---- the request -------------------------------------------------------------------------------------------------
 
 
-def request_parts(message: HumanMessage) -> tuple[str, list[bytes]]:
-    """The text of a human message and the bytes of the images it attaches (data URLs or base64 blocks)."""
+def request_parts(message: HumanMessage) -> tuple[str, list[dict[str, Any]]]:
+    """The text of a human message and its attachment blocks (everything but text)."""
     content = message.content
     if isinstance(content, str):
         return content.strip(), []
-    texts, images = [], []
+    texts, blocks = [], []
     for block in content:
         if isinstance(block, str):
             texts.append(block)
-            continue
-        kind = block.get("type")
-        if kind == "text":
+        elif block.get("type") == "text":
             texts.append(str(block.get("text") or ""))
-        elif kind in ("image_url", "image"):
-            data = _image_bytes(block)
-            if data is not None:
-                images.append(data)
-    return "\n".join(t.strip() for t in texts if t.strip()), images
+        else:
+            blocks.append(block)
+    return "\n".join(t.strip() for t in texts if t.strip()), blocks
 
 
-def _image_bytes(block: Mapping[str, Any]) -> bytes | None:
-    """An attached image's bytes: OpenAI `image_url` with a data URL, or LangChain's base64 image blocks."""
+def inline_image(block: Mapping[str, Any]) -> bytes | None:
+    """The bytes of an image sent inline, in any shape clients use: OpenAI `image_url`/`input_image` with a data URL,
+    LangChain's `image` blocks (`base64` or `data`, with `mime_type`/`mimeType`), Anthropic's `source` blocks.
+    None for a block that is no inline image (a link, say).
+
+    Raises:
+        UsageError: inline data that is not an image (a file, a PDF) or is not valid base64; one line.
+    """
     url = block.get("image_url")
     url = url.get("url") if isinstance(url, Mapping) else (url or block.get("url"))
-    raw = None
-    if isinstance(url, str) and (match := _DATA_URL.fullmatch(url)):
-        raw = match.group(1)
-    elif block.get("base64") or block.get("data"):
-        raw = block.get("base64") or block.get("data")
-    if not isinstance(raw, str):
-        return None  # a remote URL: gems does not fetch what a request points at
+    given = block.get("source")
+    source: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+    raw = block.get("base64") or block.get("data") or source.get("data")
+    kind = str(block.get("mime_type") or block.get("mimeType") or source.get("media_type") or "")
+    if isinstance(url, str) and url[:5].lower() == "data:":
+        match = _DATA_URL.fullmatch(url)
+        if match is None:
+            raise UsageError("only images can be attached (a data: URL of another type was sent)")
+        raw, kind = match.group(2), match.group(1)
+    if raw is None:
+        return None
+    if block.get("type") not in ("image", "image_url", "input_image") or (kind and not kind.startswith("image/")):
+        raise UsageError(f"only images can be attached, not {kind or block.get('type') or 'this block'}")
     try:
-        return base64.b64decode(raw, validate=False)
+        return base64.b64decode(str(raw), validate=False)
     except (binascii.Error, ValueError):
         raise UsageError("an attached image is not valid base64") from None
 
 
+def linked_attachments(content: Any, store: ArtifactStore, links: Links) -> Any:
+    """A message's content with every inline image stored as a file and replaced by its signed link.
+
+    The Agent Server does this to a run's input before the run starts, so no checkpoint ever holds base64.
+    """
+    if not isinstance(content, list):
+        return content
+    out, count = [], 0
+    for block in content:
+        data = inline_image(block) if isinstance(block, Mapping) else None
+        if data is None:
+            out.append(block)
+            continue
+        count += 1
+        if count > MAX_REFERENCES:
+            raise UsageError(f"a request may attach at most {MAX_REFERENCES} images")
+        ref = store.put_bytes(data, origin="an attached image")
+        out.append({"type": "image_url", "image_url": {"url": links.image(ref)}})
+    return out
+
+
 def stored_request(
-    message: HumanMessage, text: str, images: list[bytes], store: ArtifactStore, links: Links
+    message: HumanMessage, blocks: list[dict[str, Any]], store: ArtifactStore, links: Links
 ) -> tuple[HumanMessage, list[dict[str, Any]]]:
-    """The request as state keeps it: attached images stored as files and shown by signed URL, never as base64."""
-    if len(images) > MAX_REFERENCES:
-        raise UsageError(f"a request may attach at most {MAX_REFERENCES} images, not {len(images)}")
-    refs = [store.put_bytes(data, origin="an attached image") for data in images]
-    if not refs:
-        return message, []
-    content: list[str | dict[Any, Any]] = [{"type": "text", "text": text}] if text else []
-    content += [{"type": "image_url", "image_url": {"url": links.image(ref)}} for ref in refs]
+    """The request's attachments as references: inline images stored (the message then shows their links instead),
+    links this server signed for this tenant taken as they are; links elsewhere are not fetched."""
+    refs: list[dict[str, Any]] = []
+    for block in blocks:
+        data = inline_image(block)
+        if data is not None:
+            refs.append(store.put_bytes(data, origin="an attached image"))
+            continue
+        url = block.get("image_url")
+        url = url.get("url") if isinstance(url, Mapping) else (url or block.get("url"))
+        sha = links.own_image(url) if isinstance(url, str) else None
+        if sha is not None:
+            refs.append(store.ref_for(sha))
+    if len(refs) > MAX_REFERENCES:
+        raise UsageError(f"a request may attach at most {MAX_REFERENCES} images, not {len(refs)}")
+    if not any(inline_image(b) is not None for b in blocks):
+        return message, refs
+    content: Any = linked_attachments(message.content, store, links)
     return HumanMessage(content=content, id=message.id), refs

@@ -30,7 +30,7 @@ from gems.nodes.runtime import artifact_store, timed, usage_update
 
 # What one run writes; a new request on the thread starts them empty (accumulating channels overwritten).
 _RESET: dict[str, Any] = {
-    "rounds": Overwrite([]), "verdicts": Overwrite([]), "warnings": Overwrite([]), "planner_messages": Overwrite([]),
+    "rounds": Overwrite([]), "verdicts": Overwrite([]), "warnings": Overwrite([]),
     "mllm_calls": Overwrite(0), "generator_calls": Overwrite(0), "timings": Overwrite({}), "usage": Overwrite({}),
     "final": None, "success": None, "criteria": None, "round": 0, "candidates": [], "action": None, "skill": None,
     "skill_trace": {}, "lessons": [], "lesson_id": None, "current_prompt": None, "thought": None, "verifiers": [],
@@ -66,8 +66,8 @@ async def intake(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str, 
     references: list[ImageRef] = []
     if chat:
         assert isinstance(last, HumanMessage)
-        text, images = request_parts(last)
-        human, refs = await blocking(stored_request, last, text, images, store, links)
+        text, blocks = request_parts(last)
+        human, refs = await blocking(stored_request, last, blocks, store, links)
         references = [ImageRef(**ref) for ref in refs]  # type: ignore[typeddict-item]
         request_id = last.id
         if human is not last:

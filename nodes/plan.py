@@ -13,6 +13,8 @@ import logging
 from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.prebuilt import ToolNode
 from langgraph.runtime import Runtime
 from langgraph.store.base import BaseStore
 
@@ -39,7 +41,7 @@ from gems.nodes.prompts.plan import (
 from gems.nodes.runtime import artifact_store, lesson_settings, timed, usage_update
 from gems.skills import Skill, registry_for
 from gems.skills.retrieval import get_index
-from gems.skills.tools import SKILL_TOOLS, loaded_skills
+from gems.skills.tools import PLANNER_MESSAGES, SKILL_TOOLS, loaded_skills
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +181,37 @@ async def plan(state: PlannerState, runtime: Runtime[GemsSettings]) -> dict[str,
     new_messages = [*update.get("planner_messages", []), reply]
     return {
         **update,
-        "planner_messages": new_messages,
+        "planner_messages": as_records(new_messages),
         "mllm_calls": 1,
         "timings": timings,
         "usage": usage_update(usage),
     }
+
+
+def as_records(messages: list[Any]) -> list[dict[str, Any]]:
+    """The planner's messages as plain records (`add_messages` turns them back into messages in state).
+
+    LangGraph's "messages" stream emits every message object a node returns, whatever the key; the planner's own
+    conversation is not chat, so its nodes return records, and only `messages` ever streams.
+    """
+    out = []
+    for m in messages:
+        record: dict[str, Any] = {"type": m.type, "content": m.content, "id": m.id}
+        if isinstance(m, AIMessage):
+            record.update(tool_calls=m.tool_calls, additional_kwargs=m.additional_kwargs)
+        elif isinstance(m, ToolMessage):
+            record.update(tool_call_id=m.tool_call_id, name=m.name, artifact=m.artifact, status=m.status)
+        out.append(record)
+    return out
+
+
+_TOOLS = ToolNode(SKILL_TOOLS, messages_key=PLANNER_MESSAGES, handle_tool_errors=True)
+
+
+async def skills(state: PlannerState, config: RunnableConfig) -> dict[str, Any]:
+    """Run the planner's tool calls (`load_skill`, `read_skill_resource`) with LangGraph's `ToolNode`."""
+    out = await _TOOLS.ainvoke(state, config)
+    return {PLANNER_MESSAGES: as_records(out[PLANNER_MESSAGES])}
 
 
 def _with_references(text: str, state: PlannerState, settings: GemsSettings) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from gems.configs import GemsSettings, UsageError
 from gems.configs.loading import checked_options
 from gems.configs.settings import PINNED
 from gems.memory.artifacts import ArtifactStore
+from gems.memory.links import tenant_of
 
 
 def lesson_settings(settings: GemsSettings) -> GemsSettings:
@@ -24,9 +24,9 @@ def lesson_settings(settings: GemsSettings) -> GemsSettings:
         caller = (get_config().get("configurable") or {}).get("langgraph_auth_user_id")
     except RuntimeError:  # outside a graph run
         return settings
-    if settings.memory.tenant or not caller or caller in ("anonymous", "default"):
+    tenant = tenant_of(caller)
+    if settings.memory.tenant or not tenant:
         return settings
-    tenant = re.sub(r"[^A-Za-z0-9_.-]", "_", str(caller))[:64]
     return settings.model_copy(update={"memory": settings.memory.model_copy(update={"tenant": tenant})})
 
 

@@ -7,6 +7,7 @@ the image, not on call order, so tests may share it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from tests.support.net import free_port, wait_until_up, write_stub_config
-from tests.support.servers import GeneratorStub, OpenAIStub, ScriptedMLLM
+from tests.support.servers import GeneratorStub, OpenAIStub, ScriptedMLLM, png_bytes
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -492,24 +493,87 @@ def test_agent_chat_ui_shows_each_round_and_the_answer_and_takes_a_review(server
     assert problems == [], problems
 
 
-def test_a_state_edit_cannot_lift_a_run_past_its_limits(server):
-    """With the run paused for review, a client rewrites its options in state (60 rounds, 10,000 images a round,
-    500 criteria); each value past its bound is ignored for the server's own, so the run stays within limits."""
+def test_state_edits_hold_only_review_answers_and_stay_within_limits(server):
+    """A client may write a review's answers into its thread's state, nothing of the server's (owner, rounds,
+    images, options); criteria it writes are checked only up to the cap (100) however many it sends."""
     alice = client(server)
     thread = alice.threads.create()["thread_id"]
     chat(alice, thread, REQUEST, context={"loop": {"human_review": True, "max_rounds": 1}})
-    made = len(server["gen"].prompts)
+    for values in ({"images_per_round": 10_000}, {"max_rounds": 60}, {"round": -10_000}, {"owner": "bob"},
+                   {"final": {"round": 1, "image": {"sha256": "0" * 64}}}, {"rounds": []}):  # fmt: skip
+        with pytest.raises(Exception) as info:
+            alice.threads.update_state(thread, values, as_node="decompose")
+        assert status_of(info.value) == 403 and "the server's" in info.value.response.json()["detail"]
+    with pytest.raises(Exception) as info:  # the same through a run's command
+        alice.runs.wait(thread, "gems", command={"resume": "accept", "update": {"owner": "bob"}})
+    assert status_of(info.value) == 403
     many = [f"Is there thing {i}?" for i in range(500)]
-    # Written as the decomposer's answer, while the review waits; then the review is accepted.
-    alice.threads.update_state(thread, {"images_per_round": 10_000, "max_rounds": 60, "criteria": many},
-                               as_node="decompose")  # fmt: skip
+    alice.threads.update_state(thread, {"criteria": many}, as_node="decompose")
     asked = server["script"].calls["verify"]
     alice.runs.wait(thread, "gems", command={"resume": "accept"})
     values = alice.threads.get_state(thread)["values"]
-    rounds = len(values["rounds"])
-    assert 1 <= rounds <= 5  # the server's budget (config default 5), never 60
-    assert len(server["gen"].prompts) - made == rounds  # one image a round, not 10,000
-    assert server["script"].calls["verify"] - asked == 100 * rounds  # the criteria cap, not 500 a round
+    assert len(values["rounds"]) == 1 and server["script"].calls["verify"] - asked == 100
+
+
+def test_attachments_never_reach_state_or_history_as_base64(server):
+    """However a client attaches an image, the run's input holds a signed link by the time the run starts."""
+    alice = client(server)
+    b64 = base64.b64encode(png_bytes((200, 30, 30), size=24)).decode()
+    shapes = [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
+        {"type": "image", "data": b64, "mimeType": "image/png"},
+        {"type": "image", "base64": b64, "mime_type": "image/png"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64}},
+        {"type": "image_url", "image_url": {"url": f"DATA:image/png;name=a.png;base64,{b64}"}},
+    ]
+    for shape in shapes:
+        thread = alice.threads.create()["thread_id"]
+        content = [{"type": "text", "text": REQUEST}, shape]
+        alice.runs.wait(thread, "gems", input={"messages": [{"type": "human", "content": content}]},
+                        context={"loop": {"max_rounds": 1}})  # fmt: skip
+        everything = json.dumps(alice.threads.get_history(thread, limit=100))
+        assert b64[:40] not in everything and "base64" not in everything, shape
+        values = alice.threads.get_state(thread)["values"]
+        assert len(values["references"]) == 1
+        (shown,) = [p for p in values["messages"][0]["content"] if p["type"] == "image_url"]
+        assert httpx.get(shown["image_url"]["url"]).content.startswith(b"\x89PNG")
+    thread = alice.threads.create()["thread_id"]
+    for bad in ({"type": "file", "mimeType": "application/pdf", "data": b64},
+                {"type": "image_url", "image_url": {"url": f"data:text/plain;base64,{b64}"}}):  # fmt: skip
+        with pytest.raises(Exception) as info:
+            alice.runs.create(thread, "gems", input={"messages": [{"type": "human", "content": [
+                {"type": "text", "text": REQUEST}, bad]}]})  # fmt: skip
+        assert status_of(info.value) == 422 and "only images" in info.value.response.json()["detail"]
+    with pytest.raises(Exception) as info:  # an image and no words: nothing to do
+        alice.runs.create(thread, "gems", input={"messages": [{"type": "human", "content": [shapes[0]]}]})
+    assert status_of(info.value) == 422
+
+
+def test_the_planners_conversation_never_streams_even_from_subgraphs(server):
+    alice = client(server)
+    thread = alice.threads.create()["thread_id"]
+    request = {"messages": [{"type": "human", "content": REQUEST}]}
+    for mode in ("messages-tuple", "messages"):
+        chunks = list(alice.runs.stream(thread, "gems", input=request, stream_mode=mode, stream_subgraphs=True))
+        said = json.dumps([c.data for c in chunks if c.event.startswith("messages")])
+        assert "Candidate skills" not in said and "Request:" not in said and "load_skill" not in said, mode
+    values = alice.threads.get_state(thread)["values"]
+    assert "planner_messages" not in values
+
+
+def test_cron_changes_and_server_assistants_are_checked(server):
+    alice = client(server)
+    thread = alice.threads.create()["thread_id"]
+    cron = alice.crons.create_for_thread(thread, "gems", schedule="0 0 1 1 *", input={"prompt": "a red cube"})
+    for change in ({"context": {"mllm": {"base_url": "http://10.0.0.1/v1"}}}, {"input": {"nothing": 1}}):
+        answer = httpx.patch(f"{server['url']}/runs/crons/{cron['cron_id']}", json=change,
+                             headers={"X-API-Key": KEYS["alice"]})  # fmt: skip
+        assert answer.status_code == 422, answer.text
+    alice.crons.delete(cron["cron_id"])
+    posed = alice.assistants.create("gems", metadata={"created_by": "system"}, name="pretender")
+    assert posed["metadata"].get("created_by") != "system" and posed["metadata"]["owner"] == "alice"
+    listed = client(server, "bob").assistants.search(metadata={"created_by": "system"})
+    assert posed["assistant_id"] not in [a["assistant_id"] for a in listed]
 
 
 def test_the_agent_server_refuses_to_start_with_a_short_key(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import json
 import os
 import signal
 import socket
@@ -136,10 +138,21 @@ def test_no_server_secret_leaves_through_health(tmp_path):
     assert "secret-model" not in body and "10.0.0.9" not in body
 
 
+def _completion(text: str) -> bytes:
+    body = json.dumps({
+        "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }).encode()  # fmt: skip
+    head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
 class Drip:
     """An HTTP server on 127.0.0.1 that answers 200 and then one byte every 0.2 s, for as long as it is let."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: str | None = None) -> None:
+        """With `answer`, every request gets that chat answer in full instead, over a kept-alive connection."""
+        self.answer = None if answer is None else _completion(answer)
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.stop = threading.Event()
         self.open = 0  # connections still being dripped to: a client that gave up closes its end, which ends one
@@ -163,6 +176,8 @@ class Drip:
             self.open += 1
         try:
             with contextlib.suppress(OSError), conn:
+                while self.answer is not None and conn.recv(65536):  # a whole answer, and the connection kept
+                    conn.sendall(self.answer)
                 conn.recv(65536)
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
                 while not self.stop.is_set():
@@ -361,3 +376,34 @@ def test_a_run_killed_before_any_node_finished_resumes_with_its_options(stubs, t
         assert graph.get_state(config).next == ("intake",)  # nothing ran: as after a kill -9 at the first step
     assert gems_main(["generate", "--resume", "early", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 0
     assert len(s.gen.prompts) == 2 and s.gen.seeds == ["40", "41"]  # its own budget and seed, not the defaults
+
+
+@pytest.mark.parametrize(
+    ("answer", "failure"),
+    [(None, "no complete answer"), ("yes", "did not return a JSON list")],
+    ids=["dripping", "kept-alive"],
+)
+def test_short_lived_loops_leave_no_connection_open(stubs, answer, failure):
+    """Two runs on loops of their own (as `gems generate` and `gems bench` run them), against a server that drips
+    (calls past their deadline, siblings cancelled) or one that answers and keeps its connections for reuse:
+    when each loop ends, nothing stays open."""
+    from gems.graph import run_input
+    from gems.memory.aio import run_main
+    from gems.nodes.mllm import MLLMError
+
+    s = stubs(criteria=["Is there a cube?", "Is it red?"])
+    drip = Drip(answer)
+    try:
+        base = s.settings(skills={"enabled": False})
+        dripping = base.mllm.model_copy(update={"base_url": drip.url, "timeout_s": 1.0, "max_retries": 0})
+        settings = base.model_copy(update={"mllm": dripping})
+        graph = build_graph(checkpointer=InMemorySaver())
+        gc.disable()  # closed on purpose, not when the collector happens to reach an abandoned pool
+        for thread in ("d1", "d2"):
+            run = graph.ainvoke(run_input("a red cube", settings), run_config(settings, thread), context=settings)
+            with pytest.raises(MLLMError, match=failure):
+                run_main(run)
+        assert drip.open_connections() == 0
+    finally:
+        gc.enable()
+        drip.close()

@@ -197,3 +197,38 @@ def test_parse_verdicts_reads_json_or_numbered_lines_and_leaves_out_the_unclear(
     assert split_lesson("a crimson cat") == (None, "a crimson cat")
     lesson, rest = split_lesson("LESSON: keep the mat\nACTION: edit\nREASON: colour\nTEXT: make it red")
     assert lesson == "keep the mat" and rest.startswith("ACTION: edit")
+
+
+def test_key_names_are_tenants_and_keys_are_distinct():
+    from gems.configs import ConfigError
+    from gems.interfaces.keys import check_keys
+
+    check_keys({"alice": "a" * 16, "bob.smith-2": "b" * 16})
+    for keys, says in (
+        ({"bob smith": "b" * 16}, "names are tenants"),
+        ({"alice": "k" * 16, "bob": "k" * 16}, "share a key"),
+        ({"alice": "short"}, "at least 16 characters"),
+    ):
+        with pytest.raises(ConfigError, match=says):
+            check_keys(keys)
+
+
+def test_the_shared_key_keeps_to_its_own_store_beside_named_tenants():
+    from types import SimpleNamespace
+
+    from gems.interfaces.agent_auth import own_store
+
+    def ask(identity: str, action: str, namespace: tuple[str, ...]) -> Any:
+        ctx = SimpleNamespace(user=SimpleNamespace(identity=identity), action=action)
+        value = {"namespace": namespace}
+        try:
+            asyncio.run(own_store(ctx, value))
+        except Exception as exc:
+            return getattr(exc, "status_code", exc)
+        return value["namespace"]
+
+    assert ask("default", "search", ("gems", "tenants", "alice")) == 403
+    assert ask("default", "search", ("gems", "lessons")) == ("gems", "lessons")
+    assert ask("default", "list_namespaces", ("gems",)) == ("gems", "lessons")
+    assert ask("alice", "get", ("gems", "tenants", "bob", "lessons")) == 403
+    assert ask("anonymous", "search", ("gems", "tenants", "alice")) == ("gems", "tenants", "alice")  # no keys: one user

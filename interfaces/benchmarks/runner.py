@@ -36,6 +36,7 @@ from gems.interfaces.benchmarks.methods import arun_method, method_settings
 from gems.interfaces.benchmarks.report import build_summary, write_reports
 from gems.interfaces.benchmarks.scoring import Scorer, judge_warning, make_scorer, resolve_scorer
 from gems.interfaces.benchmarks.selection import Selection, prompts_digest
+from gems.memory.aio import run_main
 from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 
@@ -399,7 +400,7 @@ def _run_all(bench: _Bench, concurrency: int, progress: bool) -> list[str]:
     if bench.settings.storage.checkpointer == "postgres":
         bench.thread_prefix = f"{bench.run_info['config_digest']}-"
     try:
-        return asyncio.run(_run_tasks(bench, concurrency, meter))
+        return run_main(_run_tasks(bench, concurrency, meter))
     finally:
         meter.close()
 

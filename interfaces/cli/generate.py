@@ -42,15 +42,18 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
             offered = ", ".join(c["name"] for c in trace.get("offered", [])) or "none"
             lessons = len(update.get("lessons") or [])
             lines.append(f"plan       skill candidates: {offered}; {lessons} lesson(s) from earlier runs")
-        for message in update.get("planner_messages") or []:
-            for call in getattr(message, "tool_calls", None) or []:
+        for message in update.get("planner_messages") or []:  # records (see nodes.plan.as_records)
+            for call in message.get("tool_calls") or []:
                 lines.append(f"plan       calls {call['name']}({', '.join(map(str, call['args'].values()))})")
         return lines
     if node == "skills":
-        return [
-            f"skills     {m.name}: {'error: ' + short(str(m.content), 70) if m.status == 'error' else 'ok'}"
-            for m in update.get("planner_messages") or []
-        ]
+        lines = []
+        for m in update.get("planner_messages") or []:
+            failed = m.get("status") == "error"
+            lines.append(
+                f"skills     {m.get('name')}: {'error: ' + short(str(m.get('content')), 70) if failed else 'ok'}"
+            )
+        return lines
     if node == "prepare":
         if update.get("skill"):
             return [f"prepare    skill {update['skill']}; first prompt: {short(update.get('current_prompt'), 70)}"]
