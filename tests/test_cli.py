@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from PIL import Image
 
@@ -214,6 +215,7 @@ def test_generator_error_exits_with_one_line_and_resume_hint(mllm_server, gen_se
     assert result.returncode == 1
     lines = error_lines(result.stderr)
     assert lines == [f"gems: error: generator server {gen.url} answered HTTP 500: model exploded"]
+    assert "During task" not in result.stderr  # LangGraph's note on errors inside a node is internal
     assert f"gems: progress is saved; continue with: gems generate --resume g1 --config {cfg}" in result.stderr
     # The fix is in place: resume finishes without re-planning.
     gen.fail_first = 0
@@ -261,3 +263,43 @@ def test_scale_out_commands_spell_their_flags_as_documented(capsys):
     assert main(["bench", "merge", "--help"]) == 0 and "SHARD_DIRS..." in capsys.readouterr().out
     assert main(["bench", "x.txt", "--out", "o", "--shard", "3/2"]) == 2
     assert "--shard must be K/N" in capsys.readouterr().err
+
+
+@click.command()
+@click.argument("kind")
+def failing_command(kind: str) -> None:
+    """Fails as a graph task does: LangGraph notes the task's name and id; gems notes how to resume."""
+    from gems.configs import GemsError
+
+    words = " ".join(f"word{i:03d}" for i in range(120))  # 959 characters
+    exc = GemsError(f"a known problem: {words}") if kind == "known" else RuntimeError(f"unexpected: {words}")
+    exc.add_note("During task with name 'decompose' and id '9f0c2a3e-51d7-4d57-ae4e-2c1f5e0d8b1a'")
+    exc.add_note("progress is saved; continue with: gems generate --resume t1")
+    raise exc
+
+
+def test_error_lines_are_whole_words_without_langgraph_task_notes(monkeypatch, capsys):
+    from gems.interfaces.cli import COMMANDS, main
+
+    monkeypatch.setitem(COMMANDS, "fail", ("tests.test_cli", "failing_command", "fails"))
+    assert main(["fail", "known"]) == 1
+    err = capsys.readouterr().err
+    assert "During task" not in err
+    (line,) = error_lines(err)
+    assert line.endswith("word118 word119")  # a known error's message is shown whole
+    assert "gems: progress is saved; continue with: gems generate --resume t1" in err
+
+    assert main(["fail", "other"]) == 1
+    err = capsys.readouterr().err
+    (line,) = error_lines(err)
+    assert "During task" not in err and line.startswith("gems: error: RuntimeError: unexpected: word000 ")
+    assert len(line) < 340 and line.endswith("…")
+    assert all(len(word) == 7 for word in line.removesuffix("…").split()[4:])  # cut between words, never in one
+
+
+def test_short_cuts_between_words():
+    from gems.interfaces.cli import short
+
+    assert short("alpha beta gamma delta", 14) == "alpha beta…"
+    assert short("alpha beta", 14) == "alpha beta"
+    assert short("x" * 30, 10) == "x" * 9 + "…"  # one long word: nowhere else to cut
