@@ -50,7 +50,8 @@ def test_generate_writes_final_image_and_trajectory(mllm_server, gen_server, tmp
         "generate   round 1",
         "verify     yes",
         "critique   round 1: 2/3",
-        "refine     refined prompt 1",
+        "compress   round 1 experience: Lesson: make the failed parts explicit.",
+        "refine     next prompt: refined prompt 1",
         "finalize   success: round 2 (3/3 passed)",
     ):
         assert marker in result.stderr
@@ -303,3 +304,28 @@ def test_short_cuts_between_words():
     assert short("alpha beta gamma delta", 14) == "alpha beta…"
     assert short("alpha beta", 14) == "alpha beta"
     assert short("x" * 30, 10) == "x" * 9 + "…"  # one long word: nowhere else to cut
+
+
+def test_progress_lines_name_what_they_show():
+    from gems.interfaces.cli.generate import describe_update
+
+    assert describe_update("compress", {"rounds": [{"round": 1, "experience": "no"}]}) == [
+        "compress   round 1 experience: no"
+    ]
+    assert describe_update("compress", {"rounds": [{"round": 2, "experience": ""}]}) == [
+        "compress   round 2 experience: (empty)"
+    ]
+    assert describe_update("refine", {"current_prompt": "no", "action": {"mode": "generate"}}) == [
+        "refine     next prompt: no"
+    ]
+    edit = {"current_prompt": "make the cat red", "action": {"mode": "edit", "base_round": 1, "reason": "local fix"}}
+    assert describe_update("refine", edit) == ["refine     edit round 1's image: make the cat red (why: local fix)"]
+    follow_up = {"turns": [{"request": "a red cube"}], "prompt": "a blue cube on a table", "references": [],
+                 "action": {"mode": "edit", "round": 1}, "current_prompt": "now make it blue"}  # fmt: skip
+    assert describe_update("intake", follow_up) == [
+        'intake     follow-up to "a red cube", as a whole request: a blue cube on a table',
+        "intake     round 1 edits the earlier answer's image: now make it blue",
+    ]
+    assert describe_update("intake", {"prompt": "a cat"}) == []  # a first request: the thread line says it
+    edited = {"round": 2, "candidates": [{"width": 8, "height": 8, "seed": 5, "sha256": "ab" * 32, "edit": True}]}
+    assert describe_update("generate", edited)[0].startswith("edit       round 2: edited image 8x8 seed 5")

@@ -85,15 +85,28 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
             lines.append(line)
         return lines
     if node == "compress":
-        return [f"compress   {short(r.get('experience'))}" for r in update.get("rounds") or []]
+        return [
+            f"compress   round {r.get('round')} experience: {short(r.get('experience'), 80) or '(empty)'}"
+            for r in update.get("rounds") or []
+        ]
     if node == "refine":
         action = update.get("action") or {}
         why = f" (why: {short(action['reason'], 60)})" if action.get("reason") else ""
+        text = short(update.get("current_prompt")) or "(empty)"
         if action.get("mode") == "edit":
-            line = f"refine     edit round {action.get('base_round')}'s image: {short(update.get('current_prompt'))}"
+            line = f"refine     edit round {action.get('base_round')}'s image: {text}"
         else:
-            line = f"refine     {short(update.get('current_prompt'))}"
+            line = f"refine     next prompt: {text}"
         return [line + why, *_warnings(update)]
+    if node == "intake":
+        lines = []
+        for turn in update.get("turns") or []:  # a new request on a thread that answered one before
+            earlier = short(turn.get("request"), 40)
+            lines.append(f'intake     follow-up to "{earlier}", as a whole request: {short(update.get("prompt"), 70)}')
+        if (update.get("action") or {}).get("mode") == "edit":
+            what = "the attached image" if update.get("references") else "the earlier answer's image"
+            lines.append(f"intake     round 1 edits {what}: {short(update.get('current_prompt'), 70)}")
+        return lines
     if node == "finalize":
         final = update.get("final") or {}
         verdict = {True: "success", None: "unverified"}.get(update.get("success"), "best so far")
