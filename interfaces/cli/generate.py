@@ -22,6 +22,7 @@ from gems.configs.loading import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.graph import build_graph, continuation, run_config
 from gems.graph import run_input as new_run
 from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short
+from gems.interfaces.cli.checks import check_run
 from gems.interfaces.pages import copied_beside, run_page
 from gems.memory.aio import run_main
 from gems.memory.artifacts import ArtifactStore
@@ -176,8 +177,13 @@ async def _run(settings: Any, thread_id: str, prompt: str, resume: bool, say: An
                     raise UsageError(f"thread {thread_id} already exists; continue it with --resume {thread_id}")
                 pending, run_input = True, new_run(prompt, settings)
                 say(f"thread {thread_id}: {short(prompt)}")
+            saved = resume  # a new thread is saved once the run starts: no hint before that
             try:
                 if pending:
+                    # Endpoints and weights before the first model call: one line per problem, nothing spent.
+                    for line in await check_run(settings):
+                        say(line)
+                    saved = True
                     # subgraphs=True: the planner's own steps (skill candidates, tool calls) show too.
                     async for _, node_updates in graph.astream(
                         run_input, run_cfg, context=settings, stream_mode="updates", durability="sync", subgraphs=True
@@ -186,7 +192,8 @@ async def _run(settings: Any, thread_id: str, prompt: str, resume: bool, say: An
                             for line in describe_update(node, update):
                                 say(line)
             except Exception as exc:
-                exc.add_note(hint)
+                if saved:
+                    exc.add_note(hint)
                 raise
             return (await graph.aget_state(run_cfg)).values
 
