@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -305,6 +307,71 @@ def test_short_cuts_between_words():
     assert short("alpha beta gamma delta", 14) == "alpha beta…"
     assert short("alpha beta", 14) == "alpha beta"
     assert short("x" * 30, 10) == "x" * 9 + "…"  # one long word: nowhere else to cut
+
+
+def test_the_resume_command_repeats_what_the_run_needs_to_go_on_as_started():
+    from gems.interfaces.cli.generate import resume_command
+
+    assert resume_command("t1", (), None, None) == "gems generate --resume t1"
+    assert resume_command("t1", ("my cfg.yaml", "ablations/edit"), "runs/a b", "edit") == (
+        "gems generate --resume t1 --config 'my cfg.yaml' --config ablations/edit --out 'runs/a b' --refine-mode edit"
+    )
+
+
+def run_hint(stderr: str) -> subprocess.CompletedProcess:
+    """Run the command the resume hint names, as a person would paste it."""
+    (line,) = [line for line in stderr.splitlines() if "progress is saved; continue with: " in line]
+    words = shlex.split(line.split("continue with: ", 1)[1])
+    assert words[:2] == ["gems", "generate"]
+    return gems(*words[1:])
+
+
+def test_after_an_error_the_hint_continues_the_run_as_started(mllm_server, gen_server, tmp_path):
+    from tests.support.servers import OpenAIStub, edited_png
+
+    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if q != "Is the cat red?" or n >= 2 else "no")
+    gen = gen_server(fail_first=1)
+    editor = OpenAIStub(edits=edited_png).start()
+    try:
+        edits = {"backend": "openai", "url": editor.base_url, "model": "e", "max_retries": 0}
+        cfg = write_stub_config(tmp_path / "my cfg.yaml", mllm.base_url, gen.url, editor=edits)
+        out = tmp_path / "out dir"
+        failed = gems("generate", "a red cat", "--config", str(cfg), "--out", str(out), "--refine-mode", "edit",
+                      "--thread-id", "h1")  # fmt: skip
+        assert failed.returncode == 1 and not out.exists()
+        assert f"--resume h1 --config '{cfg}' --out '{out}' --refine-mode edit" in failed.stderr
+        gen.fail_first = 0
+        resumed = run_hint(failed.stderr)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "started with other models or loop settings" not in resumed.stderr  # the same settings as before
+        trajectory = json.loads((out / "trajectory.json").read_text())
+        assert [r["mode"] for r in trajectory["rounds"]] == ["generate", "edit"] and trajectory["success"] is True
+    finally:
+        editor.stop()
+
+
+def test_ctrl_c_prints_the_hint_even_when_quiet_and_the_hint_finishes_the_run(mllm_server, gen_server, tmp_path):
+    server, script = mllm_server(criteria=["Is there a cat?"], block_at=("verify", 1))
+    cfg = write_config(tmp_path / "c.yaml", server.base_url, gen_server().url)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "gems.interfaces.cli", "generate", "a red cat", "--config", str(cfg),
+            "--out", str(out), "--thread-id", "c1", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert script.blocked.wait(90), "the verifier call never arrived"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        script.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert stderr.splitlines() == [
+        f"gems: progress is saved; continue with: gems generate --resume c1 --config {cfg} --out {out}"
+    ]
+    resumed = run_hint(stderr)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == str(out / "final.png") and (out / "final.png").is_file()
 
 
 def test_progress_lines_name_what_they_show():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -30,7 +31,7 @@ from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 from gems.memory.trajectory import run_result
 
-RESUME_HINT = "progress is saved; continue with: gems generate --resume {thread_id}{config}"
+RESUME_HINT = "progress is saved; continue with: {command}"
 
 
 def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
@@ -220,8 +221,17 @@ def _thread_lock(settings: Any, thread_id: str) -> Iterator[None]:
         lock.release()
 
 
-def _config_flag(config: tuple[str, ...]) -> str:
-    return "".join(f" --config {c}" for c in config)
+def resume_command(thread_id: str, config: tuple[str, ...], out: str | None, refine_mode: str | None) -> str:
+    """The command that continues this run as it was started: the same configs, output folder and refine mode
+    (round budget, seed and candidates are pinned in the thread itself)."""
+    words = ["gems", "generate", "--resume", thread_id]
+    for name in config:
+        words += ["--config", name]
+    if out:
+        words += ["--out", out]
+    if refine_mode:
+        words += ["--refine-mode", refine_mode]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _where(settings: Any) -> str:
@@ -329,7 +339,7 @@ def generate(
     thread_id = resume or thread_id or uuid.uuid4().hex[:12]
     out_dir = Path(out) if out else Path("gems-out") / thread_id
     progress = Progress(None if quiet else sys.stderr)
-    hint = RESUME_HINT.format(thread_id=thread_id, config=_config_flag(config))
+    hint = RESUME_HINT.format(command=resume_command(thread_id, config, out, refine_mode))
     saved = [False]
     started = time.perf_counter()
     try:
@@ -339,7 +349,8 @@ def generate(
         progress.end_line()  # an error line, the hint or a traceback starts a line of its own
         if not isinstance(exc, KeyboardInterrupt):
             raise
-        progress.say(hint)
+        # Shown even with --quiet, like an error: it says how to go on.
+        click.echo(f"gems: {hint}" if saved[0] else "gems: interrupted before the run started", err=True)
         return EXIT_INTERRUPTED
 
     trajectory = run_result(values, thread_id=thread_id, settings=settings)
