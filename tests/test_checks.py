@@ -174,6 +174,7 @@ def test_missing_weights_stop_the_cli_before_any_model_call(mllm_server, tmp_pat
         "set: download it first (hf download stabilityai/sd-turbo) or set generator.model to a local folder"
     ]
     assert mllm.requests == [] and sum(script.calls.values()) == 0  # no MLLM call was paid for
+    assert f"check      MLLM endpoint {mllm.base_url} answers (model stub-vlm)" in result.stderr  # what passed, too
     assert "During task" not in result.stderr and "--resume" not in result.stderr  # nothing ran, nothing saved
 
 

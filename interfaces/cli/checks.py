@@ -47,8 +47,8 @@ def hf_offline(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
     return env.get("HF_HUB_OFFLINE", "").upper() in _TRUE
 
 
-async def check_run(settings: GemsSettings, offline: bool | None = None) -> list[str]:
-    """Check what a run of `settings` calls; returns the lines to show, raises `CheckFailed` naming each problem."""
+async def check_run(settings: GemsSettings, offline: bool | None = None) -> Findings:
+    """Check what a run of `settings` calls: lines to show (`notes`) and problems that stop it, one line each."""
     targets = [("generator", effective_settings(settings.generator))]
     if settings.loop.refine_mode != "regenerate" and settings.editor.backend != "none":
         editor = editor_settings(settings)
@@ -63,9 +63,7 @@ async def check_run(settings: GemsSettings, offline: bool | None = None) -> list
     total = Findings()
     for one in found:
         total.add(one)
-    if total.problems:
-        raise CheckFailed(total.problems)
-    return total.notes
+    return total
 
 
 async def _get(client: httpx.AsyncClient, method: str, url: str, limit: float, **kwargs: Any) -> tuple[int, bytes]:
@@ -105,6 +103,8 @@ async def check_mllm(s: MLLMSettings, client: httpx.AsyncClient, limit: float = 
     headers = {"Authorization": f"Bearer {key}"}
     what = f"MLLM endpoint {base} (model {s.model})"
     fix = "start the server or set GEMS_MLLM_BASE_URL / mllm.base_url"
+    if ":11434" in base:  # Ollama's port (the cpu preset)
+        fix = f"start Ollama (ollama serve, then ollama pull {s.model}) or set GEMS_MLLM_BASE_URL / mllm.base_url"
     key_fix = "set GEMS_MLLM_API_KEY (or OPENAI_API_KEY) or mllm.api_key"
     found = Findings()
     try:

@@ -23,7 +23,7 @@ from gems.configs.loading import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.graph import build_graph, continuation, run_config
 from gems.graph import run_input as new_run
 from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short
-from gems.interfaces.cli.checks import check_run
+from gems.interfaces.cli.checks import CheckFailed, check_run
 from gems.interfaces.pages import copied_beside, run_page
 from gems.memory.aio import run_main
 from gems.memory.artifacts import ArtifactStore
@@ -263,8 +263,11 @@ async def _run(
             try:
                 if pending:
                     # Endpoints and weights before the first model call: one line per problem, nothing spent.
-                    for line in await check_run(settings):
+                    found = await check_run(settings)
+                    for line in found.notes:  # what passed too: the problems may not be all there is to fix
                         progress.say(line)
+                    if found.problems:
+                        raise CheckFailed(found.problems)
                     saved[:] = [True]
                     # subgraphs=True: the planner's own steps (skill candidates, tool calls) show too; "custom":
                     # the generator's loading and denoising steps.
