@@ -386,6 +386,11 @@ def test_progress_lines_name_what_they_show():
     assert describe_update("refine", {"current_prompt": "no", "action": {"mode": "generate"}}) == [
         "refine     next prompt: no"
     ]
+    merged = {"current_prompt": "a red cat", "rounds": [{"round": 1, "experience": "say red twice"}]}
+    assert describe_update("refine", merged) == [  # loop.compress merged: one call writes both
+        "refine     round 1 experience: say red twice",
+        "refine     next prompt: a red cat",
+    ]
     edit = {"current_prompt": "make the cat red", "action": {"mode": "edit", "base_round": 1, "reason": "local fix"}}
     assert describe_update("refine", edit) == ["refine     edit round 1's image: make the cat red (why: local fix)"]
     follow_up = {"turns": [{"request": "a red cube"}], "prompt": "a blue cube on a table", "references": [],

@@ -86,12 +86,14 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
                 line += f" ({changes} vs round {r['base_round']})"
             lines.append(line)
         return lines
-    if node == "compress":
-        return [
-            f"compress   round {r.get('round')} experience: {short(r.get('experience'), 80) or '(empty)'}"
+    if node in ("compress", "refine"):
+        # loop.compress merged: the refiner writes the round's experience with the next prompt.
+        lines = [
+            f"{node:<10} round {r.get('round')} experience: {short(r.get('experience'), 80) or '(empty)'}"
             for r in update.get("rounds") or []
         ]
-    if node == "refine":
+        if node == "compress":
+            return lines
         action = update.get("action") or {}
         why = f" (why: {short(action['reason'], 60)})" if action.get("reason") else ""
         text = short(update.get("current_prompt")) or "(empty)"
@@ -99,7 +101,7 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
             line = f"refine     edit round {action.get('base_round')}'s image: {text}"
         else:
             line = f"refine     next prompt: {text}"
-        return [line + why, *_warnings(update)]
+        return [*lines, line + why, *_warnings(update)]
     if node == "intake":
         lines = []
         for turn in update.get("turns") or []:  # a new request on a thread that answered one before
