@@ -43,8 +43,9 @@ class Findings:
         self.problems += other.problems
 
 
-def hf_offline(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
-    return env.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+def hf_offline() -> bool:
+    """Read when the check runs, not when huggingface_hub was imported."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
 
 
 async def check_run(settings: GemsSettings, offline: bool | None = None) -> Findings:
@@ -183,7 +184,7 @@ def check_weights(section: str, model: str, offline: bool, cache_dir: Path | Non
         if not (folder / "model_index.json").is_file():
             found.problems.append(
                 f"{section}.model {model} holds no model_index.json: point it at a diffusers model folder "
-                f"(one saved by save_pretrained or fetched with hf download)"
+                "(one saved by save_pretrained or fetched with hf download)"
             )
         else:
             found.notes.append(f"check      {section} {model}: a local diffusers folder")
