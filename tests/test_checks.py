@@ -126,14 +126,14 @@ def test_remote_generators_need_an_answer_and_their_key():
     assert check(images, lambda r: httpx.Response(404)).problems == []  # no /models there, but it answers
 
 
-def hub_cache(root: Path, repo: str) -> Path:
-    """A Hugging Face cache holding `repo`'s model_index.json, laid out as `hf download` leaves it."""
+def hub_cache(root: Path, repo: str, marker: str = "model_index.json") -> Path:
+    """A Hugging Face cache holding `repo`'s `marker` file, laid out as `hf download` leaves it."""
     folder = root / f"models--{repo.replace('/', '--')}"
     (folder / "refs").mkdir(parents=True)
     (folder / "refs" / "main").write_text("0123abcd")
     snapshot = folder / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
-    (snapshot / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (snapshot / marker).write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     return root
 
 
@@ -159,6 +159,24 @@ def test_diffusers_weights_are_looked_for_before_the_run(tmp_path, tiny_sd_dir):
     ]
     online = check_weights("generator", "acme/other-model", offline=False, cache_dir=cache)
     assert online.problems == [] and "it will be downloaded on first use" in online.notes[0]
+
+
+def test_an_in_process_vlm_needs_its_weights_here_not_an_endpoint(tmp_path):
+    cache = hub_cache(tmp_path / "hub", "acme/tiny-vlm", marker="config.json")
+    folder = tmp_path / "vlm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert check_weights("mllm", str(folder), True, in_process_vlm=True).notes == [
+        f"check      mllm {folder}: a local transformers folder"
+    ]
+    assert check_weights("mllm", "acme/tiny-vlm", True, cache, in_process_vlm=True).problems == []
+    assert check_weights("mllm", "acme/other-vlm", True, cache, in_process_vlm=True).problems == [
+        "cannot load the in-process model 'acme/other-vlm': it is not in the Hugging Face cache and HF_HUB_OFFLINE "
+        "is set: download it first (hf download acme/other-vlm) or set mllm.model to a local folder"
+    ]
+    # No endpoint is asked: the model runs in this process.
+    found, seen = mllm_check(lambda r: httpx.Response(500), backend="transformers")
+    assert seen == [] and found.problems and "in-process model 'qwen-vl'" in found.problems[0]
 
 
 @pytest.mark.slow

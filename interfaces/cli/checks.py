@@ -58,7 +58,7 @@ async def check_run(settings: GemsSettings, offline: bool | None = None) -> Find
     limit = min(settings.mllm.timeout_s, CHECK_S)
     async with httpx.AsyncClient(timeout=limit, follow_redirects=True) as client:
         found = await asyncio.gather(
-            check_mllm(settings.mllm, client, limit),
+            check_mllm(settings.mllm, client, limit, offline),
             *(check_images(section, s, client, limit, offline) for section, s in targets),
         )
     total = Findings()
@@ -97,8 +97,13 @@ def _model_ids(body: bytes) -> list[str]:
         return []
 
 
-async def check_mllm(s: MLLMSettings, client: httpx.AsyncClient, limit: float = CHECK_S) -> Findings:
-    """GET {base_url}/models with the key: unreachable, a refused key or no OpenAI API there is a problem."""
+async def check_mllm(
+    s: MLLMSettings, client: httpx.AsyncClient, limit: float = CHECK_S, offline: bool | None = None
+) -> Findings:
+    """GET {base_url}/models with the key: unreachable, a refused key or no OpenAI API there is a problem; a model in
+    this process (`mllm.backend: transformers`) needs its weights here instead."""
+    if s.backend == "transformers":
+        return check_weights("mllm", s.model, hf_offline() if offline is None else offline, in_process_vlm=True)
     base = s.base_url.rstrip("/")
     key = s.resolved_api_key()
     headers = {"Authorization": f"Bearer {key}"}
@@ -175,37 +180,44 @@ async def check_images(
     return found
 
 
-def check_weights(section: str, model: str, offline: bool, cache_dir: Path | None = None) -> Findings:
-    """A diffusers model loads from a folder holding model_index.json, or a hub id in the Hugging Face cache (or
-    downloaded on first use when online); `cache_dir`: the cache, default huggingface_hub's (HF_HUB_CACHE)."""
+def check_weights(
+    section: str, model: str, offline: bool, cache_dir: Path | None = None, in_process_vlm: bool = False
+) -> Findings:
+    """A diffusers model (or, `in_process_vlm`, a transformers model) loads from a folder holding model_index.json
+    (config.json), or a hub id in the Hugging Face cache (downloaded on first use when online); `cache_dir`: the
+    cache, default huggingface_hub's (HF_HUB_CACHE)."""
+    marker, kind = ("config.json", "transformers") if in_process_vlm else ("model_index.json", "diffusers")
+    # An in-process VLM's messages start as its loader's do, so both read alike.
+    cannot = f"cannot load the in-process model {model!r}: it" if in_process_vlm else f"{section} model {model}"
     found = Findings()
     folder = Path(model).expanduser()
     if folder.exists():
-        if not (folder / "model_index.json").is_file():
+        if not (folder / marker).is_file():
             found.problems.append(
-                f"{section}.model {model} holds no model_index.json: point it at a diffusers model folder "
+                f"{section}.model {model} holds no {marker}: point it at a {kind} model folder "
                 "(one saved by save_pretrained or fetched with hf download)"
             )
         else:
-            found.notes.append(f"check      {section} {model}: a local diffusers folder")
+            found.notes.append(f"check      {section} {model}: a local {kind} folder")
         return found
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
 
     try:
-        cached = try_to_load_from_cache(model, "model_index.json", cache_dir=cache_dir)
+        cached = try_to_load_from_cache(model, marker, cache_dir=cache_dir)
     except HFValidationError:
+        example = "Qwen/Qwen3-VL-8B-Instruct" if in_process_vlm else "Tongyi-MAI/Z-Image-Turbo"
         found.problems.append(
-            f"{section}.model {model}: no such folder, and not a Hugging Face model id; give a diffusers model "
-            "folder or a hub id such as Tongyi-MAI/Z-Image-Turbo"
+            f"{section}.model {model}: no such folder, and not a Hugging Face model id; give a {kind} model "
+            f"folder or a hub id such as {example}"
         )
         return found
     if isinstance(cached, str):
         found.notes.append(f"check      {section} {model}: in the Hugging Face cache")
     elif offline:
         found.problems.append(
-            f"{section} model {model} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
-            f"download it first (hf download {model}) or set {section}.model to a local folder"
+            f"{cannot} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it first "
+            f"(hf download {model}) or set {section}.model to a local folder"
         )
     else:
         found.notes.append(
