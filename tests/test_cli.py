@@ -190,7 +190,7 @@ def test_missing_config_and_empty_prompt(tmp_path):
     assert missing.returncode == 2
     assert error_lines(missing.stderr) == [
         f"gems: error: config file not found: {tmp_path / 'nope.yaml'} (give a path to a YAML file or one of: "
-        "default, openai, cpu)"
+        "default, openai, cpu, local)"
     ]
     empty = gems("generate", "   ")
     assert empty.returncode == 2 and "the prompt is empty" in error_lines(empty.stderr)[0]
