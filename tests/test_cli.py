@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from PIL import Image
 
@@ -49,7 +52,8 @@ def test_generate_writes_final_image_and_trajectory(mllm_server, gen_server, tmp
         "generate   round 1",
         "verify     yes",
         "critique   round 1: 2/3",
-        "refine     refined prompt 1",
+        "compress   round 1 experience: Lesson: make the failed parts explicit.",
+        "refine     next prompt: refined prompt 1",
         "finalize   success: round 2 (3/3 passed)",
     ):
         assert marker in result.stderr
@@ -202,7 +206,8 @@ def test_unreachable_mllm_endpoint(gen_server, tmp_path):
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and f"cannot reach the MLLM endpoint {dead}" in lines[0]
     assert "GEMS_MLLM_BASE_URL" in lines[0]
-    assert "gems generate --resume u1" in result.stderr
+    # Checked before the run: nothing was rendered or saved, so there is nothing to resume.
+    assert gen.prompts == [] and "--resume" not in result.stderr
     assert time.monotonic() - started < 60
 
 
@@ -214,6 +219,7 @@ def test_generator_error_exits_with_one_line_and_resume_hint(mllm_server, gen_se
     assert result.returncode == 1
     lines = error_lines(result.stderr)
     assert lines == [f"gems: error: generator server {gen.url} answered HTTP 500: model exploded"]
+    assert "During task" not in result.stderr  # LangGraph's note on errors inside a node is internal
     assert f"gems: progress is saved; continue with: gems generate --resume g1 --config {cfg}" in result.stderr
     # The fix is in place: resume finishes without re-planning.
     gen.fail_first = 0
@@ -261,3 +267,138 @@ def test_scale_out_commands_spell_their_flags_as_documented(capsys):
     assert main(["bench", "merge", "--help"]) == 0 and "SHARD_DIRS..." in capsys.readouterr().out
     assert main(["bench", "x.txt", "--out", "o", "--shard", "3/2"]) == 2
     assert "--shard must be K/N" in capsys.readouterr().err
+
+
+@click.command()
+@click.argument("kind")
+def failing_command(kind: str) -> None:
+    """Fails as a graph task does: LangGraph notes the task's name and id; gems notes how to resume."""
+    from gems.configs import GemsError
+
+    words = " ".join(f"word{i:03d}" for i in range(120))  # 959 characters
+    exc = GemsError(f"a known problem: {words}") if kind == "known" else RuntimeError(f"unexpected: {words}")
+    exc.add_note("During task with name 'decompose' and id '9f0c2a3e-51d7-4d57-ae4e-2c1f5e0d8b1a'")
+    exc.add_note("progress is saved; continue with: gems generate --resume t1")
+    raise exc
+
+
+def test_error_lines_are_whole_words_without_langgraph_task_notes(monkeypatch, capsys):
+    from gems.interfaces.cli import COMMANDS, main
+
+    monkeypatch.setitem(COMMANDS, "fail", ("tests.test_cli", "failing_command", "fails"))
+    assert main(["fail", "known"]) == 1
+    err = capsys.readouterr().err
+    assert "During task" not in err
+    (line,) = error_lines(err)
+    assert line.endswith("word118 word119")  # a known error's message is shown whole
+    assert "gems: progress is saved; continue with: gems generate --resume t1" in err
+
+    assert main(["fail", "other"]) == 1
+    err = capsys.readouterr().err
+    (line,) = error_lines(err)
+    assert "During task" not in err and line.startswith("gems: error: RuntimeError: unexpected: word000 ")
+    assert len(line) < 340 and line.endswith("…")
+    assert all(len(word) == 7 for word in line.removesuffix("…").split()[4:])  # cut between words, never in one
+
+
+def test_short_cuts_between_words():
+    from gems.interfaces.cli import short
+
+    assert short("alpha beta gamma delta", 14) == "alpha beta…"
+    assert short("alpha beta", 14) == "alpha beta"
+    assert short("x" * 30, 10) == "x" * 9 + "…"  # one long word: nowhere else to cut
+
+
+def test_the_resume_command_repeats_what_the_run_needs_to_go_on_as_started():
+    from gems.interfaces.cli.generate import resume_command
+
+    assert resume_command("t1", (), None, None) == "gems generate --resume t1"
+    assert resume_command("t1", ("my cfg.yaml", "ablations/edit"), "runs/a b", "edit") == (
+        "gems generate --resume t1 --config 'my cfg.yaml' --config ablations/edit --out 'runs/a b' --refine-mode edit"
+    )
+
+
+def run_hint(stderr: str) -> subprocess.CompletedProcess:
+    """Run the command the resume hint names, as a person would paste it."""
+    (line,) = [line for line in stderr.splitlines() if "progress is saved; continue with: " in line]
+    words = shlex.split(line.split("continue with: ", 1)[1])
+    assert words[:2] == ["gems", "generate"]
+    return gems(*words[1:])
+
+
+def test_after_an_error_the_hint_continues_the_run_as_started(mllm_server, gen_server, tmp_path):
+    from tests.support.servers import OpenAIStub, edited_png
+
+    mllm, _ = mllm_server(criteria=CRITERIA, verdict=lambda q, n: "yes" if q != "Is the cat red?" or n >= 2 else "no")
+    gen = gen_server(fail_first=1)
+    editor = OpenAIStub(edits=edited_png).start()
+    try:
+        edits = {"backend": "openai", "url": editor.base_url, "model": "e", "max_retries": 0}
+        cfg = write_stub_config(tmp_path / "my cfg.yaml", mllm.base_url, gen.url, editor=edits)
+        out = tmp_path / "out dir"
+        failed = gems("generate", "a red cat", "--config", str(cfg), "--out", str(out), "--refine-mode", "edit",
+                      "--thread-id", "h1")  # fmt: skip
+        assert failed.returncode == 1 and not out.exists()
+        assert f"--resume h1 --config '{cfg}' --out '{out}' --refine-mode edit" in failed.stderr
+        gen.fail_first = 0
+        resumed = run_hint(failed.stderr)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "started with other models or loop settings" not in resumed.stderr  # the same settings as before
+        trajectory = json.loads((out / "trajectory.json").read_text())
+        assert [r["mode"] for r in trajectory["rounds"]] == ["generate", "edit"] and trajectory["success"] is True
+    finally:
+        editor.stop()
+
+
+def test_ctrl_c_prints_the_hint_even_when_quiet_and_the_hint_finishes_the_run(mllm_server, gen_server, tmp_path):
+    server, script = mllm_server(criteria=["Is there a cat?"], block_at=("verify", 1))
+    cfg = write_config(tmp_path / "c.yaml", server.base_url, gen_server().url)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "gems.interfaces.cli", "generate", "a red cat", "--config", str(cfg),
+            "--out", str(out), "--thread-id", "c1", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert script.blocked.wait(90), "the verifier call never arrived"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        script.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert stderr.splitlines() == [
+        f"gems: progress is saved; continue with: gems generate --resume c1 --config {cfg} --out {out}"
+    ]
+    resumed = run_hint(stderr)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == str(out / "final.png") and (out / "final.png").is_file()
+
+
+def test_progress_lines_name_what_they_show():
+    from gems.interfaces.cli.generate import describe_update
+
+    assert describe_update("compress", {"rounds": [{"round": 1, "experience": "no"}]}) == [
+        "compress   round 1 experience: no"
+    ]
+    assert describe_update("compress", {"rounds": [{"round": 2, "experience": ""}]}) == [
+        "compress   round 2 experience: (empty)"
+    ]
+    assert describe_update("refine", {"current_prompt": "no", "action": {"mode": "generate"}}) == [
+        "refine     next prompt: no"
+    ]
+    merged = {"current_prompt": "a red cat", "rounds": [{"round": 1, "experience": "say red twice"}]}
+    assert describe_update("refine", merged) == [  # loop.compress merged: one call writes both
+        "refine     round 1 experience: say red twice",
+        "refine     next prompt: a red cat",
+    ]
+    edit = {"current_prompt": "make the cat red", "action": {"mode": "edit", "base_round": 1, "reason": "local fix"}}
+    assert describe_update("refine", edit) == ["refine     edit round 1's image: make the cat red (why: local fix)"]
+    follow_up = {"turns": [{"request": "a red cube"}], "prompt": "a blue cube on a table", "references": [],
+                 "action": {"mode": "edit", "round": 1}, "current_prompt": "now make it blue"}  # fmt: skip
+    assert describe_update("intake", follow_up) == [
+        'intake     follow-up to "a red cube", as a whole request: a blue cube on a table',
+        "intake     round 1 edits the earlier answer's image: now make it blue",
+    ]
+    assert describe_update("intake", {"prompt": "a cat"}) == []  # a first request: the thread line says it
+    edited = {"round": 2, "candidates": [{"width": 8, "height": 8, "seed": 5, "sha256": "ab" * 32, "edit": True}]}
+    assert describe_update("generate", edited)[0].startswith("edit       round 2: edited image 8x8 seed 5")

@@ -238,6 +238,8 @@ def test_an_unreadable_answer_is_logged_and_the_cycle_ends_cleanly(stubs, sets, 
     (entry,) = [json.loads(line) for line in (out / "evolution.jsonl").read_text().splitlines()]
     assert entry["decision"] == "unreadable" and "no JSON list" in entry["reason"]
     assert "Proposer answers that could not be read" in (out / "report.md").read_text()
+    page = _page_text((out / "report.html").read_text())  # the page says why its table is empty, too
+    assert "the proposer's answer could not be read in 1 round(s)" in page and "no JSON list" in page
 
 
 def test_a_change_undone_later_is_logged_reverted_and_blocked(tmp_path, user_library):
@@ -261,3 +263,46 @@ def test_a_change_undone_later_is_logged_reverted_and_blocked(tmp_path, user_lib
                 "label": entry["label"], "reason": "undone by c1-r2-p1"})  # fmt: skip
     assert change.digest() in log.blocked() and undone(log.entries(), library) == []
     assert "- c1-r1-p1 revise plain-style: undone by c1-r2-p1" in report_markdown(log.entries())
+
+
+def _page_text(html: str) -> str:
+    """What a reader of the HTML page sees: tags dropped, entities decoded, spaces collapsed."""
+    import html as html_lib
+    import re
+
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def test_the_html_report_shows_the_reasons_and_scores_the_markdown_shows():
+    from gems.interfaces.evolve.report import report_html, report_markdown
+
+    unreadable = {"cycle": 1, "round": 1, "decision": "unreadable", "reason": "no JSON list in the proposer's answer"}
+    for entries, why in (
+        ([unreadable], "No proposal was tried: the proposer's answer could not be read in 1 round(s)"),
+        ([], "No proposal was tried: the proposer suggested no change"),
+    ):
+        markdown, page = report_markdown(entries), _page_text(report_html(entries))
+        assert why in markdown and why in page
+        assert "| id |" not in markdown and "<table>" not in report_html(entries)  # no empty table
+    page = _page_text(report_html([unreadable]))
+    assert "Proposer answers that could not be read" in page and "cycle 1 round 1: no JSON list in the" in page
+
+    accepted = {"id": "c1-r1-p1", "label": "create red-emphasis", "decision": "accepted", "reason": "+50.00 >= +1",
+                "before": {"score": 50.0, "by_category": {"colour": 50.0}},
+                "after": {"score": 100.0, "by_category": {"colour": 100.0}}}  # fmt: skip
+    rejected = {"id": "c1-r1-p2", "label": "delete plain-style", "decision": "rejected", "op": "delete",
+                "reason": "needs at least +1 (got +0.00)", "before": {"score": 100.0},
+                "after": {"score": 100.0}}  # fmt: skip
+    reverted = {"decision": "reverted", "reverted_id": "c1-r1-p1", "label": "create red-emphasis",
+                "reason": "undone by c2-r1-p1"}  # fmt: skip
+    entries = [accepted, rejected, reverted]
+    markdown, page = report_markdown(entries), _page_text(report_html(entries))
+    for row in (
+        "c1-r1-p1 create red-emphasis accepted 50.00 100.00 +50.00 +50.00 >= +1",
+        "c1-r1-p2 delete plain-style rejected 100.00 100.00 +0.00 needs at least +1 (got +0.00)",
+    ):
+        assert row in page  # the table row, the reason beside the scores
+        assert row in " ".join(markdown.replace("*", "").replace("|", " ").split())
+    for line in ("decision: rejected: needs at least +1 (got +0.00)", "colour 50.00 100.00 +50.00",
+                 "c1-r1-p1 create red-emphasis: undone by c2-r1-p1"):  # fmt: skip
+        assert line in page and line in " ".join(markdown.replace("|", " ").replace("- ", "").split())

@@ -321,11 +321,11 @@ def test_bench_with_the_in_process_judge_in_shards(vlm_dirs, tiny_sd_dir, isolat
     assert result["cost"]["judge_calls"] == len(atoms)
 
 
-def test_gems_generate_without_the_weights_says_so_in_one_line(isolated_env, tmp_path, capsys):
+def test_gems_generate_without_the_weights_says_so_in_one_line(isolated_env, tmp_path, capsys, gen_server):
     config = tmp_path / "c.yaml"
-    config.write_text(
+    config.write_text(  # a generator that answers: gems generate checks it before the run too
         "mllm: {backend: transformers, model: nobody/no-such-vlm, device: cpu}\n"
-        f"generator: {{backend: http, preset: null, url: {NOWHERE}}}\nmemory: {{lessons: false}}\n"
+        f"generator: {{backend: http, preset: null, url: {gen_server().url}}}\nmemory: {{lessons: false}}\n"
     )
     assert gems_main(["generate", "a cat", "--config", str(config), "--quiet", "--out", str(tmp_path / "o")]) != 0
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gems: error")]

@@ -302,6 +302,73 @@ def test_memory_cli(capsys, isolated_env, tmp_path):
     assert f"{bad} line 1 is not a lesson" in capsys.readouterr().err
 
 
+def test_memory_cli_reads_and_writes_one_tenants_lessons(capsys, isolated_env, tmp_path):
+    shared = ExperienceStore(GemsSettings(data_dir=isolated_env))
+    alice = ExperienceStore(GemsSettings(data_dir=isolated_env, memory={"tenant": "alice"}))
+    assert alice.namespace == ("gems", "tenants", "alice", "lessons")  # where gems serve keeps key alice's lessons
+    shared.add(lesson("a lighthouse at dusk"))
+    alice.add_many([lesson("alice: a cat on a mat"), lesson("alice: a bowl of ramen")])
+
+    assert gems_main(["memory", "list"]) == 0
+    out = capsys.readouterr()
+    assert [line.split("  ")[-1] for line in out.out.splitlines()] == ["a lighthouse at dusk"]
+    assert "tenants with lessons here: alice (gems memory list --tenant NAME)" in out.err
+    for args in (["memory", "list", "--tenant", "alice"], ["memory", "--tenant", "alice", "list"]):
+        assert gems_main(args) == 0
+        out = capsys.readouterr()
+        assert sorted(line.split("  ")[-1] for line in out.out.splitlines()) == [
+            "alice: a bowl of ramen", "alice: a cat on a mat"]  # fmt: skip
+        assert "2 lesson(s) of tenant alice in" in out.err
+    assert gems_main(["memory", "search", "noodle soup ramen", "-k", "1", "--tenant", "alice"]) == 0
+    ramen = capsys.readouterr().out.splitlines()[0]
+    assert "alice: a bowl of ramen" in ramen
+    ramen_id = ramen.split()[0]
+    assert gems_main(["memory", "show", ramen_id]) == 2  # not among the shared lessons
+    assert "no lesson with id" in capsys.readouterr().err
+    assert gems_main(["memory", "show", ramen_id, "--tenant", "alice"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt"] == "alice: a bowl of ramen"
+
+    # Export one tenant's lessons, import them into another's: the shared lessons and alice's stay as they were.
+    export = tmp_path / "alice.jsonl"
+    assert gems_main(["memory", "export", str(export), "--tenant", "alice"]) == 0
+    assert len(export.read_text().splitlines()) == 2
+    assert gems_main(["memory", "import", str(export), "--tenant", "bob"]) == 0
+    bob = ExperienceStore(GemsSettings(data_dir=isolated_env, memory={"tenant": "bob"}))
+    assert bob.count() == 2 and alice.count() == 2 and shared.count() == 1
+    assert gems_main(["memory", "forget", "--all", "--tenant", "bob"]) == 0
+    assert bob.count() == 0 and alice.count() == 2 and shared.count() == 1
+    assert gems_main(["memory", "forget", ramen_id, "--tenant", "alice"]) == 0 and alice.count() == 1
+    capsys.readouterr()
+
+    assert gems_main(["memory", "list", "--tenant", "../alice"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("gems: error:") == 1 and "a tenant is 1-64 letters, digits" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_memory_list_tenant_sees_the_lessons_gems_serve_kept_for_a_key(mllm_server, gen_server, isolated_env,
+                                                                      monkeypatch, capsys):  # fmt: skip
+    pytest.importorskip("langserve")
+    import httpx
+
+    from gems.interfaces.serve import create_app
+    from tests.test_serve import ALICE, BOB, Served
+
+    mllm, _ = mllm_server(criteria=["Is there a cat?"])
+    settings = make_settings(mllm, gen_server(), isolated_env, memory={"lessons": True}, skills={"enabled": False})
+    monkeypatch.setenv("GEMS_API_KEYS", f"alice:{ALICE},bob:{BOB}")
+    with Served(create_app(settings)) as server:
+        answer = httpx.post(f"{server.url}/gems/invoke", json={"input": {"prompt": "a cat in alice's garden"}},
+                            headers={"X-API-Key": ALICE}, timeout=60)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+    assert gems_main(["memory", "list", "--tenant", "alice"]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines()[0].endswith("a cat in alice's garden") and "1 lesson(s) of tenant alice" in out.err
+    assert gems_main(["memory", "list"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "tenants with lessons here: alice" in out.err
+
+
 @pytest.mark.slow
 def test_client_server_store_against_a_real_chroma_server(tmp_path):
     chroma = Path(sys.executable).with_name("chroma")

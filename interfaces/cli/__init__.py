@@ -81,12 +81,25 @@ def configs(value: Any) -> list[str] | str | None:
 
 
 _CONTROL = {c: None for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+# LangGraph notes every error raised in a node with the task's name and id: internal, never for the user.
+_TASK_NOTE = "During task with name "
+
+
+def one_line(text: str | None) -> str:
+    """`text` on one line, with control characters (terminal escapes) removed."""
+    return " ".join((text or "").split()).translate(_CONTROL)
 
 
 def short(text: str | None, width: int = 90) -> str:
-    """One line of at most `width` characters, with control characters (terminal escapes) removed."""
-    text = " ".join((text or "").split()).translate(_CONTROL)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """One line of at most `width` characters, cut at a word boundary (a single long word is cut), marked `…`."""
+    text = one_line(text)
+    if len(text) <= width:
+        return text
+    head = text[: width - 1]
+    space = head.rfind(" ")
+    if space >= width // 2:  # a word boundary not too far back
+        head = head[:space]
+    return head.rstrip(" ,;:") + "…"
 
 
 def say_error(message: str) -> None:
@@ -113,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         known = isinstance(exc, GemsError)
-        say_error(str(exc) if known else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        # A GemsError is the message to show, whole; anything else is named and kept short.
+        lines = getattr(exc, "lines", None) or [str(exc) if known else f"{type(exc).__name__}: {short(str(exc), 300)}"]
+        for line in lines:
+            say_error(one_line(line))
         for note in getattr(exc, "__notes__", []):
-            click.echo(f"gems: {note}", err=True)
+            if not note.startswith(_TASK_NOTE):
+                click.echo(f"gems: {one_line(note)}", err=True)
         if not known:
             click.echo("gems: run again with --debug for the traceback", err=True)
         return exc.exit_code if isinstance(exc, GemsError) else EXIT_ERROR

@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shlex
 import shutil
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from filelock import FileLock, Timeout
@@ -22,6 +23,7 @@ from gems.configs.loading import RESUME_IGNORES, RUN_OPTIONS, settings_digest
 from gems.graph import build_graph, continuation, run_config
 from gems.graph import run_input as new_run
 from gems.interfaces.cli import CONTEXT, EXIT_INTERRUPTED, config_option, configs, short
+from gems.interfaces.cli.checks import CheckFailed, check_run
 from gems.interfaces.pages import copied_beside, run_page
 from gems.memory.aio import run_main
 from gems.memory.artifacts import ArtifactStore
@@ -29,7 +31,7 @@ from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
 from gems.memory.trajectory import run_result
 
-RESUME_HINT = "progress is saved; continue with: gems generate --resume {thread_id}{config}"
+RESUME_HINT = "progress is saved; continue with: {command}"
 
 
 def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
@@ -87,16 +89,31 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
                 line += f" ({changes} vs round {r['base_round']})"
             lines.append(line)
         return lines
-    if node == "compress":
-        return [f"compress   {short(r.get('experience'))}" for r in update.get("rounds") or []]
-    if node == "refine":
+    if node in ("compress", "refine"):
+        # loop.compress merged: the refiner writes the round's experience with the next prompt.
+        lines = [
+            f"{node:<10} round {r.get('round')} experience: {short(r.get('experience'), 80) or '(empty)'}"
+            for r in update.get("rounds") or []
+        ]
+        if node == "compress":
+            return lines
         action = update.get("action") or {}
         why = f" (why: {short(action['reason'], 60)})" if action.get("reason") else ""
+        text = short(update.get("current_prompt")) or "(empty)"
         if action.get("mode") == "edit":
-            line = f"refine     edit round {action.get('base_round')}'s image: {short(update.get('current_prompt'))}"
+            line = f"refine     edit round {action.get('base_round')}'s image: {text}"
         else:
-            line = f"refine     {short(update.get('current_prompt'))}"
-        return [line + why, *_warnings(update)]
+            line = f"refine     next prompt: {text}"
+        return [*lines, line + why, *_warnings(update)]
+    if node == "intake":
+        lines = []
+        for turn in update.get("turns") or []:  # a new request on a thread that answered one before
+            earlier = short(turn.get("request"), 40)
+            lines.append(f'intake     follow-up to "{earlier}", as a whole request: {short(update.get("prompt"), 70)}')
+        if (update.get("action") or {}).get("mode") == "edit":
+            what = "the attached image" if update.get("references") else "the earlier answer's image"
+            lines.append(f"intake     round 1 edits {what}: {short(update.get('current_prompt'), 70)}")
+        return lines
     if node == "finalize":
         final = update.get("final") or {}
         verdict = {True: "success", None: "unverified"}.get(update.get("success"), "best so far")
@@ -113,6 +130,72 @@ def describe_update(node: str, update: dict[str, Any] | None) -> list[str]:
 
 def _warnings(update: dict[str, Any]) -> list[str]:
     return [f"warning    {short(w, 110)}" for w in update.get("warnings") or []]
+
+
+class Progress:
+    """The run's progress on stderr: lines for node updates, and the generator's loading and denoising steps.
+
+    Steps show as one line rewritten in place on a terminal, and as a line per quarter of the steps elsewhere (a log
+    file, a pipe). `stream=None` prints nothing (--quiet).
+    """
+
+    def __init__(self, stream: TextIO | None, round_no: int = 0):
+        self.stream = stream
+        self.tty = bool(stream is not None and stream.isatty())
+        self.round = round_no  # the last round generated: steps belong to the next one
+        self.showing = False  # a step line is on the terminal, to be replaced by the next line
+        self.quarter = -1
+
+    def say(self, line: str) -> None:
+        if self.stream is None:
+            return
+        if self.showing:
+            self.stream.write("\r\x1b[K")
+            self.showing = False
+        print(line, file=self.stream, flush=True)
+
+    def end_line(self) -> None:
+        """Finish a step line left on the terminal, so what is printed next starts a line of its own."""
+        if self.stream is not None and self.showing:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.showing = False
+
+    def update(self, node: str, update: dict[str, Any] | None) -> None:
+        if node == "generate" and update and update.get("round"):
+            self.round = int(update["round"])
+        for line in describe_update(node, update):
+            self.say(line)
+
+    def custom(self, chunk: Any) -> None:
+        """An event a node wrote to the custom stream; only the generator's are shown."""
+        if not isinstance(chunk, dict) or chunk.get("event") != "generator":
+            return
+        stage, model = chunk.get("stage"), chunk.get("model")
+        if stage == "loading":
+            self.say(f"generate   loading {model} on {chunk.get('device')} ...")
+        elif stage == "loaded":
+            self.say(f"generate   loaded {model} in {float(chunk.get('seconds') or 0):.1f}s")
+        elif stage == "step":
+            self._step(chunk)
+
+    def _step(self, chunk: dict[str, Any]) -> None:
+        step, steps = int(chunk.get("step") or 0), int(chunk.get("steps") or 0)
+        verb = "edit      " if chunk.get("task") == "edit" else "generate  "
+        line = f"{verb} round {self.round + 1}: step {step}/{steps or '?'}"
+        if self.stream is None:
+            return
+        if self.tty:
+            self.stream.write(("\r\x1b[K" if self.showing else "") + line)
+            self.stream.flush()
+            self.showing = True
+            return
+        if step == 1:  # a new call (one per candidate where the pipeline cannot batch)
+            self.quarter = -1
+        quarter = step * 4 // steps if steps else step
+        if quarter > self.quarter or step == steps:  # the first step, then each quarter, and the last
+            self.quarter = quarter
+            self.say(line)
 
 
 def _write_outputs(out_dir: Path, values: dict[str, Any], trajectory: dict[str, Any], store_root: Path) -> Path:
@@ -143,8 +226,17 @@ def _thread_lock(settings: Any, thread_id: str) -> Iterator[None]:
         lock.release()
 
 
-def _config_flag(config: tuple[str, ...]) -> str:
-    return "".join(f" --config {c}" for c in config)
+def resume_command(thread_id: str, config: tuple[str, ...], out: str | None, refine_mode: str | None) -> str:
+    """The command that continues this run as it was started: the same configs, output folder and refine mode
+    (round budget, seed and candidates are pinned in the thread itself)."""
+    words = ["gems", "generate", "--resume", thread_id]
+    for name in config:
+        words += ["--config", name]
+    if out:
+        words += ["--out", out]
+    if refine_mode:
+        words += ["--refine-mode", refine_mode]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _where(settings: Any) -> str:
@@ -152,31 +244,50 @@ def _where(settings: Any) -> str:
     return str(settings.sqlite_path) if kind == "sqlite" else f"the {kind} checkpointer"
 
 
-async def _run(settings: Any, thread_id: str, prompt: str, resume: bool, say: Any, hint: str) -> dict[str, Any]:
-    """Start or resume the thread, printing each node's progress; returns the thread's final values."""
+async def _run(
+    settings: Any, thread_id: str, prompt: str, resume: bool, progress: Progress, hint: str, saved: list[bool]
+) -> dict[str, Any]:
+    """Start or resume the thread, printing its progress; returns the thread's final values.
+
+    `saved` becomes `[True]` once the thread exists in the checkpointer (the resume hint then holds).
+    """
     run_cfg = run_config(settings, thread_id)
     with _thread_lock(settings, thread_id):
         async with open_checkpointer(settings, asynchronous=True) as saver:
             graph = build_graph(checkpointer=saver, store=open_store(settings))
             existing = await graph.aget_state(run_cfg)
             if resume:
-                pending, run_input = _resumed(existing, settings, thread_id, prompt, say)
+                pending, run_input = _resumed(existing, settings, thread_id, prompt, progress.say)
+                progress.round = int(existing.values.get("round") or 0)
+                saved[:] = [True]
             else:
                 if existing.values:
                     raise UsageError(f"thread {thread_id} already exists; continue it with --resume {thread_id}")
                 pending, run_input = True, new_run(prompt, settings)
-                say(f"thread {thread_id}: {short(prompt)}")
+                progress.say(f"thread {thread_id}: {short(prompt)}")
             try:
                 if pending:
-                    # subgraphs=True: the planner's own steps (skill candidates, tool calls) show too.
-                    async for _, node_updates in graph.astream(
-                        run_input, run_cfg, context=settings, stream_mode="updates", durability="sync", subgraphs=True
-                    ):
-                        for node, update in node_updates.items():
-                            for line in describe_update(node, update):
-                                say(line)
+                    # Endpoints and weights before the first model call: one line per problem, nothing spent.
+                    found = await check_run(settings)
+                    for line in found.notes:  # what passed too: the problems may not be all there is to fix
+                        progress.say(line)
+                    if found.problems:
+                        raise CheckFailed(found.problems)
+                    saved[:] = [True]
+                    # subgraphs=True: the planner's own steps (skill candidates, tool calls) show too; "custom":
+                    # the generator's loading and denoising steps.
+                    async for _, mode, chunk in graph.astream(
+                        run_input, run_cfg, context=settings, stream_mode=["updates", "custom"], durability="sync",
+                        subgraphs=True,
+                    ):  # fmt: skip
+                        if mode == "custom":
+                            progress.custom(chunk)
+                            continue
+                        for node, update in chunk.items():
+                            progress.update(node, update)
             except Exception as exc:
-                exc.add_note(hint)
+                if saved[0]:
+                    exc.add_note(hint)
                 raise
             return (await graph.aget_state(run_cfg)).values
 
@@ -235,14 +346,19 @@ def generate(
 
     thread_id = resume or thread_id or uuid.uuid4().hex[:12]
     out_dir = Path(out) if out else Path("gems-out") / thread_id
-    say = (lambda line: None) if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    hint = RESUME_HINT.format(thread_id=thread_id, config=_config_flag(config))
+    progress = Progress(None if quiet else sys.stderr)
+    hint = RESUME_HINT.format(command=resume_command(thread_id, config, out, refine_mode))
+    saved = [False]
     started = time.perf_counter()
     try:
         # One event loop for the run: a deadline or Ctrl-C cancels the calls in flight, nothing is left reading.
-        values = run_main(_run(settings, thread_id, prompt, bool(resume), say, hint))
-    except KeyboardInterrupt:
-        say(hint)
+        values = run_main(_run(settings, thread_id, prompt, bool(resume), progress, hint, saved))
+    except BaseException as exc:
+        progress.end_line()  # an error line, the hint or a traceback starts a line of its own
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
+        # Shown even with --quiet, like an error: it says how to go on.
+        click.echo(f"gems: {hint}" if saved[0] else "gems: interrupted before the run started", err=True)
         return EXIT_INTERRUPTED
 
     trajectory = run_result(values, thread_id=thread_id, settings=settings)
@@ -252,6 +368,6 @@ def generate(
     status = {True: "all criteria passed", None: "not verified (no criteria)"}.get(
         values.get("success"), "best attempt"
     )
-    say(f"{status}: round {final.get('round')} ({final.get('passed')}/{final.get('total')}) -> {final_png}")
+    progress.say(f"{status}: round {final.get('round')} ({final.get('passed')}/{final.get('total')}) -> {final_png}")
     print(final_png)
     return 0

@@ -52,48 +52,84 @@ def _metric(entries: list[dict[str, Any]]) -> str:
     return "the bench's scorer"
 
 
-def report_markdown(entries: list[dict[str, Any]]) -> str:
-    proposals = [e for e in entries if e.get("id")]
-    lines = [
-        "# gems skills evolve",
-        "",
-        f"Scores: {_metric(proposals)}, 0-100, on the held-out test prompts with the same seeds before and after "
-        "each change. A change is kept only when the score rises by the margin and no category falls by more "
-        "than the allowed drop.",
-        "",
-        "| id | change | decision | before | after | change in score | why |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for e in proposals:
-        before, after = (e.get("before") or {}).get("score"), (e.get("after") or {}).get("score")
+INTRO = (
+    "Scores: {metric}, 0-100, on the held-out test prompts with the same seeds before and after each change. A change "
+    "is kept only when the score rises by the margin and no category falls by more than the allowed drop."
+)
+REVERTED = "Accepted changes undone later (never proposed again unchanged)"
+UNREADABLE = "Proposer answers that could not be read"
+
+
+def report_view(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """What both reports show, computed once: every proposal with its scores and reason, changes undone later,
+    answers that could not be read, and why the table is empty when it is."""
+    proposals = []
+    for e in (e for e in entries if e.get("id")):
         delta = _delta(e)
-        lines.append(
-            f"| {e['id']} | {e.get('label')} | **{e.get('decision')}** | {_num(before)} | {_num(after)} | "
-            f"{'-' if delta is None else f'{delta:+.2f}'} | {e.get('reason', '')} |"
-        )
-    for e in proposals:
-        lines += ["", f"## {e['id']}: {e.get('label')} ({e.get('decision')})", ""]
-        lines.append(f"- rationale: {e.get('rationale') or '-'}")
-        for text in e.get("lesson_texts") or []:
-            lines.append(f"- from lesson {text}")
-        lines.append(f"- decision: {e.get('decision')}: {e.get('reason', '')}")
-        lines.append(f"- cost: {cost_text(e)}")
-        rows = category_rows(e)
-        if rows:
-            lines += ["", "| category | before | after | change |", "|---|---|---|---|"]
-            lines += [f"| {' | '.join(row)} |" for row in rows]
-        if e.get("diff"):
-            lines += ["", "```diff", e["diff"].rstrip("\n"), "```"]
-        elif e.get("op") != "delete" and e.get("skill_md"):
-            lines += ["", "Proposed SKILL.md (not applied):", "", "```markdown", e["skill_md"].strip(), "```"]
+        proposals.append({
+            **e,
+            "before_text": _num((e.get("before") or {}).get("score")),
+            "after_text": _num((e.get("after") or {}).get("score")),
+            "delta_text": "-" if delta is None else f"{delta:+.2f}",
+            "reason": e.get("reason") or "",
+            "rows": category_rows(e),
+            "cost": cost_text(e),
+        })  # fmt: skip
     reverted = [e for e in entries if e.get("decision") == "reverted"]
-    if reverted:
-        lines += ["", "## Accepted changes undone later (never proposed again unchanged)", ""]
-        lines += [f"- {e.get('reverted_id')} {e.get('label')}: {e.get('reason')}" for e in reverted]
     unreadable = [e for e in entries if e.get("decision") == "unreadable"]
-    if unreadable:
-        lines += ["", "## Proposer answers that could not be read", ""]
-        lines += [f"- cycle {e.get('cycle')} round {e.get('round')}: {e.get('reason')}" for e in unreadable]
+    empty = None
+    if not proposals and unreadable:
+        empty = (
+            f"No proposal was tried: the proposer's answer could not be read in {len(unreadable)} round(s); "
+            "the reasons are below."
+        )
+    elif not proposals:
+        empty = "No proposal was tried: the proposer suggested no change, or the cycle stopped before one was tried."
+    return {
+        "intro": INTRO.format(metric=_metric(proposals)),
+        "proposals": proposals,
+        "reverted": reverted,
+        "unreadable": unreadable,
+        "empty": empty,
+    }
+
+
+def report_markdown(entries: list[dict[str, Any]]) -> str:
+    view = report_view(entries)
+    lines = ["# gems skills evolve", "", view["intro"], ""]
+    if view["empty"]:
+        lines.append(view["empty"])
+    else:
+        lines += [
+            "| id | change | decision | before | after | change in score | why |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    for p in view["proposals"]:
+        why = p["reason"].replace("|", r"\|")  # a bar would end the cell
+        lines.append(
+            f"| {p['id']} | {p.get('label')} | **{p.get('decision')}** | {p['before_text']} | {p['after_text']} | "
+            f"{p['delta_text']} | {why} |"
+        )
+    for p in view["proposals"]:
+        lines += ["", f"## {p['id']}: {p.get('label')} ({p.get('decision')})", ""]
+        lines.append(f"- rationale: {p.get('rationale') or '-'}")
+        for text in p.get("lesson_texts") or []:
+            lines.append(f"- from lesson {text}")
+        lines.append(f"- decision: {p.get('decision')}: {p['reason']}")
+        lines.append(f"- cost: {p['cost']}")
+        if p["rows"]:
+            lines += ["", "| category | before | after | change |", "|---|---|---|---|"]
+            lines += [f"| {' | '.join(row)} |" for row in p["rows"]]
+        if p.get("diff"):
+            lines += ["", "```diff", p["diff"].rstrip("\n"), "```"]
+        elif p.get("op") != "delete" and p.get("skill_md"):
+            lines += ["", "Proposed SKILL.md (not applied):", "", "```markdown", p["skill_md"].strip(), "```"]
+    if view["reverted"]:
+        lines += ["", f"## {REVERTED}", ""]
+        lines += [f"- {e.get('reverted_id')} {e.get('label')}: {e.get('reason')}" for e in view["reverted"]]
+    if view["unreadable"]:
+        lines += ["", f"## {UNREADABLE}", ""]
+        lines += [f"- cycle {e.get('cycle')} round {e.get('round')}: {e.get('reason')}" for e in view["unreadable"]]
     return "\n".join(lines) + "\n"
 
 
@@ -106,19 +142,10 @@ def _diff_lines(diff: str) -> list[dict[str, str]]:
 
 
 def report_html(entries: list[dict[str, Any]]) -> str:
-    proposals = []
-    for e in (e for e in entries if e.get("id")):
-        delta = _delta(e)
-        proposals.append({
-            **e,
-            "before_text": _num((e.get("before") or {}).get("score")),
-            "after_text": _num((e.get("after") or {}).get("score")),
-            "delta_text": "-" if delta is None else f"{delta:+.2f}",
-            "rows": category_rows(e),
-            "cost": cost_text(e),
-            "diff_lines": _diff_lines(e.get("diff") or ""),
-        })  # fmt: skip
-    return render_template("evolve.html.j2", metric=_metric(proposals), proposals=proposals)
+    view = report_view(entries)
+    for p in view["proposals"]:
+        p["diff_lines"] = _diff_lines(p.get("diff") or "")
+    return render_template("evolve.html.j2", **view, reverted_title=REVERTED, unreadable_title=UNREADABLE)
 
 
 def write_reports(out: Path, entries: list[dict[str, Any]]) -> None:

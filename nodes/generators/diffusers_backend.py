@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from langgraph.config import get_stream_writer
+
 from gems.configs import GeneratorSettings
 from gems.nodes.generators.base import GeneratorError, Rendered
 
@@ -20,6 +22,28 @@ T = TypeVar("T")
 
 class Cancelled(GeneratorError):
     """The awaiting run was cancelled; the pipeline stopped at the end of a denoising step."""
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def progress_writer() -> Progress | None:
+    """Where loading and denoising progress goes: the custom stream of the graph run this call belongs to, as
+    `{"event": "generator", "stage": "loading" | "loaded" | "step", ...}`; None outside a run (a service, a test)."""
+    try:
+        writer = get_stream_writer()
+    except (RuntimeError, KeyError):
+        return None
+    return lambda event: writer({"event": "generator", **event})
+
+
+def _clip(text: str, width: int) -> str:
+    """`text` on one line, at most `width` characters, cut at a word boundary."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    head = text[: width - 1]
+    return (head[: head.rfind(" ")] if head.rfind(" ") > width // 2 else head) + "…"
 
 
 async def off_loop(work: Callable[[threading.Event], T]) -> T:
@@ -69,6 +93,10 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_off
         # the pipeline never uses would land between the CLI's progress lines.
         verbosity = transformers_logging.get_verbosity()
         transformers_logging.set_verbosity_error()
+        report = progress_writer()
+        started = time.perf_counter()
+        if report is not None:
+            report({"stage": "loading", "model": model, "device": device})
         try:
             import torch  # noqa: F401  (import errors should surface here, not mid-call)
             from diffusers import DiffusionPipeline
@@ -78,7 +106,7 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_off
             transformers_logging.disable_progress_bar()
             pipe = DiffusionPipeline.from_pretrained(model, dtype=_pick_dtype(dtype, device))
         except (OSError, ValueError) as exc:
-            first = " ".join(str(exc).split())[:160]
+            first = _clip(str(exc), 160)
             raise GeneratorError(
                 f"cannot load diffusers model {model!r}: {first}; download it first "
                 f"(hf download {model}) or set generator.model to a local folder"
@@ -94,6 +122,8 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_off
         pipe._gems_lock = threading.Lock()  # one pipeline runs one call at a time
         pipe._gems_device = device
         _pipelines[key] = pipe
+        if report is not None:
+            report({"stage": "loaded", "model": model, "device": device, "seconds": time.perf_counter() - started})
         return pipe
 
 
@@ -169,17 +199,27 @@ class DiffusersGenerator:
             kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(prompts)
         return self._run(kwargs, seeds)
 
-    def _stop_when(self, cancel: threading.Event) -> Callable[..., dict[str, Any]]:
+    def _on_step_end(
+        self, cancel: threading.Event | None, report: Progress | None, task: str, steps: int | None
+    ) -> Callable[..., dict[str, Any]]:
+        """diffusers' `callback_on_step_end`: stop when cancelled, else report the step done."""
+
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if cancel.is_set():
+            if cancel is not None and cancel.is_set():
                 raise Cancelled(f"generation cancelled after step {step + 1}")
+            if report is not None:
+                # The scheduler's count when the pipeline knows it (strength or custom timesteps change it).
+                total = getattr(pipe, "num_timesteps", None) or steps
+                report({"stage": "step", "task": task, "model": self.model, "step": step + 1, "steps": total})
             return tensors
 
         return on_step_end
 
     def _run(self, kwargs: dict[str, Any], seeds: list[int], cancel: threading.Event | None = None) -> list[Rendered]:
-        if cancel is not None and "callback_on_step_end" in self._accepted:
-            kwargs["callback_on_step_end"] = self._stop_when(cancel)
+        report = progress_writer()
+        if (cancel is not None or report is not None) and "callback_on_step_end" in self._accepted:
+            task = "edit" if "image" in kwargs else "generate"
+            kwargs["callback_on_step_end"] = self._on_step_end(cancel, report, task, kwargs.get("num_inference_steps"))
         try:
             with self.pipe._gems_lock:
                 if cancel is not None and cancel.is_set():  # cancelled while waiting for the pipeline
@@ -190,7 +230,7 @@ class DiffusersGenerator:
         except GeneratorError:
             raise
         except Exception as exc:
-            detail = " ".join(str(exc).split())[:200]
+            detail = _clip(str(exc), 200)
             raise GeneratorError(f"diffusers pipeline {self.model!r} failed: {type(exc).__name__}: {detail}") from exc
         rendered = []
         for image, seed in zip(images, seeds, strict=True):

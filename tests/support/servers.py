@@ -143,9 +143,11 @@ class OpenAIStub(_Server):
         images: ImageHandler | None = None,
         edits: ImageHandler | None = None,
         watch_disconnects: bool = False,
+        models: tuple[str, ...] = (),
     ):
         super().__init__()
         self.chat = chat
+        self.models = models  # what GET /v1/models lists (answered, not recorded in `requests`)
         self.watch_disconnects = watch_disconnects
         self.disconnects: list[float] = []
         self.images = images
@@ -157,6 +159,10 @@ class OpenAIStub(_Server):
 
     def _dispatch(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
         path = urlparse(handler.path).path
+        if path == "/v1/models" and handler.command == "GET":  # `gems generate` asks before a run
+            listed = [{"id": m, "object": "model"} for m in self.models]
+            self._send_json(handler, 200, {"object": "list", "data": listed})
+            return
         ctype = handler.headers.get("content-type") or ""
         body = parse_multipart(ctype, raw) if ctype.startswith("multipart/") else json.loads(raw or b"{}")
         with self.lock:

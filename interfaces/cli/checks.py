@@ -1,0 +1,227 @@
+"""What `gems generate` checks before the first model call: the MLLM endpoint answers, and the generator (and the
+editor, when the run edits) answers or has its weights on this machine. Each problem is one line naming the fix.
+
+Nothing here loads a model or sends a prompt: one short request per endpoint, and a look at the model folder or
+the Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gems.configs import GemsError, GemsSettings, GeneratorSettings, MLLMSettings
+from gems.nodes.generators import editor_settings, effective_settings
+
+CHECK_S = 10.0  # the most one check waits for an answer (less when the endpoint's own timeout is shorter)
+_TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads HF_HUB_OFFLINE
+
+
+class CheckFailed(GemsError):
+    """A check before the run failed; `lines` holds one line per problem."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__(lines[0])
+        self.lines = lines
+
+
+@dataclass
+class Findings:
+    """What the checks found: lines to show (`notes`) and lines that stop the run (`problems`)."""
+
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, other: Findings) -> None:
+        self.notes += other.notes
+        self.problems += other.problems
+
+
+def hf_offline() -> bool:
+    """Read when the check runs, not when huggingface_hub was imported."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+
+
+async def check_run(settings: GemsSettings, offline: bool | None = None) -> Findings:
+    """Check what a run of `settings` calls: lines to show (`notes`) and problems that stop it, one line each."""
+    targets = [("generator", effective_settings(settings.generator))]
+    if settings.loop.refine_mode != "regenerate" and settings.editor.backend != "none":
+        editor = editor_settings(settings)
+        if settings.editor.backend != "generator" or editor.model_dump() != targets[0][1].model_dump():
+            targets.append(("editor", editor))
+    limit = min(settings.mllm.timeout_s, CHECK_S)
+    async with httpx.AsyncClient(timeout=limit, follow_redirects=True) as client:
+        found = await asyncio.gather(
+            check_mllm(settings.mllm, client, limit, offline),
+            *(check_images(section, s, client, limit, offline) for section, s in targets),
+        )
+    total = Findings()
+    for one in found:
+        total.add(one)
+    return total
+
+
+async def _get(client: httpx.AsyncClient, method: str, url: str, limit: float, **kwargs: Any) -> tuple[int, bytes]:
+    """Status and body of one request; the body is awaited for at most `limit` more (a slow one reads as empty)."""
+    async with asyncio.timeout(limit):  # the whole wait for the status line, however the server drips
+        response = await client.send(client.build_request(method, url, **kwargs), stream=True)
+    try:
+        async with asyncio.timeout(limit):
+            return response.status_code, await response.aread()
+    except TimeoutError:
+        return response.status_code, b""
+    finally:
+        await response.aclose()
+
+
+def _unreachable(exc: Exception, what: str, limit: float, fix: str) -> str:
+    """One line for a request that got no answer; `what` names the endpoint and its URL."""
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return f"the {what} is not an http(s) URL; {fix}"
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return f"the {what} did not answer within {limit:g}s; check the server"
+    return f"cannot reach the {what}; {fix}"
+
+
+def _model_ids(body: bytes) -> list[str]:
+    try:
+        data = json.loads(body or b"{}").get("data") or []
+        return [str(item["id"]) for item in data if isinstance(item, dict) and item.get("id")]
+    except (ValueError, AttributeError, TypeError):
+        return []
+
+
+async def check_mllm(
+    s: MLLMSettings, client: httpx.AsyncClient, limit: float = CHECK_S, offline: bool | None = None
+) -> Findings:
+    """GET {base_url}/models with the key: unreachable, a refused key or no OpenAI API there is a problem; a model in
+    this process (`mllm.backend: transformers`) needs its weights here instead."""
+    if s.backend == "transformers":
+        return check_weights("mllm", s.model, hf_offline() if offline is None else offline, in_process_vlm=True)
+    base = s.base_url.rstrip("/")
+    key = s.resolved_api_key()
+    headers = {"Authorization": f"Bearer {key}"}
+    what = f"MLLM endpoint {base} (model {s.model})"
+    fix = "start the server or set GEMS_MLLM_BASE_URL / mllm.base_url"
+    if ":11434" in base:  # Ollama's port (the cpu preset)
+        fix = f"start Ollama (ollama serve, then ollama pull {s.model}) or set GEMS_MLLM_BASE_URL / mllm.base_url"
+    key_fix = "set GEMS_MLLM_API_KEY (or OPENAI_API_KEY) or mllm.api_key"
+    found = Findings()
+    try:
+        status, body = await _get(client, "GET", f"{base}/models", limit, headers=headers)
+        if status == 404:  # some servers have no /models: a chat route that exists answers a bad request with 4xx
+            status, _ = await _get(client, "POST", f"{base}/chat/completions", limit, headers=headers, json={})
+            if status == 404:
+                found.problems.append(
+                    f"the {what} has no OpenAI-compatible API (GET {base}/models and POST {base}/chat/completions "
+                    "answered 404); mllm.base_url should end in /v1, e.g. http://127.0.0.1:8000/v1"
+                )
+                return found
+            status, body = (status, b"") if status in (401, 403) else (200, b"")
+    except (httpx.HTTPError, OSError) as exc:  # OSError: TimeoutError too
+        found.problems.append(_unreachable(exc, what, limit, fix))
+        return found
+    if status in (401, 403):
+        said = "needs an API key" if key == "EMPTY" else f"rejected the API key (HTTP {status})"
+        found.problems.append(f"the {what} {said}; {key_fix}")
+    elif status >= 400:
+        found.notes.append(f"warning    the {what} answered HTTP {status} to GET /models; the run goes on")
+    else:
+        ids = _model_ids(body)
+        if ids and s.model not in ids and f"{s.model}:latest" not in ids:
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            found.notes.append(
+                f"warning    the MLLM endpoint {base} lists no model {s.model} (it lists {shown}); "
+                "if the run fails, set mllm.model (GEMS_MLLM_MODEL)"
+            )
+        else:
+            found.notes.append(f"check      MLLM endpoint {base} answers (model {s.model})")
+    return found
+
+
+async def check_images(
+    section: str, s: GeneratorSettings, client: httpx.AsyncClient, limit: float = CHECK_S, offline: bool | None = None
+) -> Findings:
+    """A remote backend's URL answers (any HTTP status) and takes the key; a diffusers model is on this machine."""
+    if s.backend == "diffusers":
+        return check_weights(section, s.model or "", hf_offline() if offline is None else offline)
+    found = Findings()
+    if not s.url:
+        found.problems.append(f"{section}.url is not set: the {s.backend} backend needs the server's URL")
+        return found
+    url = s.url.rstrip("/")
+    what = f"{section} server" if s.backend == "http" else f"{section} endpoint"
+    env = "GEMS_GENERATOR_URL / " if section == "generator" else ""
+    fix = f"start it or set {env}{section}.url"
+    headers: dict[str, str] = {}
+    if s.backend == "openai":
+        key = s.api_key.get_secret_value() if s.api_key else None
+        key = key or os.environ.get("GEMS_GENERATOR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        headers["Authorization"] = f"Bearer {key}"
+    try:
+        # HEAD for the reference protocol: a GET or POST there would render an image.
+        method, target = ("HEAD", url) if s.backend == "http" else ("GET", f"{url}/models")
+        status, _ = await _get(client, method, target, limit, headers=headers)
+    except (httpx.HTTPError, OSError) as exc:
+        found.problems.append(_unreachable(exc, f"{what} {url}", limit, fix))
+        return found
+    if s.backend == "openai" and status in (401, 403):
+        found.problems.append(
+            f"the {what} {url} rejected the API key (HTTP {status}); set {section}.api_key or OPENAI_API_KEY"
+        )
+    else:
+        found.notes.append(f"check      {what} {url} answers")
+    return found
+
+
+def check_weights(
+    section: str, model: str, offline: bool, cache_dir: Path | None = None, in_process_vlm: bool = False
+) -> Findings:
+    """A diffusers model (or, `in_process_vlm`, a transformers model) loads from a folder holding model_index.json
+    (config.json), or a hub id in the Hugging Face cache (downloaded on first use when online); `cache_dir`: the
+    cache, default huggingface_hub's (HF_HUB_CACHE)."""
+    marker, kind = ("config.json", "transformers") if in_process_vlm else ("model_index.json", "diffusers")
+    # An in-process VLM's messages start as its loader's do, so both read alike.
+    cannot = f"cannot load the in-process model {model!r}: it" if in_process_vlm else f"{section} model {model}"
+    found = Findings()
+    folder = Path(model).expanduser()
+    if folder.exists():
+        if not (folder / marker).is_file():
+            found.problems.append(
+                f"{section}.model {model} holds no {marker}: point it at a {kind} model folder "
+                "(one saved by save_pretrained or fetched with hf download)"
+            )
+        else:
+            found.notes.append(f"check      {section} {model}: a local {kind} folder")
+        return found
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(model, marker, cache_dir=cache_dir)
+    except HFValidationError:
+        example = "Qwen/Qwen3-VL-8B-Instruct" if in_process_vlm else "Tongyi-MAI/Z-Image-Turbo"
+        found.problems.append(
+            f"{section}.model {model}: no such folder, and not a Hugging Face model id; give a {kind} model "
+            f"folder or a hub id such as {example}"
+        )
+        return found
+    if isinstance(cached, str):
+        found.notes.append(f"check      {section} {model}: in the Hugging Face cache")
+    elif offline:
+        found.problems.append(
+            f"{cannot} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it first "
+            f"(hf download {model}) or set {section}.model to a local folder"
+        )
+    else:
+        found.notes.append(
+            f"check      {section} {model}: not in the Hugging Face cache; it will be downloaded on first use "
+            f"(or fetch it now: hf download {model})"
+        )
+    return found

@@ -1,0 +1,210 @@
+"""What `gems generate` checks before the first model call: endpoints answer, keys are taken, weights are here.
+
+The endpoint checks talk to an httpx mock transport (no socket), the weight checks to a Hugging Face cache folder
+built in the test; the last tests run the CLI against local servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gems.configs import GeneratorSettings, MLLMSettings
+from gems.interfaces.cli.checks import Findings, check_images, check_mllm, check_weights
+from tests.support.net import free_port, write_stub_config
+from tests.test_cli import error_lines, gems
+
+BASE = "http://mllm.test/v1"
+
+
+def mllm_check(answer: Callable[[httpx.Request], httpx.Response], **settings) -> tuple[Findings, list[str]]:
+    """check_mllm against `answer`; also returns the requests it made ("METHOD path")."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        return answer(request)
+
+    async def go() -> Findings:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await check_mllm(MLLMSettings(base_url=BASE, model="qwen-vl", **settings), client, 5)
+
+    return asyncio.run(go()), seen
+
+
+def models(*ids: str) -> httpx.Response:
+    return httpx.Response(200, json={"object": "list", "data": [{"id": i, "object": "model"} for i in ids]})
+
+
+def test_an_mllm_endpoint_that_answers_passes_with_one_line():
+    found, seen = mllm_check(lambda r: models("qwen-vl", "other"), api_key="k")
+    assert found.problems == [] and found.notes == [f"check      MLLM endpoint {BASE} answers (model qwen-vl)"]
+    assert seen == ["GET /v1/models"]  # one request, no prompt sent
+    ollama, _ = mllm_check(lambda r: models("qwen-vl:latest"))  # Ollama lists the tag it serves
+    assert ollama.problems == [] and ollama.notes[0].startswith("check ")
+
+
+def test_a_model_the_server_does_not_list_is_a_warning_not_an_error():
+    found, _ = mllm_check(lambda r: models("llava:7b", "moondream"))
+    assert found.problems == []
+    assert found.notes == [
+        f"warning    the MLLM endpoint {BASE} lists no model qwen-vl (it lists llava:7b, moondream); "
+        "if the run fails, set mllm.model (GEMS_MLLM_MODEL)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "key", "says"),
+    [
+        (401, "wrong", f"endpoint {BASE} (model qwen-vl) rejected the API key (HTTP 401); set GEMS_MLLM_API_KEY"),
+        (403, "wrong", "rejected the API key (HTTP 403)"),
+        (401, None, f"the MLLM endpoint {BASE} (model qwen-vl) needs an API key; set GEMS_MLLM_API_KEY"),
+    ],
+)
+def test_a_refused_key_is_one_line_naming_the_url_and_the_fix(status, key, says):
+    found, _ = mllm_check(lambda r: httpx.Response(status, json={"error": "no"}), api_key=key)
+    assert len(found.problems) == 1 and says in found.problems[0]
+
+
+def test_a_url_without_the_api_is_one_line_and_a_server_without_models_passes():
+    found, seen = mllm_check(lambda r: httpx.Response(404, text="Not Found"))
+    assert seen == ["GET /v1/models", "POST /v1/chat/completions"]
+    assert found.problems == [
+        f"the MLLM endpoint {BASE} (model qwen-vl) has no OpenAI-compatible API (GET {BASE}/models and POST "
+        f"{BASE}/chat/completions answered 404); mllm.base_url should end in /v1, e.g. http://127.0.0.1:8000/v1"
+    ]
+    # No /models, but a chat route that answers a bad request: the server is there.
+    found, _ = mllm_check(lambda r: httpx.Response(404 if r.url.path.endswith("models") else 400))
+    assert found.problems == [] and found.notes[0].startswith("check      MLLM endpoint")
+
+
+def test_unreachable_and_silent_endpoints_are_one_line_each():
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    def silent(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    found, _ = mllm_check(refuse)
+    assert found.problems == [
+        f"cannot reach the MLLM endpoint {BASE} (model qwen-vl); start the server or set GEMS_MLLM_BASE_URL / "
+        "mllm.base_url"
+    ]
+    found, _ = mllm_check(silent)
+    assert found.problems == [f"the MLLM endpoint {BASE} (model qwen-vl) did not answer within 5s; check the server"]
+
+
+def test_remote_generators_need_an_answer_and_their_key():
+    def check(settings: GeneratorSettings, answer: Callable[[httpx.Request], httpx.Response]) -> Findings:
+        async def go() -> Findings:
+            async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+                return await check_images("generator", settings, client, 5)
+
+        return asyncio.run(go())
+
+    http = GeneratorSettings(backend="http", url="http://gen.test/generate", preset=None)
+    heads: list[str] = []
+    found = check(http, lambda r: heads.append(r.method) or httpx.Response(405))  # any answer will do
+    assert found.problems == [] and heads == ["HEAD"]  # never GET or POST: that would render an image
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    assert check(http, refuse).problems == [
+        "cannot reach the generator server http://gen.test/generate; start it or set GEMS_GENERATOR_URL / generator.url"
+    ]
+    images = GeneratorSettings(backend="openai", url="http://img.test/v1", model="gpt-image-1", preset=None)
+    assert check(images, lambda r: httpx.Response(401)).problems == [
+        "the generator endpoint http://img.test/v1 rejected the API key (HTTP 401); set generator.api_key or "
+        "OPENAI_API_KEY"
+    ]
+    assert check(images, lambda r: httpx.Response(404)).problems == []  # no /models there, but it answers
+
+
+def hub_cache(root: Path, repo: str, marker: str = "model_index.json") -> Path:
+    """A Hugging Face cache holding `repo`'s `marker` file, laid out as `hf download` leaves it."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0123abcd")
+    snapshot = folder / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / marker).write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return root
+
+
+def test_diffusers_weights_are_looked_for_before_the_run(tmp_path, tiny_sd_dir):
+    found = check_weights("generator", str(tiny_sd_dir), offline=True)
+    assert found.problems == [] and found.notes == [f"check      generator {tiny_sd_dir}: a local diffusers folder"]
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    assert check_weights("generator", str(empty), offline=True).problems == [
+        f"generator.model {empty} holds no model_index.json: point it at a diffusers model folder (one saved by "
+        "save_pretrained or fetched with hf download)"
+    ]
+    missing = str(tmp_path / "no" / "such" / "folder")
+    assert "no such folder" in check_weights("editor", missing, offline=True).problems[0]
+
+    cache = hub_cache(tmp_path / "hub", "acme/tiny-model")
+    cached = check_weights("generator", "acme/tiny-model", offline=True, cache_dir=cache)
+    assert cached.problems == [] and cached.notes == ["check      generator acme/tiny-model: in the Hugging Face cache"]
+    offline = check_weights("generator", "acme/other-model", offline=True, cache_dir=cache)
+    assert offline.problems == [
+        "generator model acme/other-model is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it "
+        "first (hf download acme/other-model) or set generator.model to a local folder"
+    ]
+    online = check_weights("generator", "acme/other-model", offline=False, cache_dir=cache)
+    assert online.problems == [] and "it will be downloaded on first use" in online.notes[0]
+
+
+def test_an_in_process_vlm_needs_its_weights_here_not_an_endpoint(tmp_path):
+    cache = hub_cache(tmp_path / "hub", "acme/tiny-vlm", marker="config.json")
+    folder = tmp_path / "vlm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert check_weights("mllm", str(folder), True, in_process_vlm=True).notes == [
+        f"check      mllm {folder}: a local transformers folder"
+    ]
+    assert check_weights("mllm", "acme/tiny-vlm", True, cache, in_process_vlm=True).problems == []
+    assert check_weights("mllm", "acme/other-vlm", True, cache, in_process_vlm=True).problems == [
+        "cannot load the in-process model 'acme/other-vlm': it is not in the Hugging Face cache and HF_HUB_OFFLINE "
+        "is set: download it first (hf download acme/other-vlm) or set mllm.model to a local folder"
+    ]
+    # No endpoint is asked: the model runs in this process.
+    found, seen = mllm_check(lambda r: httpx.Response(500), backend="transformers")
+    assert seen == [] and found.problems and "in-process model 'qwen-vl'" in found.problems[0]
+
+
+@pytest.mark.slow
+def test_missing_weights_stop_the_cli_before_any_model_call(mllm_server, tmp_path):
+    mllm, script = mllm_server(criteria=["Is there a cat?"])
+    generator = {"backend": "diffusers", "preset": "sd-turbo", "device": "cpu"}
+    cfg = write_stub_config(tmp_path / "c.yaml", mllm.base_url, None, generator=generator)
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
+    result = gems("generate", "a cat", "--config", str(cfg), "--thread-id", "w1", env_extra=env)
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        "gems: error: generator model stabilityai/sd-turbo is not in the Hugging Face cache and HF_HUB_OFFLINE is "
+        "set: download it first (hf download stabilityai/sd-turbo) or set generator.model to a local folder"
+    ]
+    assert mllm.requests == [] and sum(script.calls.values()) == 0  # no MLLM call was paid for
+    assert f"check      MLLM endpoint {mllm.base_url} answers (model stub-vlm)" in result.stderr  # what passed, too
+    assert "During task" not in result.stderr and "--resume" not in result.stderr  # nothing ran, nothing saved
+
+
+@pytest.mark.slow
+def test_every_problem_is_its_own_line(tmp_path):
+    dead_mllm, dead_gen = f"http://127.0.0.1:{free_port()}/v1", f"http://127.0.0.1:{free_port()}/generate"
+    cfg = write_stub_config(tmp_path / "c.yaml", dead_mllm, dead_gen)
+    result = gems("generate", "a cat", "--config", str(cfg))
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        f"gems: error: cannot reach the MLLM endpoint {dead_mllm} (model stub-vlm); start the server or set "
+        "GEMS_MLLM_BASE_URL / mllm.base_url",
+        f"gems: error: cannot reach the generator server {dead_gen}; start it or set GEMS_GENERATOR_URL / "
+        "generator.url",
+    ]
