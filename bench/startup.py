@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, help="a checkout of the authors' GEMS code")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    # Both sides run from compiled bytecode, as an installed package does (the first runs write it).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     with tempfile.TemporaryDirectory() as tmp:
         gems, ref = measure(Path(tmp), args.repeat, args.reference)
 

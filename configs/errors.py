@@ -23,3 +23,24 @@ class UsageError(GemsError, ValueError):
     """Bad command-line or request input."""
 
     exit_code = 2
+
+
+# Control characters (terminal escapes) never reach a terminal from an error text.
+_CONTROL = {c: None for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def one_line(text: str | None) -> str:
+    """`text` on one line, with control characters (terminal escapes) removed."""
+    return " ".join((text or "").split()).translate(_CONTROL)
+
+
+def short(text: str | None, width: int = 90) -> str:
+    """One line of at most `width` characters, cut at a word boundary (a single long word is cut), marked `…`."""
+    text = one_line(text)
+    if len(text) <= width:
+        return text
+    head = text[: width - 1]
+    space = head.rfind(" ")
+    if space >= width // 2:  # a word boundary not too far back
+        head = head[:space]
+    return head.rstrip(" ,;:") + "…"

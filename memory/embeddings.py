@@ -18,6 +18,7 @@ from langchain_core.embeddings import Embeddings
 from pydantic import SecretStr
 
 from gems.configs import ConfigError, EmbeddingSettings, GemsError
+from gems.configs.errors import short
 from gems.configs.loading import cache_key, settings_from_env
 from gems.memory.aio import PerLoop, run_blocking, within
 from gems.memory.encoder import NumpySentenceEncoder, supports
@@ -42,7 +43,7 @@ class LocalEmbeddings(Embeddings):
         try:
             self._model = SentenceTransformer(model, device=device)
         except (OSError, ValueError) as exc:
-            raise EmbeddingError(f"cannot load embedding model {model!r}: {' '.join(str(exc).split())[:160]}") from exc
+            raise EmbeddingError(f"cannot load embedding model {model!r}: {short(str(exc), 160)}") from exc
         self.name = f"local:{os.path.basename(model.rstrip('/'))}"
         self._lock = threading.Lock()
 
@@ -97,7 +98,7 @@ class EndpointEmbeddings(Embeddings):
         except EmbeddingError:
             raise
         except Exception as exc:
-            raise EmbeddingError(f"embedding endpoint failed: {type(exc).__name__}: {str(exc)[:160]}") from exc
+            raise EmbeddingError(f"embedding endpoint failed: {type(exc).__name__}: {short(str(exc), 160)}") from exc
 
     async def aembed_query(self, text: str) -> list[float]:
         return (await self.aembed_documents([text]))[0]

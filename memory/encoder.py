@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
+from threadpoolctl import ThreadpoolController
 
 _FILES = ("config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json")
 
@@ -61,6 +62,16 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return (x - mean) / np.sqrt(var + eps) * weight + bias
 
 
+_controller: ThreadpoolController | None = None
+
+
+def _blas() -> ThreadpoolController:
+    global _controller
+    if _controller is None:  # scans the loaded libraries (~2 ms): once
+        _controller = ThreadpoolController()
+    return _controller
+
+
 class NumpySentenceEncoder(Embeddings):
     """Mean-pooled, L2-normalized BERT sentence vectors, computed in float32 numpy."""
 
@@ -96,8 +107,14 @@ class NumpySentenceEncoder(Embeddings):
         return (x.reshape(-1, x.shape[-1]) @ weight + self._w(f"{name}.bias")).reshape(*x.shape[:-1], weight.shape[1])
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        with self._lock:  # the tokenizer's padding/truncation state is shared
-            encodings = self.tokenizer.encode_batch(texts)
+        # One BLAS thread: these matrices are small, and OpenBLAS' worker threads on a busy machine turned a 20 ms
+        # query into 300 ms (they wait for cores other processes hold). One encode at a time: the limit is
+        # process-wide and the tokenizer's padding state is shared.
+        with self._lock, _blas().limit(limits=1, user_api="blas"):
+            return self._forward(texts)
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         types = np.array([e.type_ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)

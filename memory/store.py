@@ -36,6 +36,7 @@ from langgraph.store.base import (
 )
 
 from gems.configs import GemsError, GemsSettings
+from gems.configs.errors import short
 from gems.memory.embeddings import get_embeddings
 
 Embed = Callable[[list[str]], list[list[float]]]
@@ -49,7 +50,7 @@ class StoreError(GemsError, RuntimeError):
 
 def one_line(exc: BaseException) -> str:
     """An exception as one short line, for the one-line errors the CLI prints."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    return short(f"{type(exc).__name__}: {exc}", 200)
 
 
 def _when(seconds: float) -> datetime:

@@ -7,6 +7,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from gems.configs import GemsSettings, context_settings
+from gems.configs.errors import short
 from gems.memory.state import GemsState
 from gems.memory.trajectory import best_round
 from gems.nodes.chat import final_message, run_links
@@ -41,7 +42,7 @@ async def finalize(state: GemsState, runtime: Runtime[GemsSettings]) -> dict[str
     # Verifier calls that failed count as fails; say so, so a run of errors does not pass for a hard prompt.
     errors = [v for v in state.get("verdicts") or [] if v.get("error") and not v.get("answer")]
     first = str(errors[0].get("error")) if errors else ""
-    warnings = [f"{len(errors)} verifier calls failed (counted as fails): {first[:160]}"] if errors else []
+    warnings = [f"{len(errors)} verifier calls failed (counted as fails): {short(first, 160)}"] if errors else []
     last = rounds[-1]
     accepted = next((r for r in rounds if r.get("round") == state.get("accepted_round")), None)
     chosen = accepted or (last if not last.get("failed") else best_round(rounds))

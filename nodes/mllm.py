@@ -20,6 +20,7 @@ from langchain_openai import ChatOpenAI
 from langgraph.constants import TAG_NOSTREAM
 
 from gems.configs import GemsError, MLLMSettings
+from gems.configs.errors import one_line, short
 from gems.configs.loading import cache_key
 from gems.memory.aio import PerLoop, within
 from gems.nodes.local_vlm import LocalModelError, TransformersChat
@@ -100,7 +101,7 @@ def _describe_error(exc: Exception, settings: MLLMSettings) -> str:
     import openai
 
     if settings.backend == "transformers":
-        return f"the in-process model {settings.model} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return f"the in-process model {settings.model} failed: {type(exc).__name__}: {short(str(exc), 200)}"
     where = f"MLLM endpoint {settings.base_url} (model {settings.model})"
     if isinstance(exc, openai.APITimeoutError):
         return f"{where} timed out after {settings.timeout_s:g}s; raise mllm.timeout_s or check the server"
@@ -111,9 +112,9 @@ def _describe_error(exc: Exception, settings: MLLMSettings) -> str:
     if isinstance(exc, openai.NotFoundError):
         return f"the {where} answered 404: check mllm.model and that mllm.base_url ends in /v1"
     if isinstance(exc, openai.APIStatusError):
-        detail = re.sub(r"^Error code: \d+ - ", "", " ".join(str(exc.message).split()))[:200]
+        detail = short(re.sub(r"^Error code: \d+ - ", "", one_line(str(exc.message))), 200)
         return f"the {where} answered HTTP {exc.status_code}: {detail}"
-    return f"the {where} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    return f"the {where} failed: {type(exc).__name__}: {short(str(exc), 200)}"
 
 
 _BACKOFF_S = 8.0  # the most one retry waits (the openai client's backoff cap)

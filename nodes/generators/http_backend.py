@@ -10,6 +10,7 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from gems.configs import GeneratorSettings
+from gems.configs.errors import short
 from gems.memory.aio import PerLoop
 from gems.nodes.generators.base import GeneratorError, Rendered
 
@@ -66,7 +67,7 @@ def _failure(exc: Exception, what: str, timeout: float | None) -> httpx.Response
 
 def _checked(response: httpx.Response, what: str) -> httpx.Response:
     if response.status_code >= 400:
-        raise GeneratorError(f"{what} answered HTTP {response.status_code}: {' '.join(response.text.split())[:200]}")
+        raise GeneratorError(f"{what} answered HTTP {response.status_code}: {short(response.text, 200)}")
     return response
 
 
