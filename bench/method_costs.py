@@ -187,8 +187,8 @@ def efficient_vs_paper(args: argparse.Namespace) -> None:
                 "data_dir": tmp,
                 "mllm": {"base_url": mllm.base_url, "model": "stub", "api_key": "sk", "max_retries": 0},
                 "generator": {"backend": "http", "preset": None, "url": gen.url},
-                "skills": {"enabled": False}, "memory": {"mode": "experience", "lessons": False},
-                "loop": {"seed": 1},
+                "memory": {"mode": "experience", "lessons": False}, "skills": {"enabled": True, "max_active": 1},
+                "loop": {"seed": 1},  # the memory and skills of ablations/skill: the paper's whole loop
             }).model_dump(mode="python")  # fmt: skip
             if extra:
                 overlay = load_settings(extra, env={}).model_dump(mode="python")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from gems.nodes.mllm import split_thinking
@@ -143,12 +144,15 @@ _NUMBERED_RE = re.compile(r"^\s*(?:Q|question\s*)?(\d+)\s*[.):\-]\s*(.+)$", re.I
 def parse_verdicts(answer: str, count: int) -> dict[int, tuple[bool, str]]:
     """The batched verifier's answers: question number (1-based) -> (passed, the few words why).
 
-    Reads a JSON array of `{"n", "answer", "why"}` objects (or answers in question order), else numbered lines
-    (`1. yes - ...`). Questions missing from the answer, or whose answer is neither yes nor no, are left out: the
-    caller asks those one by one, never passes them silently.
+    Reads a JSON array of `{"n", "answer", "why"}` objects (or exactly `count` answers in question order), else
+    numbered lines (`1. yes - ...`). Only answers that can be tied to their question are kept; the caller asks the
+    rest one by one, never passes them silently:
+    - a number outside 1..count (counting from 0, an extra question) means the numbering cannot be trusted: nothing
+      is kept;
+    - answers in order are read only when there are exactly `count` of them (a preamble would shift them);
+    - a question answered twice, differently, is left out; an item with no usable number or answer is left out.
     """
     text, _ = split_thinking(answer)
-    found: dict[int, tuple[bool, str]] = {}
     for candidate in _json_candidates(text):
         try:
             data = json.loads(candidate)
@@ -156,42 +160,77 @@ def parse_verdicts(answer: str, count: int) -> dict[int, tuple[bool, str]]:
             continue
         if isinstance(data, dict):
             data = data.get("answers") or data.get("results")
-        if not isinstance(data, list):
+        if isinstance(data, list) and data:
+            return _verdict_items(data, count)
+    items = [(int(m.group(1)), m.group(2)) for m in _NUMBERED_RE.finditer(text)]
+    return _tied(((number, parse_verdict(rest), rest) for number, rest in items), count)
+
+
+def _verdict_items(data: list[Any], count: int) -> dict[int, tuple[bool, str]]:
+    numbered = any(isinstance(item, dict) and ("n" in item or "index" in item) for item in data)
+    if not numbered and len(data) != count:
+        return {}  # in order, but not one answer per question: which is which is a guess
+    rows: list[tuple[Any, bool | None, str]] = []
+    for position, item in enumerate(data, 1):
+        number: Any = position
+        said: Any = item
+        why = ""
+        if isinstance(item, dict):
+            number = item.get("n", item.get("index")) if numbered else position
+            said = item.get("answer", item.get("verdict", ""))
+            why = str(item.get("why", item.get("reason", "")) or "")
+        verdict = said if isinstance(said, bool) else parse_verdict(said) if isinstance(said, str) else None
+        rows.append((number, verdict, why))
+    return _tied(rows, count)
+
+
+def _tied(rows: Iterable[tuple[Any, bool | None, str]], count: int) -> dict[int, tuple[bool, str]]:
+    found: dict[int, tuple[bool, str]] = {}
+    contradicted: set[int] = set()
+    for number, verdict, why in rows:
+        if isinstance(number, bool) or not isinstance(number, int):
+            continue  # no usable number: that item only
+        if not 1 <= number <= count:
+            return {}  # numbered from 0, or a question that was not asked: the numbering is off
+        if verdict is None:
             continue
-        for position, item in enumerate(data, 1):
-            number: Any = position
-            said, why = item, ""
-            if isinstance(item, dict):
-                number = item.get("n", item.get("index", position))
-                said = item.get("answer", item.get("verdict", ""))
-                why = str(item.get("why", item.get("reason", "")) or "")
-            verdict = parse_verdict(str(said)) if isinstance(said, str | bool) else None
-            if isinstance(said, bool):
-                verdict = said
-            if isinstance(number, int) and 1 <= number <= count and verdict is not None:
-                found.setdefault(number, (verdict, " ".join(why.split())[:200]))
-        if found:
-            return found
-    for match in _NUMBERED_RE.finditer(text):
-        number, rest = int(match.group(1)), match.group(2)
-        verdict = parse_verdict(rest)
-        if 1 <= number <= count and verdict is not None:
-            found.setdefault(number, (verdict, " ".join(rest.split())[:200]))
-    return found
+        if number in found and found[number][0] != verdict:
+            contradicted.add(number)
+        found.setdefault(number, (verdict, " ".join(why.split())[:200]))
+    return {n: v for n, v in found.items() if n not in contradicted}
 
 
-_LESSON_RE = re.compile(r"^\s*\**\s*LESSON\s*\**\s*:\s*", re.I | re.M)
-_NEXT_LABEL_RE = re.compile(r"^\s*\**\s*(PROMPT|INSTRUCTION|ACTION|REASON|TEXT)\s*\**\s*:", re.I | re.M)
+# "LESSON: x", "**Lesson:** x", "Lesson - x", "### Lesson" on a line of its own.
+_LESSON_RE = re.compile(r"^[ \t]*(?:#+[ \t]*)?\**[ \t]*LESSON[ \t]*\**[ \t]*(?:[:\-–][ \t]*\**[ \t]*|$)", re.I | re.M)
+_LABELS = "PROMPT|INSTRUCTION|ACTION|REASON|TEXT"
+_LABEL_LINE_RE = re.compile(rf"^[ \t]*(?:#+[ \t]*)?\**[ \t]*(?:{_LABELS})[ \t]*\**[ \t]*:", re.I | re.M)
+_LABEL_INLINE_RE = re.compile(rf"(?<!\w)(?:{_LABELS})[ \t]*\**[ \t]*:")  # mid-line only in capitals, as asked
 
 
 def split_lesson(answer: str) -> tuple[str | None, str]:
-    """A merged refiner's answer: (its `LESSON:` text or None, the rest: the prompt or the mode's own answer)."""
+    """A merged refiner's answer: (its lesson or None, the rest: the prompt or the mode's own answer).
+
+    The lesson runs from its `LESSON:` marker to the next label (`PROMPT:`, `INSTRUCTION:`, `ACTION:`; on its own
+    line or, in capitals, on the same line); with no label, to the first blank line, or the end of its line when
+    there is none. Without a marker, text before the first label is dropped, so it never reaches the generator.
+    """
     text, _ = split_thinking(answer)
     mark = _LESSON_RE.search(text)
     if mark is None:
-        return None, answer
+        label = _LABEL_LINE_RE.search(text)
+        return None, (text[label.start() :] if label else text).strip()
     after = text[mark.end() :]
-    nxt = _NEXT_LABEL_RE.search(after)
-    lesson = after[: nxt.start()] if nxt else after.split("\n\n", 1)[0]
-    rest = text[: mark.start()] + (after[nxt.start() :] if nxt else after[len(lesson) :])
+    labels = [m for m in (_LABEL_LINE_RE.search(after), _LABEL_INLINE_RE.search(after)) if m is not None]
+    if labels:
+        cut = min(m.start() for m in labels)
+        lesson, rest = after[:cut], after[cut:]
+    else:
+        body = after.lstrip(" \t").removeprefix("\n") if after.strip() else ""
+        lesson, blank, remainder = body.partition("\n\n")
+        if not blank:
+            lesson, _, remainder = body.partition("\n")
+        rest = remainder
+        before = text[: mark.start()].strip()
+        rest = f"{before}\n{rest}" if before else rest
+    lesson = lesson.strip().strip("*").strip()
     return (" ".join(lesson.split()) or None), rest.strip()
