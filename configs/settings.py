@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gems.configs.errors import ConfigError
 
@@ -20,10 +20,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# ".../v1/" and ".../v1" are one endpoint: one spelling, so configs that differ only there compare equal.
+BaseURL = Annotated[str, AfterValidator(lambda url: url.rstrip("/"))]
+
+
 class MLLMSettings(_Strict):
     """The OpenAI-compatible chat endpoint that plays every LLM/MLLM role."""
 
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL, ending in /v1")
+    base_url: BaseURL = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL, ending in /v1")
     model: str = Field("Qwen/Qwen3-VL-30B-A3B-Instruct", description="model name the server expects")
     api_key: SecretStr | None = Field(None, description="falls back to GEMS_MLLM_API_KEY, then OPENAI_API_KEY")
     temperature: float | None = Field(None, ge=0, le=2, description="unset: the server's default (paper)")
@@ -136,6 +140,9 @@ NO_EDITOR = "loop.refine_mode {mode} needs an editor: set editor.backend to diff
 MAX_ROUNDS = 50
 MAX_CANDIDATES = 16  # images per round
 MAX_CRITERIA = 100  # criteria checked per image (each one verifier call)
+# A tenant (an API key's name) is a store namespace label, a folder and a URL part: no '.', which LangGraph's
+# store refuses in labels, and no '/'.
+TENANT_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 Rounds = Annotated[int, Field(ge=1, le=MAX_ROUNDS, description="generator rounds before returning the best image")]
 Candidates = Annotated[int, Field(ge=1, le=MAX_CANDIDATES, description="candidates per round; the best one is kept")]
 Seed = Annotated[int, Field(ge=0, lt=2**63, description="base seed; round r candidate c uses seed+(r-1)*n+c")]
@@ -214,7 +221,7 @@ class EmbeddingSettings(_Strict):
     model: str | None = Field(
         None, description="local: a sentence-transformers folder (default: the bundled all-MiniLM-L6-v2); openai: name"
     )
-    base_url: str | None = Field(None, description="openai provider: base URL ending in /v1")
+    base_url: BaseURL | None = Field(None, description="openai provider: base URL ending in /v1")
     api_key: SecretStr | None = Field(None, description="openai provider; falls back to OPENAI_API_KEY")
     device: str = Field("cpu", description="local provider: cpu, cuda, mps")
     timeout_s: float = Field(60.0, gt=0, description="openai provider: wall-clock limit of one request (each try)")
@@ -253,7 +260,7 @@ class MemorySettings(_Strict):
     chroma: ChromaSettings = Field(default_factory=ChromaSettings)
     tenant: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        pattern=rf"^{TENANT_PATTERN}$",
         description="set by servers per API key: lessons are kept and searched only within the tenant",
     )
 

@@ -54,7 +54,7 @@ def api_keys_from_env() -> dict[str, str]:
 
 def check_keys(keys: Mapping[str, str]) -> None:
     """Refuse keys short enough to guess (at least MIN_KEY_CHARS characters each), the same key under two names, and
-    names that cannot be a tenant's (letters, digits, `_ . -`; the name is the tenant everywhere).
+    names that cannot be a tenant's (letters, digits, `_ -`; the name is the tenant everywhere).
 
     Raises:
         ConfigError: naming the rule and the key's name (never the key).
@@ -63,7 +63,7 @@ def check_keys(keys: Mapping[str, str]) -> None:
         raise ConfigError("two entries of GEMS_API_KEYS (or it and GEMS_API_KEY) share a key; give each its own")
     for name, key in keys.items():
         if not TENANT_NAME.fullmatch(name):
-            raise ConfigError(f"GEMS_API_KEYS names are tenants: 1-64 letters, digits, '_', '.' or '-', not {name!r}")
+            raise ConfigError(f"GEMS_API_KEYS names are tenants: 1-64 letters, digits, '_' or '-', not {name!r}")
         if len(key) < MIN_KEY_CHARS:
             where = "GEMS_API_KEY" if name == "default" else f"the GEMS_API_KEYS entry {name!r}"
             raise ConfigError(

@@ -26,13 +26,15 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from gems.configs.settings import TENANT_PATTERN
+
 DEFAULT_TTL_S = 30 * 24 * 3600
 _SHA = re.compile(r"[0-9a-f]{64}")
 _secrets: dict[Path, bytes] = {}
 
 
 SHARED_IDENTITIES = ("anonymous", "default")  # callers without a tenant of their own: local use, the single key
-TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TENANT_NAME = re.compile(TENANT_PATTERN)
 
 
 def tenant_of(identity: str | None) -> str:

@@ -25,11 +25,12 @@ def write_config(path: Path, mllm_url: str, gen_url: str, lessons: bool = False)
     return write_stub_config(path, mllm_url, gen_url, memory={"lessons": lessons})
 
 
-def gems(*args: str, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def gems(
+    *args: str, env_extra: dict | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "gems.interfaces.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
+    command = [sys.executable, "-m", "gems.interfaces.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -309,21 +310,27 @@ def test_short_cuts_between_words():
     assert short("x" * 30, 10) == "x" * 9 + "…"  # one long word: nowhere else to cut
 
 
-def test_the_resume_command_repeats_what_the_run_needs_to_go_on_as_started():
+def test_the_resume_command_repeats_what_the_run_needs_to_go_on_as_started(tmp_path, monkeypatch):
     from gems.interfaces.cli.generate import resume_command
 
-    assert resume_command("t1", (), None, None) == "gems generate --resume t1"
-    assert resume_command("t1", ("my cfg.yaml", "ablations/edit"), "runs/a b", "edit") == (
-        "gems generate --resume t1 --config 'my cfg.yaml' --config ablations/edit --out 'runs/a b' --refine-mode edit"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my cfg.yaml").write_text("{}")
+    assert (
+        resume_command("t1", (), Path("gems-out/t1"), None) == f"gems generate --resume t1 --out {tmp_path}/gems-out/t1"
+    )
+    # Files and the output folder absolute (the hint works from any folder); a preset stays a name.
+    assert resume_command("t1", ("my cfg.yaml", "ablations/edit"), Path("runs/a b"), "edit") == (
+        f"gems generate --resume t1 --config '{tmp_path}/my cfg.yaml' --config ablations/edit "
+        f"--out '{tmp_path}/runs/a b' --refine-mode edit"
     )
 
 
-def run_hint(stderr: str) -> subprocess.CompletedProcess:
+def run_hint(stderr: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the command the resume hint names, as a person would paste it."""
     (line,) = [line for line in stderr.splitlines() if "progress is saved; continue with: " in line]
     words = shlex.split(line.split("continue with: ", 1)[1])
     assert words[:2] == ["gems", "generate"]
-    return gems(*words[1:])
+    return gems(*words[1:], cwd=cwd)
 
 
 def test_after_an_error_the_hint_continues_the_run_as_started(mllm_server, gen_server, tmp_path):
@@ -336,12 +343,15 @@ def test_after_an_error_the_hint_continues_the_run_as_started(mllm_server, gen_s
         edits = {"backend": "openai", "url": editor.base_url, "model": "e", "max_retries": 0}
         cfg = write_stub_config(tmp_path / "my cfg.yaml", mllm.base_url, gen.url, editor=edits)
         out = tmp_path / "out dir"
-        failed = gems("generate", "a red cat", "--config", str(cfg), "--out", str(out), "--refine-mode", "edit",
-                      "--thread-id", "h1")  # fmt: skip
+        # Started with relative paths; the hint is pasted in another folder.
+        failed = gems("generate", "a red cat", "--config", "my cfg.yaml", "--out", "out dir", "--refine-mode", "edit",
+                      "--thread-id", "h1", cwd=tmp_path)  # fmt: skip
         assert failed.returncode == 1 and not out.exists()
         assert f"--resume h1 --config '{cfg}' --out '{out}' --refine-mode edit" in failed.stderr
         gen.fail_first = 0
-        resumed = run_hint(failed.stderr)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        resumed = run_hint(failed.stderr, cwd=elsewhere)
         assert resumed.returncode == 0, resumed.stderr
         assert "started with other models or loop settings" not in resumed.stderr  # the same settings as before
         trajectory = json.loads((out / "trajectory.json").read_text())
@@ -402,3 +412,23 @@ def test_progress_lines_name_what_they_show():
     assert describe_update("intake", {"prompt": "a cat"}) == []  # a first request: the thread line says it
     edited = {"round": 2, "candidates": [{"width": 8, "height": 8, "seed": 5, "sha256": "ab" * 32, "edit": True}]}
     assert describe_update("generate", edited)[0].startswith("edit       round 2: edited image 8x8 seed 5")
+
+
+def test_the_console_script_ends_fast_but_keeps_what_a_normal_exit_does():
+    """`run` skips only the interpreter's teardown: a running thread is waited for, atexit handlers run, buffered
+    output reaches the pipe and the exit code is main()'s."""
+    script = (
+        "import atexit, threading, time\n"
+        "import gems.interfaces.cli as cli\n"
+        "def main():\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "    print('buffered', end='')\n"
+        "    return 3\n"
+        "cli.main = main\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "cli.run()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as most shells run it
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.split() == ["bufferedthread", "done", "atexit", "ran"]

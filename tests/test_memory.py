@@ -14,6 +14,7 @@ import pytest
 import yaml
 from langgraph.checkpoint.memory import InMemorySaver
 from PIL import Image
+from pydantic import ValidationError
 
 from gems.configs import GemsSettings
 from gems.graph import build_graph, run_config
@@ -340,9 +341,12 @@ def test_memory_cli_reads_and_writes_one_tenants_lessons(capsys, isolated_env, t
     assert gems_main(["memory", "forget", ramen_id, "--tenant", "alice"]) == 0 and alice.count() == 1
     capsys.readouterr()
 
-    assert gems_main(["memory", "list", "--tenant", "../alice"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("gems: error:") == 1 and "a tenant is 1-64 letters, digits" in err and "Traceback" not in err
+    for bad in ("../alice", "team.alice"):  # '.': LangGraph's store refuses it in a namespace label
+        assert gems_main(["memory", "list", "--tenant", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("gems: error:") == 1 and "a tenant is 1-64 letters, digits" in err and "Traceback" not in err
+    with pytest.raises(ValidationError, match="tenant"):
+        GemsSettings(data_dir=isolated_env, memory={"tenant": "team.alice"})
 
 
 @pytest.mark.slow

@@ -186,8 +186,8 @@ def test_seed_for_is_distinct_per_round_and_candidate_and_random_without_a_base(
 def test_parse_verdicts_reads_json_or_numbered_lines_and_leaves_out_the_unclear():
     from gems.nodes.parsing import parse_verdicts, split_lesson
 
-    answer = '```json\n[{"n": 1, "answer": "Yes", "why": "a cat"}, {"n": 2, "answer": "not sure"}, {"n": 9}]\n```'
-    assert parse_verdicts(answer, 3) == {1: (True, "a cat")}  # 2 unclear, 3 missing, 9 out of range
+    answer = '```json\n[{"n": 1, "answer": "Yes", "why": "a cat"}, {"n": 2, "answer": "not sure"}]\n```'
+    assert parse_verdicts(answer, 3) == {1: (True, "a cat")}  # 2 unclear, 3 missing
     assert parse_verdicts('["yes", "no", "yes"]', 3) == {1: (True, ""), 2: (False, ""), 3: (True, "")}
     assert parse_verdicts("1. yes - a cat\n2) No, it is blue\n3: maybe", 3) == {
         1: (True, "yes - a cat"), 2: (False, "No, it is blue")}  # fmt: skip
@@ -199,13 +199,59 @@ def test_parse_verdicts_reads_json_or_numbered_lines_and_leaves_out_the_unclear(
     assert lesson == "keep the mat" and rest.startswith("ACTION: edit")
 
 
+@pytest.mark.parametrize(
+    ("answer", "kept"),
+    [
+        # A question answered twice, differently: that one is asked again.
+        ('[{"n":1,"answer":"yes"},{"n":1,"answer":"no"},{"n":2,"answer":"no"},{"n":3,"answer":"no"}]', {2, 3}),
+        ('[{"n":1,"answer":"no"},{"n":1,"answer":"no"},{"n":2,"answer":"no"},{"n":3,"answer":"no"}]', {1, 2, 3}),
+        ('["Here are my answers", "yes", "yes", "no"]', set()),  # in order, one too many: which is which?
+        ('["yes", "no"]', set()),  # in order, one short
+        ('[{"n":0,"answer":"no"},{"n":1,"answer":"yes"},{"n":2,"answer":"yes"}]', set()),  # counted from 0
+        ('[{"n":1,"answer":"no"},{"n":2,"answer":"no"},{"n":3,"answer":"no"},{"n":4,"answer":"yes"}]', set()),
+        ('[{"n":true,"answer":"yes"},{"n":2,"answer":"no"},{"n":3,"answer":"no"}]', {2, 3}),
+        ('[{"n":"1","answer":"yes"},{"n":2,"answer":"no"},{"n":3,"answer":"no"}]', {2, 3}),
+        ('[{"answer":"yes"},{"answer":"no"},{"answer":"no"}]', {1, 2, 3}),  # objects in order, one each
+        ("0. yes\n1. no\n2. no", set()),
+        ("1. yes\n1. no\n2. no\n3. no", {2, 3}),
+    ],
+)
+def test_batched_verdicts_are_kept_only_when_tied_to_their_question(answer, kept):
+    from gems.nodes.parsing import parse_verdicts
+
+    assert set(parse_verdicts(answer, 3)) == kept
+
+
+@pytest.mark.parametrize(
+    ("answer", "lesson", "prompt"),
+    [
+        ("LESSON: the cube was blue.\nA red cube on the left", "the cube was blue.", "A red cube on the left"),
+        ("LESSON: the cube was blue. PROMPT: a red cube", "the cube was blue.", "a red cube"),
+        ("LESSON: blue cube\n```\na red cube\n```", "blue cube", "a red cube"),
+        ("Lesson - the cube was blue.\nPROMPT: a red cube", "the cube was blue.", "a red cube"),
+        ("### Lesson\nthe cube was blue\n\nPROMPT: a red cube", "the cube was blue", "a red cube"),
+        ("### Lesson\nthe cube was blue\n\na red cube", "the cube was blue", "a red cube"),
+        ("**Lesson:** the cube was blue\n\n**PROMPT:** a red cube", "the cube was blue", "a red cube"),
+        ("Here is my answer.\nPROMPT: a red cube", None, "a red cube"),  # no lesson; the preamble is dropped
+        ("a red cube\nLESSON: the cube was blue", "the cube was blue", "a red cube"),
+        ("LESSON: the prompt: was vague\nPROMPT: a red cube", "the prompt: was vague", "a red cube"),
+    ],
+)
+def test_a_merged_answer_slightly_off_form_still_splits_into_lesson_and_prompt(answer, lesson, prompt):
+    from gems.nodes.parsing import clean_prompt, split_lesson
+
+    found, rest = split_lesson(answer)
+    assert (found, clean_prompt(rest)) == (lesson, prompt)
+
+
 def test_key_names_are_tenants_and_keys_are_distinct():
     from gems.configs import ConfigError
     from gems.interfaces.keys import check_keys
 
-    check_keys({"alice": "a" * 16, "bob.smith-2": "b" * 16})
+    check_keys({"alice": "a" * 16, "bob_smith-2": "b" * 16})
     for keys, says in (
         ({"bob smith": "b" * 16}, "names are tenants"),
+        ({"team.alice": "b" * 16}, "names are tenants"),  # LangGraph's store refuses '.' in a namespace label
         ({"alice": "k" * 16, "bob": "k" * 16}, "share a key"),
         ({"alice": "short"}, "at least 16 characters"),
     ):
@@ -232,3 +278,12 @@ def test_the_shared_key_keeps_to_its_own_store_beside_named_tenants():
     assert ask("default", "list_namespaces", ("gems",)) == ("gems", "lessons")
     assert ask("alice", "get", ("gems", "tenants", "bob", "lessons")) == 403
     assert ask("anonymous", "search", ("gems", "tenants", "alice")) == ("gems", "tenants", "alice")  # no keys: one user
+
+
+def test_a_base_url_with_or_without_its_last_slash_is_one_endpoint():
+    from gems.configs import GemsSettings
+    from gems.configs.loading import settings_digest
+
+    slash = GemsSettings(mllm={"base_url": "http://h:8000/v1/"}, embeddings={"base_url": "http://e/v1/"})
+    plain = GemsSettings(mllm={"base_url": "http://h:8000/v1"}, embeddings={"base_url": "http://e/v1"})
+    assert slash.mllm.base_url == "http://h:8000/v1" and settings_digest(slash) == settings_digest(plain)

@@ -226,14 +226,14 @@ def _thread_lock(settings: Any, thread_id: str) -> Iterator[None]:
         lock.release()
 
 
-def resume_command(thread_id: str, config: tuple[str, ...], out: str | None, refine_mode: str | None) -> str:
-    """The command that continues this run as it was started: the same configs, output folder and refine mode
-    (round budget, seed and candidates are pinned in the thread itself)."""
+def resume_command(thread_id: str, config: tuple[str, ...], out_dir: Path, refine_mode: str | None) -> str:
+    """The command that continues this run as it was started, from any folder: the same configs (files as absolute
+    paths, presets by name), the output folder (absolute) and refine mode (round budget, seed and candidates are
+    pinned in the thread itself)."""
     words = ["gems", "generate", "--resume", thread_id]
     for name in config:
-        words += ["--config", name]
-    if out:
-        words += ["--out", out]
+        words += ["--config", str(Path(name).resolve()) if Path(name).is_file() else name]
+    words += ["--out", str(out_dir.resolve())]
     if refine_mode:
         words += ["--refine-mode", refine_mode]
     return " ".join(shlex.quote(word) for word in words)
@@ -347,7 +347,7 @@ def generate(
     thread_id = resume or thread_id or uuid.uuid4().hex[:12]
     out_dir = Path(out) if out else Path("gems-out") / thread_id
     progress = Progress(None if quiet else sys.stderr)
-    hint = RESUME_HINT.format(command=resume_command(thread_id, config, out, refine_mode))
+    hint = RESUME_HINT.format(command=resume_command(thread_id, config, out_dir, refine_mode))
     saved = [False]
     started = time.perf_counter()
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,14 @@ import click
 from gems.configs import UsageError, load_settings
 from gems.interfaces.cli import CONTEXT, config_option, short
 from gems.memory.experiences import ExperienceStore
+from gems.memory.links import TENANT_NAME
 
-TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as memory.tenant allows
 TENANTS = ("gems", "tenants")  # a tenant's lessons: ("gems", "tenants", NAME, "lessons"), as gems serve keeps them
 
 
 def _tenant(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not TENANT.match(value):
-        raise UsageError(f"--tenant {value!r}: a tenant is 1-64 letters, digits, '_', '.' or '-' (an API key's name)")
+    if value is not None and not TENANT_NAME.fullmatch(value):
+        raise UsageError(f"--tenant {value!r}: a tenant is 1-64 letters, digits, '_' or '-' (an API key's name)")
     return value
 
 
