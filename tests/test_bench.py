@@ -6,6 +6,7 @@ import base64
 import hashlib
 import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -627,3 +628,42 @@ def test_lessons_in_a_bench_only_when_a_config_file_turns_them_on(tmp_path):
     assert configured_value(["cpu", str(on)], "memory.lessons", env={}) is True
     assert configured_value(["cpu", "ablations/gems-lessons"], "memory.lessons", env={}) is True
     assert configured_value(["ablations/skill"], "memory.lessons", env={}) is False
+
+
+# ---- per prompt, where the prompt file is, the judge's tokenizer, empty shards, wall time ----
+
+
+def test_cost_per_prompt_counts_every_image_of_a_prompt(stubs, tmp_path, capsys):
+    """With N images per prompt a prompt costs N generations: the per-prompt column divides by prompts, not images;
+    report.html shows the run's total wall time as well as the mean per prompt."""
+    from gems.interfaces.cli import main
+
+    s = stubs()
+    cfg = write_stub_config(tmp_path / "c.yaml", s.mllm.base_url, s.gen.url, data_dir=str(tmp_path / "data"))
+    out = tmp_path / "out"
+    args = ["bench", str(DATA / "prompts.txt"), "--config", str(cfg), "--method", "original", "--scorer", "none"]
+    assert main([*args, "--images-per-prompt", "2", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cost_total"]["generator_calls"] == 4 and summary["cost_per_prompt"]["generator_calls"] == 2.0
+    walls = [json.loads(p.read_text())["cost"]["wall_s"] for p in (out / "results").glob("*.json")]
+    assert summary["cost_per_prompt"]["wall_s"] == pytest.approx(sum(walls) / 2, abs=1e-3)
+    assert "| generator_calls | 4 | 2.000 |" in (out / "report.md").read_text()
+    page = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", (out / "report.html").read_text())).split())
+    assert "per prompt (mean; a prompt's images together): 0 MLLM calls" in page and "· 2 generations (" in page
+    wall = f"wall time: {summary['wall_s']:.3f} s in all (real elapsed, all sessions)"
+    assert wall in page and wall in (out / "report.md").read_text()
+
+
+def test_an_empty_shard_says_it_holds_no_prompts(stubs, tmp_path, capsys):
+    from gems.interfaces.cli import main
+
+    s = stubs(criteria=CRITERIA)
+    cfg = write_stub_config(tmp_path / "c.yaml", s.mllm.base_url, s.gen.url, data_dir=str(tmp_path / "data"))
+    args = ["bench", str(DATA / "prompts.txt"), "--config", str(cfg), "--scorer", "verifier", "--quiet"]
+    assert main([*args, "--shard", "3/3", "--out", str(tmp_path / "s3")]) == 0
+    why = (
+        "shard 3/3 holds no prompts: the selection has 2 prompt(s) for 3 shards, so some shards get none. Nothing to "
+        "run or score here; use at most 2 shard(s) (--shard K/2), or merge this folder with the other shards as it is"
+    )
+    assert why in capsys.readouterr().out and "incomplete" not in (tmp_path / "s3" / "report.md").read_text()
+    assert why in (tmp_path / "s3" / "report.md").read_text() and s.gen.prompts == []

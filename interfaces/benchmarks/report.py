@@ -16,7 +16,8 @@ from gems.interfaces.benchmarks.scoring import SELF_CHECK_LABEL, SOFT_TIFA_LABEL
 from gems.interfaces.pages import Table, copied_beside, cost_line, gallery_item, render_gallery
 
 # Additive costs: their total is meaningful. Per-prompt `wall_s` overlaps under concurrency, so only its mean is
-# shown; the run's real elapsed time is the summary's `wall_s`.
+# shown; the run's real elapsed time is the summary's `wall_s`. Per prompt means per prompt, not per image: a prompt
+# of N images (GenEval's 4, DPG's 4) costs what its N images cost together.
 COST_KEYS = ("mllm_calls", "input_tokens", "output_tokens", "image_parts", "generator_calls", "generator_busy_s",
              "judge_calls", "judge_input_tokens", "judge_output_tokens")  # fmt: skip
 SKILL_ORDER = ("object", "attribute", "count", "position", "verb")  # soft_tifa_analysis.py's order
@@ -125,9 +126,12 @@ def build_summary(records: list[dict[str, Any]], *, run: dict[str, Any], prompts
         tables = soft_tifa_tables(scored) if scorer == "soft-tifa" else self_check_tables(scored)
     checked = [r for r in records if r.get("criteria")]
     costs = {key: round(sum((r.get("cost") or {}).get(key, 0) or 0 for r in records), 4) for key in COST_KEYS}
-    per_prompt = {k: round(v / len(records), 4) for k, v in costs.items()} if records else {}
-    if records:
-        per_prompt["wall_s"] = round(mean((r.get("cost") or {}).get("wall_s", 0) or 0 for r in records), 4)
+    # The finished images in prompts' worth (a prompt with some of its images finished counts that share of one).
+    prompts_done = len(records) / per_prompt_images
+    per_prompt = {k: round(v / prompts_done, 4) for k, v in costs.items()} if records else {}
+    if records:  # the prompt's images' run times added (each overlaps other prompts' under concurrency)
+        wall = sum((r.get("cost") or {}).get("wall_s", 0) or 0 for r in records)
+        per_prompt["wall_s"] = round(wall / prompts_done, 4)
     lessons = run.get("lessons") or {}
     max_rounds = ((run.get("config") or {}).get("loop") or {}).get("max_rounds", 5)
     return {
@@ -138,6 +142,8 @@ def build_summary(records: list[dict[str, Any]], *, run: dict[str, Any], prompts
         "judge": judge_note((run.get("config") or {}).get("judge")) if scorer == "soft-tifa" else None,
         "prompts": prompts,
         "images": images,
+        "shard": run.get("shard"),
+        "selected": (run.get("selection") or {}).get("k"),  # the selection's prompts, before sharding
         "finished": sum(1 for n in samples.values() if n >= per_prompt_images),  # prompts with every image
         "finished_images": len(records),
         "scored": len(scored),  # images
@@ -177,9 +183,31 @@ def _num(value: Any) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def empty_shard(summary: dict[str, Any]) -> str:
+    """Why a run holds no prompts, and what to do: a shard of a selection with fewer prompts than shards."""
+    shard, selected = summary.get("shard"), summary.get("selected")
+    if not shard:
+        return "the selection holds no prompts"
+    n = int(str(shard).split("/")[1])
+    fewer = "more shards than prompts" if selected is None else f"the selection has {selected} prompt(s) for {n} shards"
+    fix = f"use at most {selected} shard(s) (--shard K/{selected})" if selected else "use fewer shards"
+    return (
+        f"shard {shard} holds no prompts: {fewer}, so some shards get none. Nothing to run or score here; {fix}, or "
+        "merge this folder with the other shards as it is"
+    )
+
+
+def wall_line(summary: dict[str, Any]) -> str:
+    """The run's real elapsed time, labelled (a merge of shards that ran side by side: the slowest shard's)."""
+    where = f"the slowest of {summary['shards']} shards, all sessions" if summary.get("shards") else "all sessions"
+    return f"wall time: {_fmt(summary['wall_s'])} s in all (real elapsed, {where})"
+
+
 def headline(summary: dict[str, Any]) -> str:
     """One line saying what the number is: the benchmark's metric, a labelled self-check, or none."""
     scores, partial, scorer = summary.get("scores"), summary.get("partial_scores"), summary.get("scorer")
+    if not summary.get("prompts"):
+        return empty_shard(summary)
     if scorer in (None, "none"):
         return "no score computed (--scorer none): export the images (gems bench export) and run the benchmark's script"
     label = summary.get("metric")
@@ -252,7 +280,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         )
         + (f", {len(summary['errors'])} failed" if summary["errors"] else ""),
         f"- cross-prompt lessons: {_lessons_line(summary)}",
-        f"- wall time: {_fmt(summary['wall_s'])} s (real elapsed, all sessions)",
+        f"- {wall_line(summary)}",
         f"- rounds used per prompt: {_fmt(summary['rounds_used'])}",
         f"- success rate, {check['label']}: {_fmt(check['success_rate'])}",
         "",
@@ -300,7 +328,8 @@ def report_html(summary: dict[str, Any], records: list[dict[str, Any]], out: Pat
         f"cross-prompt lessons {_lessons_line(summary)}. Criteria pass rate by round ({check['label']}): "
         + " → ".join(_fmt(v) for v in check["round_pass_rate"])
         + ".",
-        f"per prompt: {cost_line(summary['cost_per_prompt'])}",
+        f"per prompt (mean; a prompt's images together): {cost_line(summary['cost_per_prompt'])}",
+        wall_line(summary),
     ]
 
     src_for = copied_beside(out)
