@@ -654,6 +654,33 @@ def test_cost_per_prompt_counts_every_image_of_a_prompt(stubs, tmp_path, capsys)
     assert wall in page and wall in (out / "report.md").read_text()
 
 
+def test_run_json_keeps_where_the_prompt_file_is(stubs, tmp_path, monkeypatch, capsys):
+    """A prompt file named relatively is recorded absolutely: export and merge work from any folder."""
+    from gems.interfaces.benchmarks.export import export_run
+    from gems.interfaces.benchmarks.merge import merge_runs
+    from gems.interfaces.cli import main
+
+    s = stubs()
+    settings = s.settings()
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    shutil.copyfile(DATA / "geneval2_data.jsonl", work / "my data.jsonl")
+    monkeypatch.chdir(work)
+    run_bench("my data.jsonl", settings, "original", tmp_path / "run", first=2, scorer="none")
+    for k in (1, 2):
+        run_bench("my data.jsonl", settings, "original", tmp_path / f"s{k}", first=2, shard=(k, 2), scorer="none")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["prompts"] == str(work / "my data.jsonl")
+    monkeypatch.chdir(elsewhere)
+    assert main(["bench", "export", str(tmp_path / "run"), "--format", "geneval2", "--to", str(tmp_path / "x")]) == 0
+    assert "2 prompts written" in capsys.readouterr().out
+    merge_runs([tmp_path / "s1", tmp_path / "s2"], tmp_path / "merged")
+    assert json.loads((tmp_path / "merged" / "run.json").read_text())["prompts"] == str(work / "my data.jsonl")
+    assert export_run(tmp_path / "merged", "geneval2", tmp_path / "xm") == 2
+    merged = (tmp_path / "merged" / "report.md").read_text()
+    assert "s in all (real elapsed, the slowest of 2 shards, all sessions)" in merged
+
+
 def test_an_empty_shard_says_it_holds_no_prompts(stubs, tmp_path, capsys):
     from gems.interfaces.cli import main
 

@@ -16,7 +16,7 @@ from typing import Any
 from gems.configs import ConfigError
 from gems.interfaces.benchmarks.report import build_summary, write_reports
 from gems.interfaces.benchmarks.runner import config_differences, prompt_file_change
-from gems.interfaces.benchmarks.selection import Selection
+from gems.interfaces.benchmarks.selection import Selection, prompts_digest
 
 # What must agree for shards to be parts of one run (paths, times and models' labels may differ per machine).
 _SAME = ("dataset", "method", "scorer", "images_per_prompt", "search_n", "base_seed")
@@ -62,6 +62,16 @@ def _check_shards(folders: list[Path], runs: list[dict[str, Any]]) -> int:
             state = "is missing" if k not in seen else "appears twice"
             raise MergeError(f"shard {k}/{n} {state}; give each of the N shard folders once")
     return n
+
+
+def _prompt_file(runs: list[dict[str, Any]]) -> str | None:
+    """The prompt file as this machine sees it: the first shard's recorded path (absolute) that holds the run's
+    bytes here, else the first shard's, for `gems bench export` to read or to name when it has moved."""
+    for run in runs:
+        path = Path(str(run.get("prompts") or ""))
+        if run.get("prompts") and path.exists() and prompts_digest(path) == run.get("prompts_sha256"):
+            return str(path.resolve())
+    return runs[0].get("prompts")
 
 
 def _relocate(value: Any, shard: Path, images: Path) -> Any:
@@ -125,6 +135,7 @@ def merge_runs(folders: list[str | Path], out: str | Path) -> dict[str, Any]:
     }
     run_info = {
         **first,
+        "prompts": _prompt_file(runs),
         "shard": None,
         "merged_from": [str(folder) for folder in shard_dirs],
         "shards": dict(sorted(by_shard.items(), key=lambda kv: int(kv[0].split("/")[0]))),

@@ -277,7 +277,7 @@ def run_bench(
     previous = _previous_run(out, force_new)
     identity = {
         "dataset": dataset,
-        "prompts": str(prompts),
+        "prompts": str(Path(prompts).resolve()),  # where the file is, wherever export or merge run from later
         "prompts_sha256": prompts_digest(prompts),
         "method": method,
         "scorer": scorer_name,
