@@ -694,3 +694,32 @@ def test_an_empty_shard_says_it_holds_no_prompts(stubs, tmp_path, capsys):
     )
     assert why in capsys.readouterr().out and "incomplete" not in (tmp_path / "s3" / "report.md").read_text()
     assert why in (tmp_path / "s3" / "report.md").read_text() and s.gen.prompts == []
+
+
+BAD_TOKENIZERS = {
+    "no-such-folder": ("/nonexistent/tok", "/nonexistent/tok: no such folder, and not a Hugging Face hub id; give "),
+    "no-tokenizer-in-it": ("{tmp}/empty", "{tmp}/empty is a folder with no tokenizer in it (no tokenizer.json); give "),
+    "not-cached-offline": ("acme/judge-tok", "acme/judge-tok is not in the Hugging Face cache and HF_HUB_OFFLINE is "
+                           "set: download it first (hf download acme/judge-tok) or set judge.tokenizer to a folder"),
+    "unreadable": ("{tmp}/broken", "{tmp}/broken could not be loaded: "),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENIZERS))
+def test_a_bad_judge_tokenizer_is_one_line_before_anything_runs(stubs, tmp_path, monkeypatch, capsys, case):
+    from gems.interfaces.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer.json").write_text("not a tokenizer")
+    tokenizer, problem = (text.replace("{tmp}", str(tmp_path)) for text in BAD_TOKENIZERS[case])
+    s = stubs()
+    judge = {"base_url": s.mllm.base_url, "model": "j", "tokenizer": tokenizer}
+    cfg = write_stub_config(tmp_path / "c.yaml", s.mllm.base_url, s.gen.url, data_dir=str(tmp_path / "d"), judge=judge)
+    args = ["bench", str(DATA / "geneval2_data.jsonl"), "--config", str(cfg), "--method", "original", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gems: error: judge.tokenizer {problem}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() and s.gen.prompts == []  # refused before the folder or a prompt

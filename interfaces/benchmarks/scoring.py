@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,11 +88,52 @@ def missing_first_tokens(items: list[BenchPrompt]) -> list[tuple[str, str]]:
     ]
 
 
+# Files a tokenizer folder holds (any one of them); the hub cache is asked for the first two.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+_TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads HF_HUB_OFFLINE
+
+
+def tokenizer_problem(tokenizer: str) -> str | None:
+    """Why `judge.tokenizer` cannot load, as far as can be told without loading it (one line); None if it may."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    where = "give the folder of the judge's tokenizer or its Hugging Face hub id (such as Qwen/Qwen3-VL-8B-Instruct)"
+    path = Path(tokenizer).expanduser()
+    if path.is_file():
+        return f"judge.tokenizer {tokenizer} is a file, not a folder; {where}"
+    if path.is_dir():
+        if any((path / name).is_file() for name in TOKENIZER_FILES):
+            return None
+        return f"judge.tokenizer {tokenizer} is a folder with no tokenizer in it (no tokenizer.json); {where}"
+    try:
+        validate_repo_id(tokenizer)
+    except HFValidationError:
+        return f"judge.tokenizer {tokenizer}: no such folder, and not a Hugging Face hub id; {where}"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+    if offline and not any(isinstance(try_to_load_from_cache(tokenizer, n), str) for n in TOKENIZER_FILES[:2]):
+        return (
+            f"judge.tokenizer {tokenizer} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it "
+            f"first (hf download {tokenizer}) or set judge.tokenizer to a folder that holds it"
+        )
+    return None
+
+
 @cache
 def _hf_first_token(tokenizer: str) -> Any:
+    """Raises ScorerError (one line naming judge.tokenizer) when the tokenizer cannot be loaded."""
+    problem = tokenizer_problem(tokenizer)
+    if problem:
+        raise ScorerError(problem)
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer)
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    except Exception as exc:
+        raise ScorerError(
+            f"judge.tokenizer {tokenizer} could not be loaded: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        ) from None
     # As the official script: the first id of encode(answer), special tokens as the tokenizer adds them.
     return lambda text: tok.decode([tok.encode(text)[0]])
 
@@ -353,6 +395,10 @@ def resolve_scorer(name: str, settings: GemsSettings, dataset: str, method: str,
             )
         # The in-process judge reads first tokens from its own tokenizer; an endpoint's needs the table.
         table = settings.judge.tokenizer is None and settings.judge.backend == "openai"
+        tokenizer = settings.judge.tokenizer if settings.judge.backend == "openai" else None
+        problem = tokenizer_problem(tokenizer) if tokenizer else None
+        if problem:  # before the run folder is touched
+            raise ScorerError(problem)
         unknown = missing_first_tokens(items) if table else []
         if unknown:
             raise ScorerError(
