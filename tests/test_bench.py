@@ -723,3 +723,15 @@ def test_a_bad_judge_tokenizer_is_one_line_before_anything_runs(stubs, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith(f"gems: error: judge.tokenizer {problem}") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists() and s.gen.prompts == []  # refused before the folder or a prompt
+
+
+def test_report_md_escapes_categories_and_failures():
+    """A category or a failure message with `|` or HTML keeps the table's columns and reads as written."""
+    from gems.interfaces.benchmarks.report import build_summary, report_markdown
+
+    records = [{"id": str(n), "categories": [c], "scorer": "verifier", "score": {"self_check": 1.0}}
+               for n, c in enumerate(["colour | pipe", "<b>x</b>"])]  # fmt: skip
+    summary = build_summary(records, run={"scorer": "verifier"}, prompts=3, errors=["2: got <lost> | gave up"])
+    markdown = report_markdown(summary)
+    assert r"| \<b>x\</b> | 100.00 | 1 |" in markdown and r"| colour \| pipe | 100.00 | 1 |" in markdown
+    assert r"- 2: got \<lost> \| gave up" in markdown

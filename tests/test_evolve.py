@@ -306,3 +306,43 @@ def test_the_html_report_shows_the_reasons_and_scores_the_markdown_shows():
     for line in ("decision: rejected: needs at least +1 (got +0.00)", "colour 50.00 100.00 +50.00",
                  "c1-r1-p1 create red-emphasis: undone by c2-r1-p1"):  # fmt: skip
         assert line in page and line in " ".join(markdown.replace("|", " ").replace("- ", "").split())
+
+
+def _md_cells(line: str) -> list[str]:
+    """A Markdown table row's cells as GitHub splits them: at every `|` not escaped by a backslash."""
+    import re
+
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def _md_page_text(markdown: str) -> str | None:
+    """What a reader of the Markdown sees (rendered as GitHub-flavoured tables), or None without markdown-it."""
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:
+        return None
+    return _page_text(MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown))
+
+
+def test_the_markdown_report_escapes_what_the_prompt_file_and_the_proposer_wrote():
+    """A `|` in a category ends no cell and `<b>x</b>`, `<lost>` are text, in report.md as in report.html."""
+    from gems.interfaces.evolve.report import report_html, report_markdown
+
+    diff = "--- a/plain-style/SKILL.md\n+++ b/plain-style/SKILL.md\n@@ -1 +1,3 @@\n+```\n+x\n+```\n"
+    entry = {"id": "c1-r1-p1", "op": "revise", "label": "revise plain-style", "decision": "rejected",
+             "reason": "category colour | pipe fell 9.00 points; <b>x</b> got <lost>", "rationale": "keep *it* <lost>",
+             "lesson_texts": ["L1: a `cat` & &amp; [link](x)"],
+             "before": {"score": 60.0, "by_category": {"colour | pipe": 50.0, "<b>x</b>": 70.0}},
+             "after": {"score": 62.0, "by_category": {"colour | pipe": 41.0, "<b>x</b>": 83.0}},
+             "diff": diff}  # fmt: skip
+    markdown, page = report_markdown([entry]), _page_text(report_html([entry]))
+    rendered = _md_page_text(markdown)
+    rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert [len(_md_cells(row)) for row in rows] == [7, 7, 4, 4, 4]  # header and row; category header and rows
+    assert _md_cells(rows[1])[-1] == r"category colour \| pipe fell 9.00 points; \<b>x\</b> got \<lost>"
+    assert _md_cells(rows[3])[0] == r"\<b>x\</b>" and _md_cells(rows[4])[0] == r"colour \| pipe"
+    assert "```\n+x\n+```\n````" in markdown  # the diff's own fence closes nothing
+    for seen in ("colour | pipe 50.00 41.00 -9.00", "<b>x</b> 70.00 83.00 +13.00", "rationale: keep *it* <lost>",
+                 "from lesson L1: a `cat` & &amp; [link](x)", "got <lost>", "+```"):  # fmt: skip
+        assert seen in page
+        assert rendered is None or seen in rendered  # report.md reads as report.html

@@ -7,6 +7,7 @@ labelled "self-check (not the benchmark's metric)", or no score at all (export a
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from statistics import mean
@@ -183,6 +184,17 @@ def _num(value: Any) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+# What Markdown would read as markup in running text: a table cell's end, HTML, code, emphasis (an `_` inside a word
+# is not), strike-through and links; and an `&` that starts an entity.
+_MARKUP = re.compile(r"[\\`*|<~\[\]]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|&(?=#?\w+;)")
+
+
+def md_text(value: Any) -> str:
+    """Text from a prompt file, a model, a proposer or an error in Markdown, reading as written (as the HTML page
+    shows it): one line, each markup character backslash-escaped."""
+    return _MARKUP.sub(lambda m: "\\" + m.group(0), " ".join(str(value).split()))
+
+
 def empty_shard(summary: dict[str, Any]) -> str:
     """Why a run holds no prompts, and what to do: a shard of a selection with fewer prompts than shards."""
     shard, selected = summary.get("shard"), summary.get("selected")
@@ -254,7 +266,7 @@ def score_tables(summary: dict[str, Any]) -> list[Table]:
 
 def _markdown_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
     lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
+    return [*lines, *("| " + " | ".join(md_text(cell) for cell in row) + " |" for row in rows), ""]
 
 
 def _lessons_line(summary: dict[str, Any]) -> str:
@@ -271,7 +283,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         f"# gems bench: {summary['method']} on {summary['dataset']}",
         "",
         f"- **{headline(summary)}**",
-        *([f"- judge: {summary['judge']}"] if summary.get("judge") else []),
+        *([f"- judge: {md_text(summary['judge'])}"] if summary.get("judge") else []),
         f"- prompts: {summary['finished']}/{summary['prompts']} finished"
         + (
             f" ({summary['finished_images']}/{summary['images']} images)"
@@ -302,7 +314,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
     ]
     lines.append(f"| wall_s | {_fmt(summary['wall_s'])} elapsed | {_fmt(summary['cost_per_prompt'].get('wall_s'))} |")
     if summary["errors"]:
-        lines += ["", "## Failed prompts", ""] + [f"- {e}" for e in summary["errors"]]
+        lines += ["", "## Failed prompts", ""] + [f"- {md_text(e)}" for e in summary["errors"]]
     return "\n".join(lines) + "\n"
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from gems.interfaces.benchmarks.report import md_text
 from gems.interfaces.pages import render_template
 
 COST_KEYS = ("mllm_calls", "input_tokens", "output_tokens", "generator_calls", "generator_busy_s", "judge_calls")
@@ -52,6 +54,13 @@ def _metric(entries: list[dict[str, Any]]) -> str:
     return "the bench's scorer"
 
 
+def _fenced(lang: str, text: str) -> list[str]:
+    """A code block no backtick run in `text` can close early."""
+    runs = [len(run) for run in re.findall(r"`+", text)]
+    fence = "`" * max(3, max(runs, default=0) + 1)
+    return [fence + lang, text, fence]
+
+
 INTRO = (
     "Scores: {metric}, 0-100, on the held-out test prompts with the same seeds before and after each change. A change "
     "is kept only when the score rises by the margin and no category falls by more than the allowed drop."
@@ -71,7 +80,8 @@ def report_view(entries: list[dict[str, Any]]) -> dict[str, Any]:
             "before_text": _num((e.get("before") or {}).get("score")),
             "after_text": _num((e.get("after") or {}).get("score")),
             "delta_text": "-" if delta is None else f"{delta:+.2f}",
-            "reason": e.get("reason") or "",
+            "label": str(e.get("label") or ""),
+            "reason": str(e.get("reason") or ""),
             "rows": category_rows(e),
             "cost": cost_text(e),
         })  # fmt: skip
@@ -95,6 +105,8 @@ def report_view(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def report_markdown(entries: list[dict[str, Any]]) -> str:
+    """The report in Markdown; every text from the proposer, the prompt file or an error is escaped (`md_text`), so
+    it reads as report.html shows it."""
     view = report_view(entries)
     lines = ["# gems skills evolve", "", view["intro"], ""]
     if view["empty"]:
@@ -105,31 +117,35 @@ def report_markdown(entries: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|",
         ]
     for p in view["proposals"]:
-        why = p["reason"].replace("|", r"\|")  # a bar would end the cell
         lines.append(
-            f"| {p['id']} | {p.get('label')} | **{p.get('decision')}** | {p['before_text']} | {p['after_text']} | "
-            f"{p['delta_text']} | {why} |"
+            f"| {md_text(p['id'])} | {md_text(p['label'])} | **{md_text(p.get('decision'))}** | {p['before_text']} | "
+            f"{p['after_text']} | {p['delta_text']} | {md_text(p['reason'])} |"
         )
     for p in view["proposals"]:
-        lines += ["", f"## {p['id']}: {p.get('label')} ({p.get('decision')})", ""]
-        lines.append(f"- rationale: {p.get('rationale') or '-'}")
+        lines += ["", f"## {md_text(p['id'])}: {md_text(p['label'])} ({md_text(p.get('decision'))})", ""]
+        lines.append(f"- rationale: {md_text(p.get('rationale') or '-')}")
         for text in p.get("lesson_texts") or []:
-            lines.append(f"- from lesson {text}")
-        lines.append(f"- decision: {p.get('decision')}: {p['reason']}")
-        lines.append(f"- cost: {p['cost']}")
+            lines.append(f"- from lesson {md_text(text)}")
+        lines.append(f"- decision: {md_text(p.get('decision'))}: {md_text(p['reason'])}")
+        lines.append(f"- cost: {md_text(p['cost'])}")
         if p["rows"]:
             lines += ["", "| category | before | after | change |", "|---|---|---|---|"]
-            lines += [f"| {' | '.join(row)} |" for row in p["rows"]]
+            lines += [f"| {' | '.join(md_text(cell) for cell in row)} |" for row in p["rows"]]
         if p.get("diff"):
-            lines += ["", "```diff", p["diff"].rstrip("\n"), "```"]
+            lines += ["", *_fenced("diff", p["diff"].rstrip("\n"))]
         elif p.get("op") != "delete" and p.get("skill_md"):
-            lines += ["", "Proposed SKILL.md (not applied):", "", "```markdown", p["skill_md"].strip(), "```"]
+            lines += ["", "Proposed SKILL.md (not applied):", "", *_fenced("markdown", p["skill_md"].strip())]
     if view["reverted"]:
         lines += ["", f"## {REVERTED}", ""]
-        lines += [f"- {e.get('reverted_id')} {e.get('label')}: {e.get('reason')}" for e in view["reverted"]]
+        lines += [
+            f"- {md_text(e.get('reverted_id'))} {md_text(e.get('label'))}: {md_text(e.get('reason'))}"
+            for e in view["reverted"]
+        ]
     if view["unreadable"]:
         lines += ["", f"## {UNREADABLE}", ""]
-        lines += [f"- cycle {e.get('cycle')} round {e.get('round')}: {e.get('reason')}" for e in view["unreadable"]]
+        lines += [
+            f"- cycle {e.get('cycle')} round {e.get('round')}: {md_text(e.get('reason'))}" for e in view["unreadable"]
+        ]
     return "\n".join(lines) + "\n"
 
 
