@@ -346,3 +346,35 @@ def test_the_markdown_report_escapes_what_the_prompt_file_and_the_proposer_wrote
                  "from lesson L1: a `cat` & &amp; [link](x)", "got <lost>", "+```"):  # fmt: skip
         assert seen in page
         assert rendered is None or seen in rendered  # report.md reads as report.html
+
+
+def test_an_invalid_name_is_shown_as_written_with_the_rule_it_breaks():
+    from gems.interfaces.evolve.report import report_html, report_markdown
+    from gems.skills.evolution import proposal_record
+
+    entries = []
+    for n, (op, targets, name) in enumerate([("create", [], "Colour_Fix"), ("merge", ["a", "b"], '"Both Of Them"')]):
+        proposal = Proposal(op, targets, skill_md(MAGIC, name))
+        with pytest.raises(ProposalError) as refused:
+            check_skill_md(proposal.skill_md)
+        entries.append({"id": f"c1-r1-p{n + 1}", **proposal_record(proposal), "decision": "invalid",
+                        "reason": str(refused.value)})  # fmt: skip
+    no_line = Proposal("create", [], skill_md(MAGIC).replace("name: red-emphasis\n", ""))
+    entries.append({"id": "c1-r1-p3", **proposal_record(no_line), "decision": "invalid",
+                    "reason": "the SKILL.md has no valid name: line in its front matter"})  # fmt: skip
+    assert [e["label"] for e in entries] == ["create None", "merge a + b -> None", "create None"]  # the log's
+    rule = ("a skill name is 1-64 lowercase letters, digits and hyphens, with no hyphen first, last or twice in a row "
+            "(e.g. red-emphasis)")  # fmt: skip
+    rows = [
+        "c1-r1-p1 create \"Colour_Fix\" invalid - - - the name 'Colour_Fix' is not a valid skill name: it has "
+        f"uppercase letters (C F), '_'; {rule}",
+        "c1-r1-p2 merge a + b -> \"Both Of Them\" invalid - - - the name 'Both Of Them' is not a valid skill name: it "
+        f"has uppercase letters (B O T), spaces; {rule}",
+        f"c1-r1-p3 create (no name: line) invalid - - - the SKILL.md has no name: line in its front matter; {rule}",
+    ]
+    markdown, page = report_markdown(entries), _page_text(report_html(entries))
+    rendered = _md_page_text(markdown)
+    for row in rows:
+        assert row in page
+        assert rendered is None or row in rendered
+    assert "None" not in page and "None" not in markdown

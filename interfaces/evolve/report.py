@@ -8,6 +8,7 @@ from typing import Any
 
 from gems.interfaces.benchmarks.report import md_text
 from gems.interfaces.pages import render_template
+from gems.skills.registry import MAX_NAME
 
 COST_KEYS = ("mllm_calls", "input_tokens", "output_tokens", "generator_calls", "generator_busy_s", "judge_calls")
 
@@ -54,6 +55,61 @@ def _metric(entries: list[dict[str, Any]]) -> str:
     return "the bench's scorer"
 
 
+# The library side's name line (`Proposal.name` reads the same lines) and the reason it gives when none is valid.
+_NAME_LINE = re.compile(r"^name:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+_NO_VALID_NAME = "the SKILL.md has no valid name: line"
+NAME_RULE = (
+    f"a skill name is 1-{MAX_NAME} lowercase letters, digits and hyphens, with no hyphen first, last or twice in a "
+    "row (e.g. red-emphasis)"
+)
+
+
+def written_name(skill_md: str) -> str | None:
+    """The name as the SKILL.md's `name:` line writes it, without the quotes around it (None: no such line)."""
+    match = _NAME_LINE.search(skill_md or "")
+    if match is None:
+        return None
+    name = match.group(1)
+    return name[1:-1] if len(name) > 1 and name[0] == name[-1] and name[0] in "'\"" else name
+
+
+def name_problem(name: str | None) -> str:
+    """What is wrong with a SKILL.md's name, in words: no name line, an empty one, or what in it breaks the rule."""
+    if name is None:
+        return f"the SKILL.md has no name: line in its front matter; {NAME_RULE}"
+    if not name:
+        return f"the SKILL.md's name: line is empty; {NAME_RULE}"
+    upper = sorted({c for c in name if c.isupper()})
+    other = sorted({c for c in name if not (c.isupper() or c == "-" or (c.isascii() and c.isalnum()))})
+    found = [f"uppercase letters ({' '.join(upper)})"] if upper else []
+    found += ["spaces" if c == " " else repr(c) for c in other]
+    if name.startswith("-") or name.endswith("-") or "--" in name:
+        found.append("a hyphen first, last or twice in a row")
+    if len(name) > MAX_NAME:
+        found.append(f"{len(name)} characters")
+    return f"the name {name!r} is not a valid skill name: it has {', '.join(found) or 'quotes'}; {NAME_RULE}"
+
+
+def proposal_label(entry: dict[str, Any]) -> str:
+    """`create red-emphasis`; a proposal whose SKILL.md has no valid name is labelled by the name as written, quoted
+    (or `(no name: line)`), never `None`."""
+    label = str(entry.get("label") or "")
+    if entry.get("op") not in ("create", "merge") or "name" not in entry or entry["name"] is not None:
+        return label
+    written = written_name(entry.get("skill_md") or "")
+    shown = "(no name: line)" if written is None else f'"{written}"'
+    targets = " + ".join(entry.get("targets") or [])
+    return f"create {shown}" if entry["op"] == "create" else f"merge {targets} -> {shown}"
+
+
+def proposal_reason(entry: dict[str, Any]) -> str:
+    """The decision's reason; for a SKILL.md without a valid name, which rule its name line breaks."""
+    reason = str(entry.get("reason") or "")
+    if entry.get("decision") == "invalid" and reason.startswith(_NO_VALID_NAME):
+        return name_problem(written_name(entry.get("skill_md") or ""))
+    return reason
+
+
 def _fenced(lang: str, text: str) -> list[str]:
     """A code block no backtick run in `text` can close early."""
     runs = [len(run) for run in re.findall(r"`+", text)]
@@ -80,8 +136,8 @@ def report_view(entries: list[dict[str, Any]]) -> dict[str, Any]:
             "before_text": _num((e.get("before") or {}).get("score")),
             "after_text": _num((e.get("after") or {}).get("score")),
             "delta_text": "-" if delta is None else f"{delta:+.2f}",
-            "label": str(e.get("label") or ""),
-            "reason": str(e.get("reason") or ""),
+            "label": proposal_label(e),
+            "reason": proposal_reason(e),
             "rows": category_rows(e),
             "cost": cost_text(e),
         })  # fmt: skip
