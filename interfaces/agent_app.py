@@ -4,9 +4,12 @@
   carry such links, since a browser's `<img>` sends no API key. A bare, altered, expired or other tenant's link
   gets 403, an unknown image 404.
 - Every route (the API's too): bodies are bounded, and a thread runs one run at a time (`ServerPolicy`).
-- `GET /runs/<thread>/`: a run as a page (every round's image, criteria ticks, experiences, the chosen image), while
-  it runs too ("running, round k", refreshing itself). `GET /runs/`: the caller's runs. Both take a signed link
-  (the final message links its run) or the server's API key (`X-Api-Key` / `Authorization: Bearer`).
+- `GET /runs/<thread>/`: a run as a page (every round's image, criteria ticks, experiences, the chosen image) and
+  where it stands: running ("running, round k", the only page that refreshes itself), waiting for review (what,
+  and how to answer), stopped with an error (its one line) or cancelled (and how to resume), finished. `GET
+  /runs/`: the caller's runs with the same statuses. Both take a signed link (the final message links its run) or
+  the server's API key (`X-Api-Key` / `Authorization: Bearer`). The status comes from the server's own API
+  (in-process: the thread's `busy`/`interrupted`/`error`) and the checkpoint (interrupts, failed tasks).
 
 Nothing served names a path on the server. The routes read the run from the server's own checkpointer
 (`gems.memory.checkpoint.server_checkpointer`), so they work with SQLite and Postgres alike.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,13 +35,15 @@ from gems.configs import GemsSettings, UsageError
 from gems.configs.loading import settings_from_env
 from gems.graph.builder import build_graph
 from gems.interfaces.keys import api_keys_from_env, key_name, offered_key
-from gems.interfaces.pages import render_template, run_page
+from gems.interfaces.pages import RunStatus, render_template, run_page, run_status, task_errors
 from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.checkpoint import server_checkpointer
 from gems.memory.links import artifact_url, check, run_url, tenant_of, url_secret
 from gems.memory.trajectory import run_result
 from gems.nodes.chat import Links, linked_attachments
 
+log = logging.getLogger(__name__)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 REFUSED = "this link is missing its signature, was altered, has expired or is another tenant's"
 KEY_OR_LINK = "send the server's API key (X-Api-Key or Authorization: Bearer) or open a link a run gave you"
 
@@ -78,12 +84,15 @@ async def run(request: Request) -> Response:
     tenant = _caller(request, "run", thread_id)
     if tenant is None:
         return JSONResponse({"detail": f"{REFUSED}; {KEY_OR_LINK}"}, status_code=403)
-    values = await _values(request, thread_id)
+    snapshot = await _snapshot(request, thread_id)
+    values = dict(snapshot.values or {})
     if not values.get("prompt") or (values.get("owner") or "") != tenant:
         return JSONResponse({"detail": "no such run"}, status_code=404)
+    known = await _threads_known(request, [thread_id])
+    status = await _status(request, thread_id, snapshot, known.get(thread_id))
     result = run_result(values, thread_id=thread_id)
     secret = request.app.state.secret
-    page = run_page(result, lambda image: artifact_url(secret, str(image.get("sha256")), tenant))
+    page = run_page(result, lambda image: artifact_url(secret, str(image.get("sha256")), tenant), status)
     return HTMLResponse(page)
 
 
@@ -91,29 +100,86 @@ async def runs(request: Request) -> Response:
     tenant = _caller(request, "runs", "")
     if tenant is None:
         return JSONResponse({"detail": f"{REFUSED}; {KEY_OR_LINK}"}, status_code=403)
+    own = await _own_runs(request, tenant)
+    known = await _threads_known(request, [thread_id for thread_id, _ in own])
     listed = []
-    for thread_id, values in await _own_runs(request, tenant):
-        final = values.get("final") or {}
-        status = "running" if not final else ("all criteria passed" if values.get("success") else "best attempt")
+    for thread_id, snapshot in own:
+        values = snapshot.values or {}
+        status = await _status(request, thread_id, snapshot, known.get(thread_id))
         listed.append(
             {
                 "href": run_url(request.app.state.secret, thread_id, tenant),
                 "prompt": values.get("prompt") or "",
-                "status": status,
+                "status": status.label,
+                "kind": status.kind,
                 "rounds": len(values.get("rounds") or []),
             }
         )
     return HTMLResponse(render_template("runs.html.j2", runs=listed, tenant=tenant or "local"))
 
 
-async def _values(request: Request, thread_id: str) -> dict[str, Any]:
+RESUME = "To resume it from its last checkpoint, start a run on this thread with no input (input: null)."
+ANSWER = (
+    'Answer with a run on this thread whose command is {"resume": <answer>}; Agent Chat UI shows this review as a card.'
+)
+
+
+async def _status(request: Request, thread_id: str, snapshot: Any, thread: dict[str, Any] | None) -> RunStatus:
+    """Where a run stands: the Agent Server's thread status (`busy` while a run is pending or executing) with the
+    checkpoint's interrupts and failed tasks; a thread `error` the checkpoint does not explain, and a cancelled last
+    run, are asked of the server (rare, one call each)."""
+    if thread is None:  # the server could not say: the checkpoint alone
+        return run_status(snapshot, running=None, how_to_resume=RESUME, how_to_answer=ANSWER)
+    state = thread.get("status")
+    failed, stopped = task_errors(snapshot)
+    asked = any(getattr(t, "interrupts", None) for t in snapshot.tasks or ())
+    error, cancelled = None, False
+    if state == "error" and not failed:
+        whole = await _api(request, lambda api: api.threads.get(thread_id))
+        error = (whole or {}).get("error") or "the server recorded no message"
+    elif state == "interrupted" and not (failed or stopped or asked):  # steps left, nothing in the checkpoint says why
+        last = await _api(request, lambda api: api.runs.list(thread_id, limit=1))
+        cancelled = bool(last) and last[0].get("status") == "interrupted"  # a run's status after runs.cancel
+    return run_status(
+        snapshot, running=state == "busy", how_to_resume=RESUME, how_to_answer=ANSWER, error=error,
+        cancelled=cancelled,
+    )  # fmt: skip
+
+
+async def _threads_known(request: Request, thread_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each thread's record as the Agent Server keeps it (status), in one in-process call; {} when it cannot say
+    (this app outside an Agent Server)."""
+    thread_ids = [t for t in thread_ids if _UUID.fullmatch(t)]  # the API's thread ids; one other would fail them all
+    if not thread_ids:
+        return {}
+    found = await _api(
+        request, lambda api: api.threads.search(ids=thread_ids, select=["thread_id", "status"], limit=len(thread_ids))
+    )
+    return {str(t["thread_id"]): t for t in found or []}
+
+
+async def _api(request: Request, call: Any) -> Any:
+    """`call(client)` with the Agent Server's own API, in-process (`get_client()` without a URL: no network, no
+    auth, as the server's own code calls it); None when it fails."""
+    try:
+        client = request.app.state.api
+        if client is None:
+            from langgraph_sdk import get_client
+
+            client = request.app.state.api = get_client(api_key=None)
+        return await call(client)
+    except Exception as exc:  # a page still shows what the checkpoint holds
+        log.warning("the Agent Server's API did not answer a run page's question: %s", exc)
+        return None
+
+
+async def _snapshot(request: Request, thread_id: str) -> Any:
     graph = request.app.state.graph
-    snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-    return dict(snapshot.values or {})
+    return await graph.aget_state({"configurable": {"thread_id": thread_id}})
 
 
-async def _own_runs(request: Request, tenant: str, limit: int = 200) -> list[tuple[str, dict[str, Any]]]:
-    """The tenant's threads, newest first, from the latest checkpoint of each (the checkpointer knows every thread)."""
+async def _own_runs(request: Request, tenant: str, limit: int = 200) -> list[tuple[str, Any]]:
+    """The tenant's threads, newest first, with the latest checkpoint of each (the checkpointer knows every thread)."""
     saver = request.app.state.saver
     seen: dict[str, None] = {}
     async for item in saver.alist(None, limit=5000):
@@ -122,9 +188,10 @@ async def _own_runs(request: Request, tenant: str, limit: int = 200) -> list[tup
             seen[thread] = None
     out = []
     for thread in seen:
-        values = await _values(request, thread)
+        snapshot = await _snapshot(request, thread)
+        values = snapshot.values or {}
         if values.get("prompt") and (values.get("owner") or "") == tenant:
-            out.append((thread, values))
+            out.append((thread, snapshot))
         if len(out) >= limit:
             break
     return out
@@ -135,6 +202,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings = settings_from_env()
     app.state.settings = settings
     app.state.secret = url_secret(settings.data_dir)
+    app.state.api = None  # the Agent Server's own API, in-process, made on first use (see `_api`)
     async with server_checkpointer() as saver:
         app.state.saver = saver
         app.state.graph = build_graph(checkpointer=saver)

@@ -6,10 +6,12 @@ A page is self-contained (inline CSS, no scripts, no network); where its images 
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 
@@ -91,22 +93,156 @@ def render_gallery(
     )
 
 
-def run_page(result: dict[str, Any], src_for: Callable[[dict[str, Any]], str]) -> str:
-    """The page of one run (`run_result`'s shape): request, skill, criteria, every round, the chosen image, cost."""
-    final = result.get("final") or {}
-    criteria = result.get("criteria") or []
-    running = not final
-    if running:
-        done = len(result.get("rounds") or [])
-        outcome = f"running, round {done + 1}" if done else "running: planning the first round"
-        outcome += " (this page refreshes itself)"
-    elif not criteria:
-        outcome = "no criteria to check: one image from the request as written"
+@dataclass(frozen=True)
+class RunStatus:
+    """Where a run stands, as its page and the runs list say it; only a running run's page refreshes itself.
+
+    `kind`: running, review (paused for a person), error, cancelled, stopped (not finished, nothing known of why)
+    or finished. `line`: the page's sentence; `label`: the runs list's cell.
+    """
+
+    kind: Literal["running", "review", "error", "cancelled", "stopped", "finished"]
+    line: str
+    label: str
+
+    @property
+    def refresh(self) -> int:
+        return 3 if self.kind == "running" else 0
+
+
+ONE_LINE_CHARS = 300
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"),]+", re.I)
+_PATH = re.compile(r"(?<![\w.:/-])(?:~|/)[\w.-]+(?:/[\w.@+-]+)+")
+_REPR = re.compile(r"^(\w+(?:\.\w+)*)\((['\"])(.*)\2,?\)$", re.S)
+
+
+def error_line(error: Any) -> str:
+    """An error as one line a page may show: `Type: message`, first line only, endpoints and paths left out (the
+    page may be opened by anyone with its link; nothing served names where the server's parts live)."""
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    elif isinstance(error, dict):  # the Agent Server's serialised exception
+        kind, message = error.get("error") or error.get("type"), error.get("message") or error.get("detail")
+        text = f"{kind}: {message}" if kind and message else str(message or kind or error)
     else:
-        verdict = "all criteria passed" if result.get("success") else "best so far (not every criterion passed)"
+        text = str(error or "").strip()
+        match = _REPR.match(text)  # a checkpoint keeps a failed task's error as its repr: GeneratorError('...')
+        if match:
+            text = f"{match.group(1)}: {match.group(3)}"
+    text = _PATH.sub("<path>", _URL.sub("<endpoint>", text.strip().splitlines()[0] if text.strip() else ""))
+    return text if len(text) <= ONE_LINE_CHARS else text[: ONE_LINE_CHARS - 1] + "…"
+
+
+def _attr(snapshot: Any, name: str) -> Any:
+    return snapshot.get(name) if isinstance(snapshot, dict) else getattr(snapshot, name, None)
+
+
+def _round_in_progress(values: dict[str, Any], pending: list[str]) -> str:
+    """The line "running, round k" (k: the round in progress), "running: planning the first round" or "running:
+    finishing", from the latest checkpoint: a round is done once its criteria are ticked (`rounds`), in progress
+    from its generation (`round`) until then, and the next one is in progress while its prompt is written."""
+    if {"finalize", "learn"} & set(pending):
+        return "running: finishing"
+    records = [r.get("round") or 0 for r in values.get("rounds") or [] if isinstance(r, dict)]
+    fresh = {"__start__", "intake"} & set(pending) or (values.get("final") and not pending)  # a new turn starting
+    generated = values.get("round") or 0
+    if fresh or not (records or generated):
+        return "running: planning the first round"
+    return f"running, round {max(generated, max(records, default=0) + 1)}"
+
+
+def _waiting_for(value: Any, takes_answers: bool) -> str:
+    value = value if isinstance(value, dict) else {}
+    action = (value.get("action_request") or {}).get("action")
+    if action == "review_round":
+        passed, failed = len(value.get("passed") or []), len(value.get("failed") or [])
+        what = f"round {value.get('round')}'s image ({passed} of {passed + failed} criteria passed)"
+    elif action == "review_plan":
+        what = f"the plan: the criteria and the first prompt \u201c{value.get('first_prompt') or ''}\u201d"
+    else:
+        what = "a person's answer"
+    help_text = f" {value['help']}" if takes_answers and isinstance(value.get("help"), str) else ""
+    return f"waiting for review of {what}.{help_text}"
+
+
+def _tasks(snapshot: Any) -> list[dict[str, Any]]:
+    return [t if isinstance(t, dict) else t._asdict() for t in _attr(snapshot, "tasks") or []]
+
+
+def task_errors(snapshot: Any) -> tuple[list[Any], bool]:
+    """The errors the latest checkpoint keeps for its pending tasks: the failures (a task that raised), and whether
+    a task was cancelled (LangGraph records that as a `CancelledError`: a cancelled run, a client gone, a server
+    stopping; parallel tasks are cancelled when one fails too, so failures come first)."""
+    errors = [t.get("error") for t in _tasks(snapshot) if t.get("error")]
+    failed = [e for e in errors if "CancelledError" not in repr(e)]
+    return failed, len(failed) < len(errors)
+
+
+def run_status(
+    snapshot: Any,
+    *,
+    running: bool | None,
+    how_to_resume: str,
+    how_to_answer: str,
+    error: Any = None,
+    cancelled: bool = False,
+    takes_answers: bool = True,
+) -> RunStatus:
+    """A run's status from its latest checkpoint (`values`, `next`, `tasks`: a `StateSnapshot` or the API's thread
+    state) and what the server knows besides: whether a run is executing on the thread now (`running`; None when
+    the server cannot say), an error it recorded, whether its last run was cancelled, whether it can take a review's
+    answer (else a paused run's page leaves out the review's own help on answering).
+
+    The checkpoint keeps a paused run's interrupts and a failed task's error, so both survive a restart.
+    """
+    values = dict(_attr(snapshot, "values") or {})
+    pending = list(_attr(snapshot, "next") or [])
+    tasks = _tasks(snapshot)
+    if running:
+        line = _round_in_progress(values, pending)
+        return RunStatus("running", f"{line} (this page refreshes itself)", line)
+    asked = [i for t in tasks for i in t.get("interrupts") or []]
+    if asked and pending:
+        first = asked[0]
+        value = first.get("value") if isinstance(first, dict) else getattr(first, "value", None)
+        return RunStatus("review", f"{_waiting_for(value, takes_answers)} {how_to_answer}", "waiting for review")
+    failed, stopped = task_errors(snapshot)
+    if failed or error:
+        said = error_line(failed[0] if failed else error)
+        line = f"stopped with an error: {said}" if said else "stopped with an error"
+        return RunStatus("error", f"{line}. {how_to_resume}", line)
+    final = values.get("final") or {}
+    if final and not pending:
+        criteria = values.get("criteria") or []
+        if not criteria:
+            line = "no criteria to check: one image from the request as written"
+            return RunStatus("finished", line, "finished: nothing to check")
+        verdict = "all criteria passed" if values.get("success") else "best so far (not every criterion passed)"
         if final.get("accepted"):
             verdict = "accepted by the reviewer"
-        outcome = f"{verdict}: round {final.get('round')} chosen, {final.get('passed')}/{final.get('total')} passed"
+        line = f"{verdict}: round {final.get('round')} chosen, {final.get('passed')}/{final.get('total')} passed"
+        label = "all criteria passed" if values.get("success") else "best attempt"
+        return RunStatus("finished", line, "accepted by the reviewer" if final.get("accepted") else label)
+    if cancelled or stopped:
+        return RunStatus("cancelled", f"cancelled before finishing. {how_to_resume}", "cancelled")
+    if running is None:
+        line = "not finished (whether it is still running is unknown here)"
+        return RunStatus("stopped", f"{line}. {how_to_resume}", "not finished")
+    line = "stopped before finishing"
+    return RunStatus("stopped", f"{line} (nothing recorded says why). {how_to_resume}", line)
+
+
+def run_page(result: dict[str, Any], src_for: Callable[[dict[str, Any]], str], status: RunStatus | None = None) -> str:
+    """The page of one run (`run_result`'s shape): request, skill, criteria, where the run stands, every round, the
+    chosen image, cost. Without `status` (a page written once, not served) the result alone says it: finished, or
+    not finished; such a page never refreshes itself."""
+    criteria = result.get("criteria") or []
+    if status is None:
+        snapshot = {"values": result, "next": [] if result.get("final") else ["?"], "tasks": []}
+        status = run_status(snapshot, running=None, how_to_resume="", how_to_answer="")
+        if status.kind != "finished":
+            status = RunStatus("stopped", "not finished when this page was written", "not finished")
+    outcome = status.line
     counts, usage, timings = result.get("counts") or {}, result.get("usage") or {}, result.get("timings") or {}
     cost = {
         "mllm_calls": counts.get("mllm_calls", 0),
@@ -126,4 +262,4 @@ def run_page(result: dict[str, Any], src_for: Callable[[dict[str, Any]], str]) -
         f"cost: {cost_line(cost)}",
     ]
     item = gallery_item(result, "the green frame marks the image returned", src_for)
-    return render_gallery(f"gems run: {result.get('prompt', '')}", intro, [item], refresh=3 if running else 0)
+    return render_gallery(f"gems run: {result.get('prompt', '')}", intro, [item], refresh=status.refresh)

@@ -41,7 +41,7 @@ from gems.configs import ConfigError, GemsSettings, load_settings
 from gems.configs.settings import MAX_ROUNDS, missing_editor
 from gems.graph.builder import build_graph, continuation, run_config
 from gems.interfaces.keys import KEY_HELP, api_keys_from_env, check_keys, key_name, offered_key
-from gems.interfaces.pages import run_page
+from gems.interfaces.pages import run_page, run_status
 from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.checkpoint import open_checkpointer
 from gems.memory.store import open_store
@@ -218,6 +218,13 @@ class ThreadBusy(ThreadConflict):
 
 
 THREAD_BUSY = "this thread is running for another request; retry when it has finished, or use another X-Thread-Id"
+# What a run page tells a client about a run that stopped, or paused for review.
+SERVE_RESUME = "To resume it from its last checkpoint, send the same request again with X-Thread-Id: {thread_id}."
+SERVE_REVIEW = (
+    "This server cannot take a review's answer (its config pauses runs for one: loop.human_review or review_rounds); "
+    "the same request with this X-Thread-Id stops here again. Send it on a new X-Thread-Id once the server's config "
+    "no longer asks for review."
+)
 
 
 class ServerBusy(Exception):
@@ -927,16 +934,26 @@ def create_app(
     app.add_route("/signin", signin, methods=["GET", "POST"], include_in_schema=False)
 
     async def run_page_route(request: Any) -> Any:
-        """A finished or running run as a page; only the caller's tenant's threads are found."""
+        """A run as a page, saying where it stands (running, waiting for review, stopped with an error, stopped,
+        finished); only the caller's tenant's threads are found."""
         thread_id = request.path_params["thread_id"]
         if not THREAD_ID.fullmatch(thread_id):
             raise HTTPException(404, "no such run")
         tenant = (request.scope.get("state") or {}).get("tenant")
-        snapshot = await service.graph.aget_state({"configurable": {"thread_id": tenant_thread(tenant, thread_id)}})
+        thread = tenant_thread(tenant, thread_id)
+        snapshot = await service.graph.aget_state({"configurable": {"thread_id": thread}})
         if not snapshot.values.get("prompt"):
             raise HTTPException(404, "no such run")
+        # Running: a request is executing this thread now (the one-run-per-thread claim; a finished thread is never
+        # run again, only answered). Otherwise the checkpoint says the rest: an interrupt waiting for review, a
+        # failed task's error, a cancelled task, a result, or none of these.
+        running = service.busy(thread) and bool(snapshot.next or not snapshot.values.get("final"))
+        status = run_status(
+            snapshot, running=running, how_to_resume=SERVE_RESUME.format(thread_id=thread_id),
+            how_to_answer=SERVE_REVIEW, takes_answers=False,
+        )  # fmt: skip
         result = service._shown(tenant or "", run_result(snapshot.values, thread_id=thread_id))
-        return HTMLResponse(run_page(result, lambda image: f"/artifacts/{image.get('sha256', 'missing')}.png"))
+        return HTMLResponse(run_page(result, lambda image: f"/artifacts/{image.get('sha256', 'missing')}.png", status))
 
     app.add_route("/runs/{thread_id}/", run_page_route, methods=["GET"], include_in_schema=False)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import json
 import os
 import re
@@ -32,6 +33,7 @@ KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-01234567890"}
 CRITERIA = ["Is there a cube?", "Is the cube red?"]
 IMAGE = re.compile(r"!\[[^\]]*\]\((http://127\.0\.0\.1:\d+/artifacts/[0-9a-f]{64}\.png\?[^)\s]+)\)")
 REQUEST = "a red cube on a wooden table"
+REFRESH = 'http-equiv="refresh"'
 
 
 def verdict(criterion: str, image_prompt: str | None) -> str:
@@ -274,8 +276,59 @@ def test_cancelling_a_run_closes_the_call_in_flight_and_the_thread_resumes(serve
         script.release.set()
     state = alice.threads.get_state(thread)
     assert state["next"]  # resumable from its last checkpoint
+    page = httpx.get(f"{server['url']}/runs/{thread}/", headers={"X-API-Key": KEYS["alice"]}).text
+    assert "<p>cancelled before finishing. To resume it" in page and REFRESH not in page  # and it says so
     alice.runs.wait(thread, "gems", input=None)
     assert alice.threads.get_state(thread)["values"]["success"] is True
+
+
+# ---- run pages tell the truth -------------------------------------------------------------------------------------
+
+
+def _rows(listing: str) -> dict[str, str]:
+    """The runs list as {thread id: status}."""
+    return dict(re.findall(r'<a href="[^"]*/runs/([^/"]+)/[^"]*">[^<]*</a></td><td class=\w+>([^<]*)</td>', listing))
+
+
+def test_run_pages_and_the_runs_list_say_where_each_run_stands(server):
+    alice, url, key = client(server), server["url"], {"X-API-Key": KEYS["alice"]}
+    gen, script = server["gen"], server["script"]
+    failed, paused, live = (alice.threads.create()["thread_id"] for _ in range(3))
+    gen.fail_first = len(gen.prompts) + 50  # the generator answers 500: the run stops with its error
+    try:
+        with contextlib.suppress(Exception):
+            alice.runs.wait(failed, "gems", input={"prompt": REQUEST})
+    finally:
+        gen.fail_first = 0
+    chat(alice, paused, REQUEST, context={"loop": {"human_review": True}})  # stops at the plan's review
+    script.block_at = ("refine", script.calls["refine"] + 1)  # round 1 is done, round 2's prompt is being written
+    script.blocked.clear()
+    script.release.clear()
+    try:
+        run = alice.runs.create(live, "gems", input={"prompt": REQUEST})
+        assert script.blocked.wait(60), "the refiner's call never arrived"
+        pages = {thread: httpx.get(f"{url}/runs/{thread}/", headers=key).text for thread in (failed, paused, live)}
+        listed = _rows(httpx.get(f"{url}/runs/", headers=key).text)
+    finally:
+        script.block_at = None
+        script.release.set()
+    alice.runs.join(live, run["run_id"])
+
+    assert "<p>running, round 2 (this page refreshes itself)</p>" in pages[live] and REFRESH in pages[live]
+    assert REFRESH not in pages[failed] and REFRESH not in pages[paused]
+    stopped = "stopped with an error: GeneratorError: generator server <endpoint> answered HTTP 500: model exploded"
+    resume = "To resume it from its last checkpoint, start a run on this thread with no input"
+    assert f"<p>{html.escape(stopped)}. {resume}" in pages[failed]
+    assert "<p>waiting for review of the plan: the criteria and the first prompt" in pages[paused]
+    assert "Answer &#34;accept&#34; to go on" in pages[paused] and "{&#34;resume&#34;: &lt;answer&gt;}" in pages[paused]
+    assert listed[live] == "running, round 2" and listed[paused] == "waiting for review"
+    assert html.unescape(listed[failed]) == stopped
+    assert not any(status.startswith("running") for thread, status in listed.items() if thread != live)
+    # What the failed run's page says to do works.
+    alice.runs.wait(failed, "gems", input=None)
+    done = httpx.get(f"{url}/runs/{failed}/", headers=key).text
+    assert "all criteria passed" in done and REFRESH not in done
+    assert _rows(httpx.get(f"{url}/runs/", headers=key).text)[failed] == "all criteria passed"
 
 
 # ---- owners (Hardening II) ----------------------------------------------------------------------------------------
@@ -373,7 +426,8 @@ def test_a_run_page_shows_a_run_in_progress_and_bodies_are_bounded(server):
         run = alice.runs.create(thread, "gems", input={"prompt": REQUEST})
         assert script.blocked.wait(60)
         page = httpx.get(f"{server['url']}/runs/{thread}/", headers=key)
-        assert page.status_code == 200 and "running" in page.text and 'http-equiv="refresh"' in page.text
+        assert page.status_code == 200 and REFRESH in page.text
+        assert "<p>running: planning the first round (this page refreshes itself)</p>" in page.text
     finally:
         script.block_at = None
         script.release.set()
