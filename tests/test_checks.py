@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gems.configs import GeneratorSettings, MLLMSettings
-from gems.interfaces.cli.checks import Findings, check_images, check_mllm, check_weights
+from gems.configs import GemsSettings, GeneratorSettings, MLLMSettings
+from gems.interfaces.cli.checks import Findings, check_images, check_mllm, check_run, check_weights
 from tests.support.net import free_port, write_stub_config
 from tests.test_cli import error_lines, gems
 
@@ -126,39 +129,43 @@ def test_remote_generators_need_an_answer_and_their_key():
     assert check(images, lambda r: httpx.Response(404)).problems == []  # no /models there, but it answers
 
 
-def hub_cache(root: Path, repo: str, marker: str = "model_index.json") -> Path:
-    """A Hugging Face cache holding `repo`'s `marker` file, laid out as `hf download` leaves it."""
+def hub_cache(root: Path, repo: str, marker: str = "model_index.json", weights: bool = True) -> Path:
+    """A Hugging Face cache holding `repo`'s `marker` file (and a weight file), laid out as `hf download` leaves it."""
     folder = root / f"models--{repo.replace('/', '--')}"
     (folder / "refs").mkdir(parents=True)
     (folder / "refs" / "main").write_text("0123abcd")
     snapshot = folder / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     (snapshot / marker).write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    if weights:
+        (snapshot / "model.safetensors").write_bytes(b"weights")
     return root
 
 
+def weights(section: str, model: str, offline: bool, cache: Path | None = None, vlm: bool = False) -> Findings:
+    return asyncio.run(check_weights(section, model, offline, cache, in_process_vlm=vlm))
+
+
 def test_diffusers_weights_are_looked_for_before_the_run(tmp_path, tiny_sd_dir):
-    found = check_weights("generator", str(tiny_sd_dir), offline=True)
+    found = weights("generator", str(tiny_sd_dir), offline=True)
     assert found.problems == [] and found.notes == [f"check      generator {tiny_sd_dir}: a local diffusers folder"]
     empty = tmp_path / "not-a-model"
     empty.mkdir()
-    assert check_weights("generator", str(empty), offline=True).problems == [
-        f"generator.model {empty} holds no model_index.json: point it at a diffusers model folder (one saved by "
-        "save_pretrained or fetched with hf download)"
+    assert weights("generator", str(empty), offline=True).problems == [
+        f"generator.model {empty}: no model_index.json in the folder; point it at a complete diffusers model folder "
+        "(one saved by save_pretrained)"
     ]
     missing = str(tmp_path / "no" / "such" / "folder")
-    assert "no such folder" in check_weights("editor", missing, offline=True).problems[0]
+    assert "no such folder" in weights("editor", missing, offline=True).problems[0]
 
     cache = hub_cache(tmp_path / "hub", "acme/tiny-model")
-    cached = check_weights("generator", "acme/tiny-model", offline=True, cache_dir=cache)
+    cached = weights("generator", "acme/tiny-model", offline=True, cache=cache)
     assert cached.problems == [] and cached.notes == ["check      generator acme/tiny-model: in the Hugging Face cache"]
-    offline = check_weights("generator", "acme/other-model", offline=True, cache_dir=cache)
+    offline = weights("generator", "acme/other-model", offline=True, cache=cache)
     assert offline.problems == [
         "generator model acme/other-model is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it "
         "first (hf download acme/other-model) or set generator.model to a local folder"
     ]
-    online = check_weights("generator", "acme/other-model", offline=False, cache_dir=cache)
-    assert online.problems == [] and "it will be downloaded on first use" in online.notes[0]
 
 
 def test_an_in_process_vlm_needs_its_weights_here_not_an_endpoint(tmp_path):
@@ -166,17 +173,140 @@ def test_an_in_process_vlm_needs_its_weights_here_not_an_endpoint(tmp_path):
     folder = tmp_path / "vlm"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    assert check_weights("mllm", str(folder), True, in_process_vlm=True).notes == [
+    (folder / "model.safetensors").write_bytes(b"weights")
+    assert weights("mllm", str(folder), True, vlm=True).notes == [
         f"check      mllm {folder}: a local transformers folder"
     ]
-    assert check_weights("mllm", "acme/tiny-vlm", True, cache, in_process_vlm=True).problems == []
-    assert check_weights("mllm", "acme/other-vlm", True, cache, in_process_vlm=True).problems == [
+    assert weights("mllm", "acme/tiny-vlm", True, cache, vlm=True).problems == []
+    assert weights("mllm", "acme/other-vlm", True, cache, vlm=True).problems == [
         "cannot load the in-process model 'acme/other-vlm': it is not in the Hugging Face cache and HF_HUB_OFFLINE "
         "is set: download it first (hf download acme/other-vlm) or set mllm.model to a local folder"
     ]
     # No endpoint is asked: the model runs in this process.
     found, seen = mllm_check(lambda r: httpx.Response(500), backend="transformers")
     assert seen == [] and found.problems and "in-process model 'qwen-vl'" in found.problems[0]
+
+
+def test_a_local_folder_is_told_what_it_lacks_never_to_hf_download_a_path(tmp_path, tiny_sd_dir, monkeypatch):
+    vlm = tmp_path / "vlm"
+    vlm.mkdir()
+    (vlm / "config.json").write_text("{}")  # a config but no weights: the load would fail after the run started
+    assert weights("mllm", str(vlm), False, vlm=True).problems == [
+        f"mllm.model {vlm}: no weight files (*.safetensors or *.bin) in the folder; point it at a complete "
+        "transformers model folder (one saved by save_pretrained)"
+    ]
+    (vlm / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
+    (vlm / "model-00001-of-00002.safetensors").write_bytes(b"half")  # a copy that stopped half way
+    assert weights("mllm", str(vlm), False, vlm=True).problems == [
+        f"mllm.model {vlm}: no model-00002-of-00002.safetensors in the folder (model.safetensors.index.json names "
+        "it); point it at a complete transformers model folder (one saved by save_pretrained)"
+    ]
+    sd = Path(shutil.copytree(tiny_sd_dir, tmp_path / "sd"))
+    for file in (sd / "unet").glob("*.safetensors"):
+        file.unlink()
+    shutil.rmtree(sd / "vae")
+    assert weights("generator", str(sd), False).problems == [
+        f"generator.model {sd}: no weight files (*.safetensors or *.bin) in unet/, no vae/ in the folder "
+        "(model_index.json names it); point it at a complete diffusers model folder (one saved by save_pretrained)"
+    ]
+    # A path that is not there is a path, not a hub id, whatever its form; the hub is never asked about it.
+    monkeypatch.chdir(tmp_path)
+    for path in ("./no-such-model", "../no-such-model", "~/no-such-model-gems", str(tmp_path / "gone")):
+        problems = weights("generator", path, False).problems
+        assert problems == [
+            f"generator.model {path}: no such folder; point it at a complete diffusers model folder (one saved by "
+            "save_pretrained)"
+        ]
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(b"x")
+    assert "a file, not a model folder" in weights("mllm", "model.safetensors", False, vlm=True).problems[0]
+
+
+def test_a_hub_model_partly_in_the_cache_is_not_taken_as_there(tmp_path):
+    cache = hub_cache(
+        tmp_path / "hub", "acme/config-only", marker="config.json", weights=False
+    )  # AutoConfig fetched just this
+    assert weights("mllm", "acme/config-only", True, cache, vlm=True).problems == [
+        "cannot load the in-process model 'acme/config-only': it is only partly in the Hugging Face cache (no weight "
+        "files (*.safetensors or *.bin) in the folder) and HF_HUB_OFFLINE is set: download it first (hf download "
+        "acme/config-only) or set mllm.model to a local folder"
+    ]
+
+
+class Hub:
+    """An endpoint standing in for the hub: counts the requests it answers."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        seen = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                seen.append(f"{self.command} {self.path}")
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    stub = Hub()
+    yield stub
+    stub.server.shutdown()
+    stub.server.server_close()
+
+
+def hub_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str) -> GemsSettings:
+    """A run with an in-process MLLM and a diffusers generator, both hub ids not in an empty cache; online."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    return GemsSettings.model_validate({
+        "mllm": {"backend": "transformers", "model": "acme/tiny-vlm", "device": "cpu"},
+        "generator": {"backend": "diffusers", "preset": None, "model": "acme/tiny-sd", "device": "cpu"},
+        "memory": {"lessons": False},
+    })  # fmt: skip
+
+
+def test_hub_models_not_here_stop_the_run_when_the_hub_cannot_be_reached(tmp_path, monkeypatch):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens: a machine without network
+    found = asyncio.run(check_run(hub_settings(tmp_path, monkeypatch, endpoint)))
+    assert found.problems == [
+        f"cannot load the in-process model 'acme/tiny-vlm': it is not in the Hugging Face cache and {endpoint} cannot "
+        "be reached; download it where there is network (hf download acme/tiny-vlm) and copy the cache, or set "
+        "mllm.model to a local folder",
+        f"generator model acme/tiny-sd is not in the Hugging Face cache and {endpoint} cannot be reached; download "
+        "it where there is network (hf download acme/tiny-sd) and copy the cache, or set generator.model to a local "
+        "folder",
+    ]
+
+
+def test_a_hub_that_answers_is_asked_once_and_the_download_waits_for_first_use(tmp_path, monkeypatch, hub):
+    settings = hub_settings(tmp_path, monkeypatch, hub.url)
+    found = asyncio.run(check_run(settings))
+    assert found.problems == []
+    assert [n for n in found.notes if "first use" in n] == [
+        "check      mllm acme/tiny-vlm: not in the Hugging Face cache; it will be downloaded on first use (or "
+        "fetch it now: hf download acme/tiny-vlm)",
+        "check      generator acme/tiny-sd: not in the Hugging Face cache; it will be downloaded on first use (or "
+        "fetch it now: hf download acme/tiny-sd)",
+    ]
+    assert len(hub.requests) == 1  # one probe for both models
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline: nothing to ask, the cache decides
+    assert asyncio.run(check_run(settings)).problems and len(hub.requests) == 1
 
 
 @pytest.mark.slow
@@ -208,3 +338,19 @@ def test_every_problem_is_its_own_line(tmp_path):
         f"gems: error: cannot reach the generator server {dead_gen}; start it or set GEMS_GENERATOR_URL / "
         "generator.url",
     ]
+
+
+@pytest.mark.slow
+def test_no_network_stops_the_cli_before_the_run_with_no_resume_hint(tmp_path):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "mllm: {backend: transformers, model: acme/tiny-vlm, device: cpu}\n"
+        "generator: {backend: diffusers, preset: null, model: acme/tiny-sd, device: cpu}\nmemory: {lessons: false}\n"
+    )
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": endpoint}
+    result = gems("generate", "a cat", "--config", str(cfg), "--thread-id", "n1", env_extra=env, timeout=60)
+    assert result.returncode == 1
+    lines = error_lines(result.stderr)
+    assert len(lines) == 2 and all(f"{endpoint} cannot be reached" in line for line in lines)
+    assert "--resume" not in result.stderr and "Retry" not in result.stderr

@@ -1,8 +1,8 @@
 """What `gems generate` checks before the first model call: the MLLM endpoint answers, and the generator (and the
 editor, when the run edits) answers or has its weights on this machine. Each problem is one line naming the fix.
 
-Nothing here loads a model or sends a prompt: one short request per endpoint, and a look at the model folder or
-the Hugging Face cache.
+Nothing here loads a model or sends a prompt: one short request per endpoint, a look at the model folder or the
+Hugging Face cache, and, when a hub model is not here yet, one short request to the hub for the whole run.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import httpx
 
 from gems.configs import GemsError, GemsSettings, GeneratorSettings, MLLMSettings
 from gems.nodes.generators import editor_settings, effective_settings
+from gems.nodes.generators.diffusers_backend import folder_lacks, is_local_path
 
 CHECK_S = 10.0  # the most one check waits for an answer (less when the endpoint's own timeout is shorter)
+HUB_CHECK_S = 3.0  # the most the hub probe waits: without network, Hugging Face's own retries take minutes
 _TRUE = {"1", "ON", "YES", "TRUE"}  # how huggingface_hub reads HF_HUB_OFFLINE
 
 
@@ -48,6 +50,33 @@ def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
 
 
+class HubProbe:
+    """Whether the Hugging Face hub (`HF_ENDPOINT`, else https://huggingface.co) answers: one short request, made
+    the first time a check asks and shared by every model of the run; any HTTP answer counts."""
+
+    def __init__(self, client: httpx.AsyncClient | None = None, limit: float = HUB_CHECK_S):
+        self.endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        self.client = client
+        self.limit = limit
+        self._answer: asyncio.Future[bool] | None = None
+
+    async def reachable(self) -> bool:
+        if self._answer is None:
+            self._answer = asyncio.ensure_future(self._probe())
+        return await asyncio.shield(self._answer)
+
+    async def _probe(self) -> bool:
+        try:
+            if self.client is not None:
+                await _get(self.client, "HEAD", self.endpoint, self.limit, timeout=self.limit)
+            else:
+                async with httpx.AsyncClient(follow_redirects=True) as client:
+                    await _get(client, "HEAD", self.endpoint, self.limit, timeout=self.limit)
+        except (httpx.HTTPError, OSError):  # OSError: TimeoutError too
+            return False
+        return True
+
+
 async def check_run(settings: GemsSettings, offline: bool | None = None) -> Findings:
     """Check what a run of `settings` calls: lines to show (`notes`) and problems that stop it, one line each."""
     targets = [("generator", effective_settings(settings.generator))]
@@ -57,9 +86,10 @@ async def check_run(settings: GemsSettings, offline: bool | None = None) -> Find
             targets.append(("editor", editor))
     limit = min(settings.mllm.timeout_s, CHECK_S)
     async with httpx.AsyncClient(timeout=limit, follow_redirects=True) as client:
+        hub = HubProbe(client)  # asked at most once, and only for a hub model not in the cache
         found = await asyncio.gather(
-            check_mllm(settings.mllm, client, limit, offline),
-            *(check_images(section, s, client, limit, offline) for section, s in targets),
+            check_mllm(settings.mllm, client, limit, offline, hub),
+            *(check_images(section, s, client, limit, offline, hub) for section, s in targets),
         )
     total = Findings()
     for one in found:
@@ -98,12 +128,17 @@ def _model_ids(body: bytes) -> list[str]:
 
 
 async def check_mllm(
-    s: MLLMSettings, client: httpx.AsyncClient, limit: float = CHECK_S, offline: bool | None = None
+    s: MLLMSettings,
+    client: httpx.AsyncClient,
+    limit: float = CHECK_S,
+    offline: bool | None = None,
+    hub: HubProbe | None = None,
 ) -> Findings:
     """GET {base_url}/models with the key: unreachable, a refused key or no OpenAI API there is a problem; a model in
     this process (`mllm.backend: transformers`) needs its weights here instead."""
     if s.backend == "transformers":
-        return check_weights("mllm", s.model, hf_offline() if offline is None else offline, in_process_vlm=True)
+        offline = hf_offline() if offline is None else offline
+        return await check_weights("mllm", s.model, offline, in_process_vlm=True, hub=hub or HubProbe(client))
     base = s.base_url.rstrip("/")
     key = s.resolved_api_key()
     headers = {"Authorization": f"Bearer {key}"}
@@ -146,11 +181,17 @@ async def check_mllm(
 
 
 async def check_images(
-    section: str, s: GeneratorSettings, client: httpx.AsyncClient, limit: float = CHECK_S, offline: bool | None = None
+    section: str,
+    s: GeneratorSettings,
+    client: httpx.AsyncClient,
+    limit: float = CHECK_S,
+    offline: bool | None = None,
+    hub: HubProbe | None = None,
 ) -> Findings:
     """A remote backend's URL answers (any HTTP status) and takes the key; a diffusers model is on this machine."""
     if s.backend == "diffusers":
-        return check_weights(section, s.model or "", hf_offline() if offline is None else offline)
+        offline = hf_offline() if offline is None else offline
+        return await check_weights(section, s.model or "", offline, hub=hub or HubProbe(client))
     found = Findings()
     if not s.url:
         found.problems.append(f"{section}.url is not set: the {s.backend} backend needs the server's URL")
@@ -180,25 +221,31 @@ async def check_images(
     return found
 
 
-def check_weights(
-    section: str, model: str, offline: bool, cache_dir: Path | None = None, in_process_vlm: bool = False
+async def check_weights(
+    section: str,
+    model: str,
+    offline: bool,
+    cache_dir: Path | None = None,
+    in_process_vlm: bool = False,
+    hub: HubProbe | None = None,
 ) -> Findings:
     """A diffusers model (or, `in_process_vlm`, a transformers model) loads from a folder holding model_index.json
-    (config.json), or a hub id in the Hugging Face cache (downloaded on first use when online); `cache_dir`: the
-    cache, default huggingface_hub's (HF_HUB_CACHE)."""
+    (config.json) and its weights, or a hub id whole in the Hugging Face cache; one that is not is downloaded on
+    first use when online and the hub (`hub`, asked once per run) answers. `cache_dir`: the cache, default
+    huggingface_hub's (HF_HUB_CACHE)."""
     marker, kind = ("config.json", "transformers") if in_process_vlm else ("model_index.json", "diffusers")
     # An in-process VLM's messages start as its loader's do, so both read alike.
     cannot = f"cannot load the in-process model {model!r}: it" if in_process_vlm else f"{section} model {model}"
     found = Findings()
-    folder = Path(model).expanduser()
-    if folder.exists():
-        if not (folder / marker).is_file():
-            found.problems.append(
-                f"{section}.model {model} holds no {marker}: point it at a {kind} model folder "
-                "(one saved by save_pretrained or fetched with hf download)"
-            )
-        else:
+    if is_local_path(model):  # a folder, never a hub id: say what it lacks
+        lacks = folder_lacks(Path(model).expanduser(), diffusers=not in_process_vlm)
+        if lacks is None:
             found.notes.append(f"check      {section} {model}: a local {kind} folder")
+        else:
+            found.problems.append(
+                f"{section}.model {model}: {lacks}; point it at a complete {kind} model folder (one saved by "
+                "save_pretrained)"
+            )
         return found
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
@@ -212,16 +259,28 @@ def check_weights(
             f"folder or a hub id such as {example}"
         )
         return found
-    if isinstance(cached, str):
-        found.notes.append(f"check      {section} {model}: in the Hugging Face cache")
-    elif offline:
+    where, rest = "not in the Hugging Face cache", "it"
+    if isinstance(cached, str):  # the snapshot folder, as a local folder: an interrupted download lacks weights
+        lacks = folder_lacks(Path(cached).parent, diffusers=not in_process_vlm)
+        if lacks is None:
+            found.notes.append(f"check      {section} {model}: in the Hugging Face cache")
+            return found
+        where, rest = f"only partly in the Hugging Face cache ({lacks})", "the rest"
+    if offline:
         found.problems.append(
-            f"{cannot} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it first "
+            f"{cannot} is {where} and HF_HUB_OFFLINE is set: download it first "
             f"(hf download {model}) or set {section}.model to a local folder"
         )
-    else:
+        return found
+    hub = hub or HubProbe()
+    if await hub.reachable():
         found.notes.append(
-            f"check      {section} {model}: not in the Hugging Face cache; it will be downloaded on first use "
+            f"check      {section} {model}: {where}; {rest} will be downloaded on first use "
             f"(or fetch it now: hf download {model})"
+        )
+    else:
+        found.problems.append(
+            f"{cannot} is {where} and {hub.endpoint} cannot be reached; download it where there is network "
+            f"(hf download {model}) and copy the cache, or set {section}.model to a local folder"
         )
     return found

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
+import json
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from langgraph.config import get_stream_writer
@@ -55,6 +58,75 @@ async def off_loop(work: Callable[[threading.Event], T]) -> T:
     except asyncio.CancelledError:
         cancel.set()
         raise
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+NO_WEIGHTS = "no weight files (*.safetensors or *.bin)"
+# model_index.json classes that hold no weights of their own
+_WEIGHTLESS = ("Tokenizer", "TokenizerFast", "Scheduler", "Processor", "FeatureExtractor")
+
+
+def is_local_path(model: str) -> bool:
+    """Whether a model value names a folder on this machine rather than a hub id (`org/name` has a slash too):
+    it exists here, or it is written as a path (`/`, `./`, `../`, `~`, a Windows separator)."""
+    if model in (".", "..") or model.startswith(("/", "./", "../", "~")) or os.path.isabs(model):
+        return True
+    if os.sep != "/" and os.sep in model:
+        return True
+    return Path(model).expanduser().exists()
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(f.is_file() for pattern in WEIGHT_FILES for f in folder.glob(pattern))
+
+
+def _missing_shards(folder: Path, where: str) -> list[str]:
+    """The weight shards an index in `folder` names that are not there (a copy that stopped half way)."""
+    lacks: list[str] = []
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            names = set((json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue
+        missing = sorted(n for n in names if isinstance(n, str) and not (folder / n).is_file())
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            lacks.append(f"no {missing[0]}{more} in {where} ({index.name} names it)")
+    return lacks
+
+
+def _weights_lacking(folder: Path, where: str) -> list[str]:
+    if not _has_weights(folder):
+        return [f"{NO_WEIGHTS} in {where}"]
+    return _missing_shards(folder, where)
+
+
+def folder_lacks(folder: Path, diffusers: bool) -> str | None:
+    """What a local model folder lacks to load, in words ("no such folder", "no config.json in the folder",
+    "no weight files (*.safetensors or *.bin) in unet/", ...); None when it looks whole. Reads no weights."""
+    if not folder.exists():
+        return "no such folder"
+    if not folder.is_dir():
+        return "a file, not a model folder"
+    marker = "model_index.json" if diffusers else "config.json"
+    if not (folder / marker).is_file():
+        return f"no {marker} in the folder"
+    if not diffusers:
+        return ", ".join(_weights_lacking(folder, "the folder")) or None
+    try:
+        index = json.loads((folder / marker).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"an unreadable {marker} in the folder"
+    lacks: list[str] = []
+    for name, value in sorted(index.items()) if isinstance(index, dict) else []:
+        if name.startswith("_") or not (isinstance(value, list) and len(value) == 2 and all(value)):
+            continue  # metadata, or a component left out (safety_checker: [null, null])
+        part = folder / name
+        if not part.is_dir():
+            lacks.append(f"no {name}/ in the folder ({marker} names it)")
+        elif (part / "config.json").is_file() and not str(value[1]).endswith(_WEIGHTLESS):
+            lacks += _weights_lacking(part, f"{name}/")
+    return ", ".join(lacks) or None
 
 
 def _pick_device(requested: str) -> str:
@@ -106,11 +178,13 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_off
             transformers_logging.disable_progress_bar()
             pipe = DiffusionPipeline.from_pretrained(model, dtype=_pick_dtype(dtype, device))
         except (OSError, ValueError) as exc:
-            first = _clip(str(exc), 160)
-            raise GeneratorError(
-                f"cannot load diffusers model {model!r}: {first}; download it first "
-                f"(hf download {model}) or set generator.model to a local folder"
-            ) from exc
+            if is_local_path(model):  # a folder here: what it lacks, never hub advice
+                detail = folder_lacks(Path(model).expanduser(), diffusers=True) or _clip(str(exc), 160)
+                fix = "set generator.model to a local folder with the whole model (one saved by save_pretrained)"
+            else:
+                detail = _clip(str(exc), 160)
+                fix = f"download it first (hf download {model}) or set generator.model to a local folder"
+            raise GeneratorError(f"cannot load diffusers model {model!r}: {detail}; {fix}") from exc
         finally:
             transformers_logging.set_verbosity(verbosity)
         if cpu_offload and device != "cpu":
