@@ -14,16 +14,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import inspect
 import io
 import json
+import logging
 import re
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -44,7 +47,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from gems.configs import GemsError, MLLMSettings
-from gems.nodes.generators.diffusers_backend import _pick_device, _pick_dtype
+from gems.nodes.generators.diffusers_backend import _pick_device, _pick_dtype, folder_lacks, is_local_path
 
 T = TypeVar("T")
 DEFAULT_MAX_NEW_TOKENS = 8192  # mllm.max_tokens unset: a model's own generation config often says 20
@@ -236,33 +239,108 @@ _vlms_lock = threading.Lock()
 def load_vlm(model: str, dtype: str = "auto", device: str = "auto", device_map: str | None = None) -> LocalVLM:
     """Load (once per process) and return the model for a hub id or a local folder.
 
+    Once per model, device and dtype as they resolve: a judge asking for bfloat16 beside an MLLM whose 'auto' is
+    bfloat16 shares its weights.
+
     Raises:
         LocalModelError: the weights or processor cannot be loaded; one line saying what to do.
     """
-    key = (model, dtype, device, device_map)
     with _vlms_lock:
-        if key in _vlms:
-            return _vlms[key]
         try:
             import torch  # noqa: F401  (a missing torch surfaces here, not mid-call)
-            from transformers.utils import logging as transformers_logging
 
-            # A first download is gigabytes: show its progress, which loading a diffusers pipeline turns off.
-            transformers_logging.enable_progress_bar()
             place = _pick_device(device if device_map is None else "auto")
-            processor = _load_processor(model)
-            net = _load_model(model, _pick_dtype(dtype, place), device_map)
-        except (OSError, ValueError, ImportError, KeyError) as exc:
-            raise LocalModelError(
-                f"cannot load the in-process model {model!r}: {_one_line(exc)}; download it first (hf download "
-                f"{model}) or set the model to a local folder"
-            ) from exc
+            torch_dtype = _pick_dtype(dtype, place)
+        except (ImportError, KeyError) as exc:
+            raise LocalModelError(f"cannot load the in-process model {model!r}: {_one_line(exc)}") from exc
+        same = str(Path(model).expanduser().resolve()) if is_local_path(model) else model
+        key = (same, str(torch_dtype), place, device_map)
+        if key in _vlms:
+            return _vlms[key]
+        with _held_logs() as held:
+            try:
+                processor = _load_processor(model)
+                net = _load_model(model, torch_dtype, device_map)
+            except (OSError, ValueError, ImportError, KeyError, RuntimeError) as exc:
+                raise LocalModelError(_load_failure(model, exc, held)) from exc
         if device_map is None:
             net = net.to(place)
         net.eval()
         vlm = LocalVLM(model, net, processor, ThreadPoolExecutor(1, thread_name_prefix="gems-vlm"))
         _vlms[key] = vlm
         return vlm
+
+
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _held_logs() -> Iterator[list[logging.LogRecord]]:
+    """transformers' and huggingface_hub's log records held while a model loads: shown once it has loaded,
+    dropped when it fails (its one-line error says what matters, e.g. the first tensor of a 30-line load report).
+
+    The hub's download bars still show (a first download is gigabytes; loading a diffusers pipeline turns them
+    off); transformers' own "Loading weights" bar does not.
+    """
+    from huggingface_hub.utils import enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    enable_progress_bars()
+    held = _Held()
+    loggers = [logging.getLogger("transformers"), logging.getLogger("huggingface_hub")]
+    saved = [(logger, logger.handlers[:], logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers, logger.propagate = [held], False
+    try:
+        yield held.records
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+        if bars:
+            transformers_logging.enable_progress_bar()
+    for record in held.records:  # loaded: what transformers had to say, as it would have said it
+        logging.getLogger(record.name).handle(record)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MISMATCH = re.compile(
+    r"^([^\s|][^|\n]*?)[ \t]*\|[ \t]*MISMATCH[ \t]*\|.*?"
+    r"ckpt:[ \t]*torch\.Size\((\[[^\]]*\])\)[ \t]*vs[ \t]*model:[ \t]*torch\.Size\((\[[^\]]*\])\)",
+    re.MULTILINE,
+)
+
+
+def _load_failure(model: str, exc: BaseException, held: list[logging.LogRecord]) -> str:
+    """The one line for a load that failed: what a local folder lacks, which tensor does not fit the config, or
+    the error's first sentence; `hf download` advice only for a hub id that could not be fetched."""
+    head = f"cannot load the in-process model {model!r}: "
+    local = is_local_path(model)
+    lacks = folder_lacks(Path(model).expanduser(), diffusers=False) if local else None
+    if lacks is not None:
+        return f"{head}{lacks}; point it at a folder with the whole model (one saved by save_pretrained)"
+    if "ignore_mismatched_sizes" in str(exc):  # the tensors are listed in the report transformers logged
+        report = "\n".join(_ANSI.sub("", record.getMessage()) for record in held)
+        rows = _MISMATCH.findall(report)
+        if rows:
+            name, weights, config = rows[0]
+            more = f"; and {len(rows) - 1} more" if len(rows) > 1 else ""
+            return (
+                f"{head}its weights do not fit its config.json ({name}: {weights} in the weights, {config} in the "
+                f"config{more})"
+            )
+        return head + "its weights do not fit its config.json"
+    text = head + _one_line(exc)
+    if isinstance(exc, OSError) and not local:
+        text += f"; download it first (hf download {model}) or set the model to a local folder"
+    return text
 
 
 def _load_model(model: str, dtype: Any, device_map: str | None) -> Any:

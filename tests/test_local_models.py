@@ -6,9 +6,12 @@ import asyncio
 import base64
 import functools
 import json
+import logging
+import re
 import shutil
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,16 @@ from gems.graph import build_graph, run_config
 from gems.interfaces.benchmarks.scoring import LocalSoftTIFAScorer, answer_strings
 from gems.interfaces.cli import main as gems_main
 from gems.memory.aio import run_blocking
-from gems.nodes.local_vlm import TransformersChat, hf_messages, load_vlm, parse_tool_calls, split_reasoning
+from gems.nodes.generators.base import GeneratorError
+from gems.nodes.generators.diffusers_backend import _pick_device, load_pipeline
+from gems.nodes.local_vlm import (
+    LocalModelError,
+    TransformersChat,
+    hf_messages,
+    load_vlm,
+    parse_tool_calls,
+    split_reasoning,
+)
 from gems.nodes.mllm import MLLM, MLLMError, image_part, text_part
 from gems.nodes.prompts.compress import COMPRESS_SYSTEM
 from gems.nodes.prompts.decompose import DECOMPOSE_SYSTEM
@@ -178,6 +190,73 @@ def test_missing_model_and_bad_images_are_one_line_errors(vlm_dirs):
     mllm = MLLM(MLLMSettings(backend="transformers", model=str(vlm_dirs["scripted"]), device="cpu", max_tokens=2))
     with pytest.raises(MLLMError, match="takes images as data URLs"):
         run_blocking(mllm.ask("s", [image_part("https://example.com/cat.png")]))
+
+
+def test_a_folder_without_weights_says_what_it_lacks_not_hf_download(vlm_dirs, tiny_sd_dir, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(vlm_dirs["scripted"], bare, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(LocalModelError) as err:
+        load_vlm(str(bare), "auto", "cpu")
+    assert str(err.value) == (
+        f"cannot load the in-process model {str(bare)!r}: no weight files (*.safetensors or *.bin) in the folder; "
+        "point it at a folder with the whole model (one saved by save_pretrained)"
+    )
+    sd = Path(shutil.copytree(tiny_sd_dir, tmp_path / "sd", ignore=shutil.ignore_patterns("*.safetensors")))
+    with pytest.raises(GeneratorError) as err:
+        load_pipeline(str(sd), device="cpu")
+    assert "hf download" not in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"cannot load diffusers model {str(sd)!r}: no weight files (*.safetensors or ")
+
+
+def shifted(vlm_dirs: dict[str, Path], tmp_path: Path, name: str, **text_config: int) -> Path:
+    """The scripted folder with `text_config` changed in config.json (the weights no longer fit it)."""
+    folder = Path(shutil.copytree(vlm_dirs["scripted"], tmp_path / name))
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"].update(text_config)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture
+def transformers_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """What transformers logs (its logger does not propagate to the root, where caplog listens)."""
+    logger = logging.getLogger("transformers")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line_and_nothing_else(vlm_dirs, tmp_path, capsys, transformers_log):
+    folder = shifted(vlm_dirs, tmp_path, "wrong-shapes", intermediate_size=96)
+    capsys.readouterr()
+    with pytest.raises(LocalModelError) as err:
+        load_vlm(str(folder), "auto", "cpu")
+    message = str(err.value)  # the report lists the three MLP projections, in no fixed order
+    assert message.startswith(f"cannot load the in-process model {str(folder)!r}: its weights do not fit its ")
+    assert re.search(
+        r"config\.json \(model\.language_model\.layers\.\{0, 1\}\.mlp\.(up|gate|down)_proj\.weight: "
+        r"\[(128, 64|64, 128)\] in the weights, \[(96, 64|64, 96)\] in the config; and 2 more\)$",
+        message,
+    )
+    # No load report, no "Loading weights" bar: the CLI prints the one line.
+    assert transformers_log.records == [] and capsys.readouterr().err == ""
+    # A load that works still shows transformers' report (here: a tensor the model has no place for).
+    from safetensors.torch import load_file, save_file
+
+    extra = Path(shutil.copytree(vlm_dirs["scripted"], tmp_path / "extra"))
+    tensors = load_file(extra / "model.safetensors")
+    save_file({**tensors, "model.unused.weight": tensors["lm_head.weight"][:2].clone()}, extra / "model.safetensors")
+    load_vlm(str(extra), "auto", "cpu")
+    assert "LOAD REPORT" in transformers_log.text and "model.unused.weight" in transformers_log.text
+
+
+def test_one_model_loads_once_whatever_names_its_device_and_dtype(vlm_dirs):
+    folder = str(vlm_dirs["scripted"])
+    first = load_vlm(folder, "auto", "cpu")
+    # On the CPU 'auto' is float32, and any requested half precision is float32 too: one copy in memory.
+    assert load_vlm(folder, "float32", "cpu") is first and load_vlm(folder, "bfloat16", "cpu") is first
+    if _pick_device("auto") == "cpu":
+        assert load_vlm(folder, "auto", "auto") is first
 
 
 def test_reasoning_the_template_opens_is_split_out(vlm_dirs):
