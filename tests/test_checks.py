@@ -86,6 +86,30 @@ def test_a_url_without_the_api_is_one_line_and_a_server_without_models_passes():
     assert found.problems == [] and found.notes[0].startswith("check      MLLM endpoint")
 
 
+def test_a_web_page_a_broken_server_or_a_down_proxy_stops_the_run():
+    page = httpx.Response(200, text="<!doctype html><title>Open WebUI</title>", headers={"content-type": "text/html"})
+    found, _ = mllm_check(lambda r: page)  # base_url without /v1: a web app's page, status 200
+    assert found.problems == [
+        f"the MLLM endpoint {BASE} (model qwen-vl) answered GET {BASE}/models with a page, not an OpenAI API's "
+        "JSON; mllm.base_url should end in /v1, e.g. http://127.0.0.1:8000/v1"
+    ]
+    found, seen = mllm_check(lambda r: httpx.Response(500, text="Internal Server Error"))
+    assert seen == ["GET /v1/models", "POST /v1/chat/completions"]  # a broken /models alone does not stop a run
+    assert found.problems == [
+        f"the MLLM endpoint {BASE} (model qwen-vl) answered HTTP 500 to GET /models and HTTP 500 to POST "
+        "/chat/completions; check the server"
+    ]
+    found, _ = mllm_check(lambda r: httpx.Response(500 if r.url.path.endswith("models") else 422))
+    assert found.problems == [] and found.notes[0].startswith("check      MLLM endpoint")
+    found, seen = mllm_check(lambda r: httpx.Response(502, text="Bad Gateway"))
+    assert seen == ["GET /v1/models"] and found.problems == [
+        f"the MLLM endpoint {BASE} (model qwen-vl) answered HTTP 502 (a proxy in front of a server that is down, or "
+        "a server still starting); check the server"
+    ]
+    found, _ = mllm_check(lambda r: httpx.Response(405))  # an odd answer, but a server: the run goes on
+    assert found.problems == [] and found.notes[0].startswith("warning ")
+
+
 def test_unreachable_and_silent_endpoints_are_one_line_each():
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
@@ -127,6 +151,30 @@ def test_remote_generators_need_an_answer_and_their_key():
         "OPENAI_API_KEY"
     ]
     assert check(images, lambda r: httpx.Response(404)).problems == []  # no /models there, but it answers
+    assert check(images, lambda r: httpx.Response(200, text="<html>a web app</html>")).problems == [
+        "the generator endpoint http://img.test/v1 answered GET http://img.test/v1/models with a page, not an OpenAI "
+        "API's JSON; generator.url should end in /v1"
+    ]
+    assert check(http, lambda r: httpx.Response(503)).problems == [
+        "the generator server http://gen.test/generate answered HTTP 503 (a proxy in front of a server that is down, "
+        "or a server still starting); check the server"
+    ]
+    unnamed = GeneratorSettings(backend="openai", url="http://img.test/v1", preset=None)
+    assert check(unnamed, lambda r: models("x")).problems == [
+        "generator.model is not set: the openai backend needs the model's name"
+    ]
+
+
+def test_an_edit_run_checks_its_editor_before_the_run():
+    settings = GemsSettings.model_validate({
+        "mllm": {"base_url": BASE, "model": "qwen-vl"},
+        "generator": {"backend": "http", "url": "http://gen.test/generate", "preset": None},
+        "editor": {"backend": "openai", "url": "http://img.test/v1"},
+        "loop": {"refine_mode": "edit"},
+        "memory": {"lessons": False},
+    })  # fmt: skip
+    found = asyncio.run(check_run(settings, transport=httpx.MockTransport(lambda r: models("qwen-vl"))))
+    assert found.problems == ["editor.model is not set: the openai backend needs the model's name"]
 
 
 def hub_cache(root: Path, repo: str, marker: str = "model_index.json", weights: bool = True) -> Path:

@@ -77,15 +77,18 @@ class HubProbe:
         return True
 
 
-async def check_run(settings: GemsSettings, offline: bool | None = None) -> Findings:
-    """Check what a run of `settings` calls: lines to show (`notes`) and problems that stop it, one line each."""
+async def check_run(
+    settings: GemsSettings, offline: bool | None = None, transport: httpx.AsyncBaseTransport | None = None
+) -> Findings:
+    """Check what a run of `settings` calls: lines to show (`notes`) and problems that stop it, one line each.
+    `transport`: how requests go out (httpx's own by default)."""
     targets = [("generator", effective_settings(settings.generator))]
     if settings.loop.refine_mode != "regenerate" and settings.editor.backend != "none":
         editor = editor_settings(settings)
         if settings.editor.backend != "generator" or editor.model_dump() != targets[0][1].model_dump():
             targets.append(("editor", editor))
     limit = min(settings.mllm.timeout_s, CHECK_S)
-    async with httpx.AsyncClient(timeout=limit, follow_redirects=True) as client:
+    async with httpx.AsyncClient(timeout=limit, follow_redirects=True, transport=transport) as client:
         hub = HubProbe(client)  # asked at most once, and only for a hub model not in the cache
         found = await asyncio.gather(
             check_mllm(settings.mllm, client, limit, offline, hub),
@@ -119,12 +122,22 @@ def _unreachable(exc: Exception, what: str, limit: float, fix: str) -> str:
     return f"cannot reach the {what}; {fix}"
 
 
-def _model_ids(body: bytes) -> list[str]:
+def _model_ids(body: bytes) -> list[str] | None:
+    """The model ids a /models answer lists; None when the body is not an OpenAI-style JSON object (a web page)."""
     try:
-        data = json.loads(body or b"{}").get("data") or []
+        answer = json.loads(body or b"{}")
+        data = answer.get("data") or []
         return [str(item["id"]) for item in data if isinstance(item, dict) and item.get("id")]
     except (ValueError, AttributeError, TypeError):
-        return []
+        return None
+
+
+GATEWAY = (502, 503, 504)  # a proxy whose server is down, or a server still starting: the run would fail too
+
+
+def _gateway(what: str, status: int) -> str:
+    why = "a proxy in front of a server that is down, or a server still starting"
+    return f"the {what} answered HTTP {status} ({why}); check the server"
 
 
 async def check_mllm(
@@ -148,27 +161,41 @@ async def check_mllm(
         fix = f"start Ollama (ollama serve, then ollama pull {s.model}) or set GEMS_MLLM_BASE_URL / mllm.base_url"
     key_fix = "set GEMS_MLLM_API_KEY (or OPENAI_API_KEY) or mllm.api_key"
     found = Findings()
+    no_api = "mllm.base_url should end in /v1, e.g. http://127.0.0.1:8000/v1"
     try:
         status, body = await _get(client, "GET", f"{base}/models", limit, headers=headers)
-        if status == 404:  # some servers have no /models: a chat route that exists answers a bad request with 4xx
+        if status == 404 or (status >= 500 and status not in GATEWAY):
+            # Some servers have no /models (or a broken one): a chat route that exists answers an empty body with 4xx.
+            listed = status
             status, _ = await _get(client, "POST", f"{base}/chat/completions", limit, headers=headers, json={})
             if status == 404:
+                answered = "answered 404" if listed == 404 else f"answered HTTP {listed} and 404"
                 found.problems.append(
                     f"the {what} has no OpenAI-compatible API (GET {base}/models and POST {base}/chat/completions "
-                    "answered 404); mllm.base_url should end in /v1, e.g. http://127.0.0.1:8000/v1"
+                    f"{answered}); {no_api}"
+                )
+                return found
+            if status >= 500:
+                found.problems.append(
+                    f"the {what} answered HTTP {listed} to GET /models and HTTP {status} to POST /chat/completions; "
+                    "check the server"
                 )
                 return found
             status, body = (status, b"") if status in (401, 403) else (200, b"")
     except (httpx.HTTPError, OSError) as exc:  # OSError: TimeoutError too
         found.problems.append(_unreachable(exc, what, limit, fix))
         return found
+    ids = _model_ids(body) if status < 400 else []
     if status in (401, 403):
         said = "needs an API key" if key == "EMPTY" else f"rejected the API key (HTTP {status})"
         found.problems.append(f"the {what} {said}; {key_fix}")
+    elif status in GATEWAY:
+        found.problems.append(_gateway(what, status))
     elif status >= 400:
         found.notes.append(f"warning    the {what} answered HTTP {status} to GET /models; the run goes on")
+    elif ids is None:
+        found.problems.append(f"the {what} answered GET {base}/models with a page, not an OpenAI API's JSON; {no_api}")
     else:
-        ids = _model_ids(body)
         if ids and s.model not in ids and f"{s.model}:latest" not in ids:
             shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
             found.notes.append(
@@ -195,6 +222,9 @@ async def check_images(
     found = Findings()
     if not s.url:
         found.problems.append(f"{section}.url is not set: the {s.backend} backend needs the server's URL")
+    if s.backend == "openai" and not s.model:
+        found.problems.append(f"{section}.model is not set: the openai backend needs the model's name")
+    if found.problems:
         return found
     url = s.url.rstrip("/")
     what = f"{section} server" if s.backend == "http" else f"{section} endpoint"
@@ -208,13 +238,20 @@ async def check_images(
     try:
         # HEAD for the reference protocol: a GET or POST there would render an image.
         method, target = ("HEAD", url) if s.backend == "http" else ("GET", f"{url}/models")
-        status, _ = await _get(client, method, target, limit, headers=headers)
+        status, body = await _get(client, method, target, limit, headers=headers)
     except (httpx.HTTPError, OSError) as exc:
         found.problems.append(_unreachable(exc, f"{what} {url}", limit, fix))
         return found
     if s.backend == "openai" and status in (401, 403):
         found.problems.append(
             f"the {what} {url} rejected the API key (HTTP {status}); set {section}.api_key or OPENAI_API_KEY"
+        )
+    elif status in GATEWAY:
+        found.problems.append(_gateway(f"{what} {url}", status))
+    elif s.backend == "openai" and status < 400 and _model_ids(body) is None:
+        found.problems.append(
+            f"the {what} {url} answered GET {url}/models with a page, not an OpenAI API's JSON; {section}.url should "
+            "end in /v1"
         )
     else:
         found.notes.append(f"check      {what} {url} answers")
