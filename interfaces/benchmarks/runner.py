@@ -29,6 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from gems.configs import ConfigError, GemsSettings
+from gems.configs.errors import short
 from gems.configs.loading import OUTPUT_IGNORES, settings_digest, strip_keys
 from gems.graph.builder import build_graph
 from gems.interfaces.benchmarks.datasets import BenchPrompt, load_prompts
@@ -429,7 +430,7 @@ async def _guarded(bench: _Bench, item: BenchPrompt, sample: int, graph: Any, sl
     try:
         await _run_one(bench, item, sample, graph, slots)
     except Exception as exc:  # one prompt's failure is reported, the others go on
-        return f"{result_name(item.id, sample)}: {' '.join(str(exc).split())[:200]}"
+        return f"{result_name(item.id, sample)}: {short(str(exc), 200)}"
     return None
 
 

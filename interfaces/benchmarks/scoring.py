@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from gems.configs import ConfigError, GemsSettings, JudgeSettings
+from gems.configs.errors import short
 from gems.interfaces.benchmarks.datasets import BenchPrompt
 from gems.interfaces.benchmarks.first_tokens import QWEN3_VL_FIRST_TOKENS
 from gems.nodes.local_vlm import LocalModelError, LocalVLM, load_vlm
@@ -132,7 +133,7 @@ def _hf_first_token(tokenizer: str) -> Any:
         tok = AutoTokenizer.from_pretrained(tokenizer)
     except Exception as exc:
         raise ScorerError(
-            f"judge.tokenizer {tokenizer} could not be loaded: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            f"judge.tokenizer {tokenizer} could not be loaded: {type(exc).__name__}: {short(str(exc), 200)}"
         ) from None
     # As the official script: the first id of encode(answer), special tokens as the tokenizer adds them.
     return lambda text: tok.decode([tok.encode(text)[0]])
@@ -243,7 +244,7 @@ class SoftTIFAScorer:
         except Exception as exc:
             raise ScorerError(
                 f"the judge {self.judge.model} at {self.judge.base_url} did not answer: "
-                f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                f"{type(exc).__name__}: {short(str(exc), 200)}"
             ) from None
         self._top(reply)
 
@@ -320,8 +321,7 @@ class LocalSoftTIFAScorer:
             raise
         except Exception as exc:
             raise ScorerError(
-                f"the in-process judge {self.judge.model} did not answer: {type(exc).__name__}: "
-                f"{' '.join(str(exc).split())[:200]}"
+                f"the in-process judge {self.judge.model} did not answer: {type(exc).__name__}: {short(str(exc), 200)}"
             ) from None
 
     def score(self, item: BenchPrompt, record: dict[str, Any], image_path: Path) -> dict[str, Any]:
