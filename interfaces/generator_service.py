@@ -601,6 +601,13 @@ def start(
 
     # Ray reports usage to its authors unless told not to; a model server should not phone home by default.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Serve kills an HTTP proxy not ready within 5 s (serve.start then fails) and restarts one that misses three 10 s
+    # health checks; a cold start or a busy machine needs longer. Read by the Ray this call starts.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
+    # Ray runs its workers at nice 15; the replicas are this service's whole work, and at that priority any busy
+    # process on the machine starves them (loading a pipeline took 230 s instead of 12 s beside two busy loops).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if not ray.is_initialized():
         options: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True, **(ray_init or {})}
         if address:

@@ -32,7 +32,8 @@ from tests.support.net import free_port, write_stub_config
 from tests.test_cli import gems
 
 ray = pytest.importorskip("ray", reason="the scale extra (Ray Serve) is not installed")
-pytestmark = pytest.mark.slow
+# Starting Ray, its proxy and two replicas takes minutes when every core is busy with something else.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 KEY = "sk-generator-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

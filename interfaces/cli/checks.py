@@ -224,7 +224,7 @@ async def check_images(
         found.problems.append(f"{section}.url is not set: the {s.backend} backend needs the server's URL")
     if s.backend == "openai" and not s.model:
         found.problems.append(f"{section}.model is not set: the openai backend needs the model's name")
-    if found.problems:
+    if not s.url or found.problems:
         return found
     url = s.url.rstrip("/")
     what = f"{section} server" if s.backend == "http" else f"{section} endpoint"
