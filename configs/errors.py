@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit, urlunsplit
+
 
 class GemsError(Exception):
     """An error whose message is one line saying what was wrong and how to fix it.
@@ -44,3 +47,15 @@ def short(text: str | None, width: int = 90) -> str:
     if space >= width // 2:  # a word boundary not too far back
         head = head[:space]
     return head.rstrip(" ,;:") + "…"
+
+
+def shown_url(url: str | None) -> str:
+    """`url` as messages may show it: without a user name or password written into it (`http://user:pw@host`)."""
+    text = url or ""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return re.sub(r"//[^/@\s]*@", "//", text)
+    if "@" not in parts.netloc:
+        return text
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

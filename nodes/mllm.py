@@ -20,7 +20,7 @@ from langchain_openai import ChatOpenAI
 from langgraph.constants import TAG_NOSTREAM
 
 from gems.configs import GemsError, MLLMSettings
-from gems.configs.errors import one_line, short
+from gems.configs.errors import one_line, short, shown_url
 from gems.configs.loading import cache_key
 from gems.memory.aio import PerLoop, within
 from gems.nodes.local_vlm import LocalModelError, TransformersChat
@@ -102,7 +102,7 @@ def _describe_error(exc: Exception, settings: MLLMSettings) -> str:
 
     if settings.backend == "transformers":
         return f"the in-process model {settings.model} failed: {type(exc).__name__}: {short(str(exc), 200)}"
-    where = f"MLLM endpoint {settings.base_url} (model {settings.model})"
+    where = f"MLLM endpoint {shown_url(settings.base_url)} (model {settings.model})"
     if isinstance(exc, openai.APITimeoutError):
         return f"{where} timed out after {settings.timeout_s:g}s; raise mllm.timeout_s or check the server"
     if isinstance(exc, openai.APIConnectionError):
@@ -195,7 +195,7 @@ class MLLM:
                 "mllm.timeout_s or lower mllm.max_tokens"
             )
         return MLLMError(
-            f"the MLLM endpoint {s.base_url} gave no complete answer within {self.deadline_s:g}s "
+            f"the MLLM endpoint {shown_url(s.base_url)} gave no complete answer within {self.deadline_s:g}s "
             f"(mllm.timeout_s {s.timeout_s:g} x {s.max_retries + 1} tries); check the server or raise mllm.timeout_s"
         )
 

@@ -35,7 +35,7 @@ def mllm_check(answer: Callable[[httpx.Request], httpx.Response], **settings) ->
 
     async def go() -> Findings:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            return await check_mllm(MLLMSettings(base_url=BASE, model="qwen-vl", **settings), client, 5)
+            return await check_mllm(MLLMSettings(**{"base_url": BASE, "model": "qwen-vl", **settings}), client, 5)
 
     return asyncio.run(go()), seen
 
@@ -90,9 +90,18 @@ def test_a_web_page_a_broken_server_or_a_down_proxy_stops_the_run():
     page = httpx.Response(200, text="<!doctype html><title>Open WebUI</title>", headers={"content-type": "text/html"})
     found, _ = mllm_check(lambda r: page)  # base_url without /v1: a web app's page, status 200
     assert found.problems == [
-        f"the MLLM endpoint {BASE} (model qwen-vl) answered GET {BASE}/models with a page, not an OpenAI API's "
-        "JSON; mllm.base_url should end in /v1, e.g. http://127.0.0.1:8000/v1"
+        f"the MLLM endpoint {BASE} (model qwen-vl) answered GET {BASE}/models with a web page; check mllm.base_url: "
+        "no OpenAI-compatible API answers there"
     ]
+    bare = "http://mllm.test"
+    found, _ = mllm_check(lambda r: page, base_url=bare)
+    assert found.problems == [
+        f"the MLLM endpoint {bare} (model qwen-vl) answered GET {bare}/models with a web page; mllm.base_url should "
+        "end in /v1, e.g. http://127.0.0.1:8000/v1"
+    ]
+    found, _ = mllm_check(lambda r: httpx.Response(200, json=["qwen-vl"]))
+    assert found.problems[0].endswith("with something other than an OpenAI model list; check mllm.base_url: no "
+                                      "OpenAI-compatible API answers there")  # fmt: skip
     found, seen = mllm_check(lambda r: httpx.Response(500, text="Internal Server Error"))
     assert seen == ["GET /v1/models", "POST /v1/chat/completions"]  # a broken /models alone does not stop a run
     assert found.problems == [
@@ -101,6 +110,9 @@ def test_a_web_page_a_broken_server_or_a_down_proxy_stops_the_run():
     ]
     found, _ = mllm_check(lambda r: httpx.Response(500 if r.url.path.endswith("models") else 422))
     assert found.problems == [] and found.notes[0].startswith("check      MLLM endpoint")
+    # No /models at all, and a chat route that fails on an empty body: nothing says the server is broken.
+    found, _ = mllm_check(lambda r: httpx.Response(404 if r.url.path.endswith("models") else 500))
+    assert found.problems == [] and found.notes[0].startswith("check      MLLM endpoint")
     found, seen = mllm_check(lambda r: httpx.Response(502, text="Bad Gateway"))
     assert seen == ["GET /v1/models"] and found.problems == [
         f"the MLLM endpoint {BASE} (model qwen-vl) answered HTTP 502 (a proxy in front of a server that is down, or "
@@ -108,6 +120,40 @@ def test_a_web_page_a_broken_server_or_a_down_proxy_stops_the_run():
     ]
     found, _ = mllm_check(lambda r: httpx.Response(405))  # an odd answer, but a server: the run goes on
     assert found.problems == [] and found.notes[0].startswith("warning ")
+
+
+def test_a_models_answer_that_never_ends_or_never_stops_is_not_taken_as_a_pass():
+    class Drip(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            yield b'{"data": ['
+            await asyncio.sleep(30)  # the check's own limit (5 s here) ends it
+            yield b"]}"
+
+    found, _ = mllm_check(lambda r: httpx.Response(200, stream=Drip()))
+    assert found.problems == [
+        f"the MLLM endpoint {BASE} (model qwen-vl) sent no complete answer to GET /models within 5s; check the server"
+    ]
+
+    class Endless(httpx.AsyncByteStream):
+        sent = 0
+
+        async def __aiter__(self):
+            while True:
+                Endless.sent += 2**20
+                yield b" " * 2**20
+
+    found, _ = mllm_check(lambda r: httpx.Response(200, stream=Endless()))
+    assert found.problems == [] and Endless.sent <= 17 * 2**20  # read up to the limit, then not judged
+
+
+def test_a_password_in_an_endpoint_url_is_never_shown():
+    found, _ = mllm_check(refuse_all, base_url="http://alice:s3cretpw@mllm.test/v1")
+    assert found.problems and "s3cretpw" not in found.problems[0] and "alice" not in found.problems[0]
+    assert "http://mllm.test/v1" in found.problems[0]
+
+
+def refuse_all(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
 
 
 def test_unreachable_and_silent_endpoints_are_one_line_each():
@@ -152,8 +198,8 @@ def test_remote_generators_need_an_answer_and_their_key():
     ]
     assert check(images, lambda r: httpx.Response(404)).problems == []  # no /models there, but it answers
     assert check(images, lambda r: httpx.Response(200, text="<html>a web app</html>")).problems == [
-        "the generator endpoint http://img.test/v1 answered GET http://img.test/v1/models with a page, not an OpenAI "
-        "API's JSON; generator.url should end in /v1"
+        "the generator endpoint http://img.test/v1 answered GET http://img.test/v1/models with a web page; check "
+        "generator.url: no OpenAI-compatible API answers there"
     ]
     assert check(http, lambda r: httpx.Response(503)).problems == [
         "the generator server http://gen.test/generate answered HTTP 503 (a proxy in front of a server that is down, "

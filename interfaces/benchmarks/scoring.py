@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from gems.configs import ConfigError, GemsSettings, JudgeSettings
-from gems.configs.errors import short
+from gems.configs.errors import short, shown_url
 from gems.interfaces.benchmarks.datasets import BenchPrompt
 from gems.interfaces.benchmarks.first_tokens import QWEN3_VL_FIRST_TOKENS
 from gems.nodes.local_vlm import LocalModelError, LocalVLM, load_vlm
@@ -226,8 +226,8 @@ class SoftTIFAScorer:
         content = (reply.response_metadata.get("logprobs") or {}).get("content") or []
         if not content:
             raise ScorerError(
-                f"the judge {self.judge.model} at {self.judge.base_url} returned no logprobs; Soft-TIFA needs an "
-                "endpoint that returns them (vLLM, SGLang and OpenAI do with logprobs=true)"
+                f"the judge {self.judge.model} at {shown_url(self.judge.base_url)} returned no logprobs; Soft-TIFA "
+                "needs an endpoint that returns them (vLLM, SGLang and OpenAI do with logprobs=true)"
             )
         return content[0].get("top_logprobs") or [content[0]]
 
@@ -243,7 +243,7 @@ class SoftTIFAScorer:
             raise
         except Exception as exc:
             raise ScorerError(
-                f"the judge {self.judge.model} at {self.judge.base_url} did not answer: "
+                f"the judge {self.judge.model} at {shown_url(self.judge.base_url)} did not answer: "
                 f"{type(exc).__name__}: {short(str(exc), 200)}"
             ) from None
         self._top(reply)
@@ -353,7 +353,7 @@ def judge_warning(settings: GemsSettings) -> str | None:
     if judge is None or judge.model != mllm.model or judge.backend != mllm.backend:
         return None
     if judge.backend == "transformers" or judge.base_url == mllm.base_url:
-        where = "in this process" if judge.backend == "transformers" else f"at {judge.base_url}"
+        where = "in this process" if judge.backend == "transformers" else f"at {shown_url(judge.base_url)}"
         return (
             f"warning: the judge ({judge.model} {where}) is also the loop's verifier; "
             "scores will be optimistic. Configure a different judge for numbers you publish."

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from gems.configs import GemsError, GemsSettings, GeneratorSettings, MLLMSettings
+from gems.configs.errors import shown_url
 from gems.nodes.generators import editor_settings, effective_settings
 from gems.nodes.generators.diffusers_backend import folder_lacks, is_local_path
 
@@ -100,15 +101,27 @@ async def check_run(
     return total
 
 
-async def _get(client: httpx.AsyncClient, method: str, url: str, limit: float, **kwargs: Any) -> tuple[int, bytes]:
-    """Status and body of one request; the body is awaited for at most `limit` more (a slow one reads as empty)."""
+BODY_LIMIT = 16 * 2**20  # a /models list is kilobytes; read no more than this of any answer
+
+
+async def _get(
+    client: httpx.AsyncClient, method: str, url: str, limit: float, **kwargs: Any
+) -> tuple[int, bytes | None]:
+    """Status and body of one request; the body is awaited for at most `limit` more and read up to `BODY_LIMIT`
+    (past it, what was read is dropped: b""). None: the body did not arrive whole in time."""
     async with asyncio.timeout(limit):  # the whole wait for the status line, however the server drips
         response = await client.send(client.build_request(method, url, **kwargs), stream=True)
     try:
         async with asyncio.timeout(limit):
-            return response.status_code, await response.aread()
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():  # decoded: a gzip bomb stops at the limit too
+                size += len(chunk)
+                if size > BODY_LIMIT:
+                    return response.status_code, b""
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
     except TimeoutError:
-        return response.status_code, b""
+        return response.status_code, None
     finally:
         await response.aclose()
 
@@ -119,7 +132,18 @@ def _unreachable(exc: Exception, what: str, limit: float, fix: str) -> str:
         return f"the {what} is not an http(s) URL; {fix}"
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return f"the {what} did not answer within {limit:g}s; check the server"
+    if isinstance(exc, httpx.TooManyRedirects):
+        return f"the {what} redirects in a loop; check the URL"
     return f"cannot reach the {what}; {fix}"
+
+
+def _not_json(body: bytes, url: str, key: str = "mllm.base_url") -> str:
+    """What a /models answer that is not an OpenAI model list is, and the fix."""
+    page = body.lstrip()[:1] == b"<"
+    what = "a web page" if page else "something other than an OpenAI model list"
+    if url.rstrip("/").endswith("/v1"):
+        return f"{what}; check {key}: no OpenAI-compatible API answers there"
+    return f"{what}; {key} should end in /v1, e.g. http://127.0.0.1:8000/v1"
 
 
 def _model_ids(body: bytes) -> list[str] | None:
@@ -152,7 +176,8 @@ async def check_mllm(
     if s.backend == "transformers":
         offline = hf_offline() if offline is None else offline
         return await check_weights("mllm", s.model, offline, in_process_vlm=True, hub=hub or HubProbe(client))
-    base = s.base_url.rstrip("/")
+    base = shown_url(s.base_url.rstrip("/"))
+    url = s.base_url.rstrip("/")
     key = s.resolved_api_key()
     headers = {"Authorization": f"Bearer {key}"}
     what = f"MLLM endpoint {base} (model {s.model})"
@@ -163,11 +188,11 @@ async def check_mllm(
     found = Findings()
     no_api = "mllm.base_url should end in /v1, e.g. http://127.0.0.1:8000/v1"
     try:
-        status, body = await _get(client, "GET", f"{base}/models", limit, headers=headers)
+        status, body = await _get(client, "GET", f"{url}/models", limit, headers=headers)
         if status == 404 or (status >= 500 and status not in GATEWAY):
             # Some servers have no /models (or a broken one): a chat route that exists answers an empty body with 4xx.
             listed = status
-            status, _ = await _get(client, "POST", f"{base}/chat/completions", limit, headers=headers, json={})
+            status, _ = await _get(client, "POST", f"{url}/chat/completions", limit, headers=headers, json={})
             if status == 404:
                 answered = "answered 404" if listed == 404 else f"answered HTTP {listed} and 404"
                 found.problems.append(
@@ -175,7 +200,7 @@ async def check_mllm(
                     f"{answered}); {no_api}"
                 )
                 return found
-            if status >= 500:
+            if status >= 500 and listed != 404:  # (a server without /models may answer an empty body with 500)
                 found.problems.append(
                     f"the {what} answered HTTP {listed} to GET /models and HTTP {status} to POST /chat/completions; "
                     "check the server"
@@ -185,7 +210,7 @@ async def check_mllm(
     except (httpx.HTTPError, OSError) as exc:  # OSError: TimeoutError too
         found.problems.append(_unreachable(exc, what, limit, fix))
         return found
-    ids = _model_ids(body) if status < 400 else []
+    ids = _model_ids(body) if status < 400 and body is not None else []
     if status in (401, 403):
         said = "needs an API key" if key == "EMPTY" else f"rejected the API key (HTTP {status})"
         found.problems.append(f"the {what} {said}; {key_fix}")
@@ -193,8 +218,10 @@ async def check_mllm(
         found.problems.append(_gateway(what, status))
     elif status >= 400:
         found.notes.append(f"warning    the {what} answered HTTP {status} to GET /models; the run goes on")
+    elif body is None:
+        found.problems.append(f"the {what} sent no complete answer to GET /models within {limit:g}s; check the server")
     elif ids is None:
-        found.problems.append(f"the {what} answered GET {base}/models with a page, not an OpenAI API's JSON; {no_api}")
+        found.problems.append(f"the {what} answered GET {base}/models with {_not_json(body, base)}")
     else:
         if ids and s.model not in ids and f"{s.model}:latest" not in ids:
             shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
@@ -227,6 +254,7 @@ async def check_images(
     if not s.url or found.problems:
         return found
     url = s.url.rstrip("/")
+    shown = shown_url(url)
     what = f"{section} server" if s.backend == "http" else f"{section} endpoint"
     env = "GEMS_GENERATOR_URL / " if section == "generator" else ""
     fix = f"start it or set {env}{section}.url"
@@ -240,21 +268,25 @@ async def check_images(
         method, target = ("HEAD", url) if s.backend == "http" else ("GET", f"{url}/models")
         status, body = await _get(client, method, target, limit, headers=headers)
     except (httpx.HTTPError, OSError) as exc:
-        found.problems.append(_unreachable(exc, f"{what} {url}", limit, fix))
+        found.problems.append(_unreachable(exc, f"{what} {shown}", limit, fix))
         return found
+    listing = s.backend == "openai" and status < 400
     if s.backend == "openai" and status in (401, 403):
         found.problems.append(
-            f"the {what} {url} rejected the API key (HTTP {status}); set {section}.api_key or OPENAI_API_KEY"
+            f"the {what} {shown} rejected the API key (HTTP {status}); set {section}.api_key or OPENAI_API_KEY"
         )
     elif status in GATEWAY:
-        found.problems.append(_gateway(f"{what} {url}", status))
-    elif s.backend == "openai" and status < 400 and _model_ids(body) is None:
+        found.problems.append(_gateway(f"{what} {shown}", status))
+    elif listing and body is None:
         found.problems.append(
-            f"the {what} {url} answered GET {url}/models with a page, not an OpenAI API's JSON; {section}.url should "
-            "end in /v1"
+            f"the {what} {shown} sent no complete answer to GET /models within {limit:g}s; check the server"
+        )
+    elif listing and body is not None and _model_ids(body) is None:
+        found.problems.append(
+            f"the {what} {shown} answered GET {shown}/models with {_not_json(body, url, f'{section}.url')}"
         )
     else:
-        found.notes.append(f"check      {what} {url} answers")
+        found.notes.append(f"check      {what} {shown} answers")
     return found
 
 

@@ -16,6 +16,7 @@ import time
 from typing import Any, Protocol
 
 from gems.configs import GeneratorSettings
+from gems.configs.errors import shown_url
 from gems.configs.loading import cache_key
 from gems.nodes.generators.base import GeneratorError, Rendered
 from gems.nodes.generators.diffusers_backend import DiffusersGenerator, off_loop
@@ -94,7 +95,7 @@ class OpenAIImagesEditor(OpenAIImagesGenerator):
     async def _edit_one(self, image: bytes, instruction: str, seed: int) -> Rendered:
         body = self._body(instruction, seed)
         started = time.perf_counter()
-        data = await self._image(f"image edit endpoint {self.url}", **self._multipart(body, image))
+        data = await self._image(f"image edit endpoint {shown_url(self.url)}", **self._multipart(body, image))
         return self._edited(data, body, time.perf_counter() - started)
 
     def _edited(self, data: bytes, body: dict[str, Any], busy: float) -> Rendered:

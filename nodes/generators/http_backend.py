@@ -10,7 +10,7 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from gems.configs import GeneratorSettings
-from gems.configs.errors import short
+from gems.configs.errors import short, shown_url
 from gems.memory.aio import PerLoop
 from gems.nodes.generators.base import GeneratorError, Rendered
 
@@ -103,7 +103,7 @@ class HttpGenerator:
         s = self.settings
         started = time.perf_counter()
         response = await apost_with_retries(
-            self.clients.get(), f"generator server {s.url}", s.max_retries, **self._request(prompt, seed)
+            self.clients.get(), f"generator server {shown_url(s.url)}", s.max_retries, **self._request(prompt, seed)
         )
         return self._rendered(response, time.perf_counter() - started)
 

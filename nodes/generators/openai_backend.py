@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from gems.configs import GeneratorSettings
+from gems.configs.errors import shown_url
 from gems.nodes.generators.base import GeneratorError, Rendered
 from gems.nodes.generators.http_backend import apost_with_retries, async_clients
 
@@ -64,7 +65,7 @@ class OpenAIImagesGenerator:
     async def _one(self, prompt: str, seed: int) -> Rendered:
         body = self._body(prompt, seed)
         started = time.perf_counter()
-        data = await self._image(f"image endpoint {self.url}", json=body)
+        data = await self._image(f"image endpoint {shown_url(self.url)}", json=body)
         return self._rendered(data, body, time.perf_counter() - started)
 
     async def _image(self, what: str, **request: Any) -> bytes:
@@ -82,13 +83,13 @@ class OpenAIImagesGenerator:
             item = response.json()["data"][0]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise GeneratorError(
-                f"image endpoint {self.url} answered without data[0]: {response.text[:120]!r}"
+                f"image endpoint {shown_url(self.url)} answered without data[0]: {response.text[:120]!r}"
             ) from exc
         if isinstance(item, dict) and item.get("b64_json"):
             return {"b64_json": item["b64_json"]}
         if isinstance(item, dict) and item.get("url"):
             return {"url": item["url"]}
-        raise GeneratorError(f"image endpoint {self.url} answered neither b64_json nor url")
+        raise GeneratorError(f"image endpoint {shown_url(self.url)} answered neither b64_json nor url")
 
     def _rendered(self, data: bytes, body: dict[str, Any], busy: float) -> Rendered:
         meta = {
