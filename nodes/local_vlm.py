@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -47,7 +46,13 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from gems.configs import GemsError, MLLMSettings
-from gems.nodes.generators.diffusers_backend import _pick_device, _pick_dtype, folder_lacks, is_local_path
+from gems.nodes.generators.diffusers_backend import (
+    _pick_device,
+    _pick_dtype,
+    folder_lacks,
+    is_local_path,
+    model_folder,
+)
 
 T = TypeVar("T")
 DEFAULT_MAX_NEW_TOKENS = 8192  # mllm.max_tokens unset: a model's own generation config often says 20
@@ -247,21 +252,23 @@ def load_vlm(model: str, dtype: str = "auto", device: str = "auto", device_map: 
     """
     with _vlms_lock:
         try:
-            import torch  # noqa: F401  (a missing torch surfaces here, not mid-call)
+            import torch  # (a missing torch surfaces here, not mid-call)
+            from safetensors import SafetensorError
 
             place = _pick_device(device if device_map is None else "auto")
             torch_dtype = _pick_dtype(dtype, place)
         except (ImportError, KeyError) as exc:
             raise LocalModelError(f"cannot load the in-process model {model!r}: {_one_line(exc)}") from exc
-        same = str(Path(model).expanduser().resolve()) if is_local_path(model) else model
-        key = (same, str(torch_dtype), place, device_map)
+        same = str(model_folder(model).resolve()) if is_local_path(model) else model
+        where = f"cuda:{torch.cuda.current_device()}" if place == "cuda" else place  # 'cuda' is cuda:0 by default
+        key = (same, str(torch_dtype), where, device_map)
         if key in _vlms:
             return _vlms[key]
         with _held_logs() as held:
             try:
                 processor = _load_processor(model)
                 net = _load_model(model, torch_dtype, device_map)
-            except (OSError, ValueError, ImportError, KeyError, RuntimeError) as exc:
+            except (OSError, ValueError, ImportError, KeyError, RuntimeError, SafetensorError) as exc:
                 raise LocalModelError(_load_failure(model, exc, held)) from exc
         if device_map is None:
             net = net.to(place)
@@ -288,12 +295,14 @@ def _held_logs() -> Iterator[list[logging.LogRecord]]:
     The hub's download bars still show (a first download is gigabytes; loading a diffusers pipeline turns them
     off); transformers' own "Loading weights" bar does not.
     """
+    from huggingface_hub import constants
     from huggingface_hub.utils import enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
     bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
-    enable_progress_bars()
+    if not constants.HF_HUB_DISABLE_PROGRESS_BARS:  # set by the user: theirs to keep (enabling it would warn)
+        enable_progress_bars()
     held = _Held()
     loggers = [logging.getLogger("transformers"), logging.getLogger("huggingface_hub")]
     saved = [(logger, logger.handlers[:], logger.propagate) for logger in loggers]
@@ -323,7 +332,7 @@ def _load_failure(model: str, exc: BaseException, held: list[logging.LogRecord])
     the error's first sentence; `hf download` advice only for a hub id that could not be fetched."""
     head = f"cannot load the in-process model {model!r}: "
     local = is_local_path(model)
-    lacks = folder_lacks(Path(model).expanduser(), diffusers=False) if local else None
+    lacks = folder_lacks(model_folder(model), diffusers=False) if local else None
     if lacks is not None:
         return f"{head}{lacks}; point it at a folder with the whole model (one saved by save_pretrained)"
     if "ignore_mismatched_sizes" in str(exc):  # the tensors are listed in the report transformers logged

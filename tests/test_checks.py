@@ -223,6 +223,9 @@ def test_an_edit_run_checks_its_editor_before_the_run():
     assert found.problems == ["editor.model is not set: the openai backend needs the model's name"]
 
 
+NO_TENSORS = (2).to_bytes(8, "little") + b"{}"  # a whole safetensors file that holds no tensors
+
+
 def hub_cache(root: Path, repo: str, marker: str = "model_index.json", weights: bool = True) -> Path:
     """A Hugging Face cache holding `repo`'s `marker` file (and a weight file), laid out as `hf download` leaves it."""
     folder = root / f"models--{repo.replace('/', '--')}"
@@ -232,7 +235,7 @@ def hub_cache(root: Path, repo: str, marker: str = "model_index.json", weights: 
     snapshot.mkdir(parents=True)
     (snapshot / marker).write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     if weights:
-        (snapshot / "model.safetensors").write_bytes(b"weights")
+        (snapshot / "model.safetensors").write_bytes(NO_TENSORS)
     return root
 
 
@@ -267,7 +270,7 @@ def test_an_in_process_vlm_needs_its_weights_here_not_an_endpoint(tmp_path):
     folder = tmp_path / "vlm"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "model.safetensors").write_bytes(NO_TENSORS)
     assert weights("mllm", str(folder), True, vlm=True).notes == [
         f"check      mllm {folder}: a local transformers folder"
     ]
@@ -292,7 +295,7 @@ def test_a_local_folder_is_told_what_it_lacks_never_to_hf_download_a_path(tmp_pa
     (vlm / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
     )
-    (vlm / "model-00001-of-00002.safetensors").write_bytes(b"half")  # a copy that stopped half way
+    (vlm / "model-00001-of-00002.safetensors").write_bytes(NO_TENSORS)  # the first of two shards
     assert weights("mllm", str(vlm), False, vlm=True).problems == [
         f"mllm.model {vlm}: no model-00002-of-00002.safetensors in the folder (model.safetensors.index.json names "
         "it); point it at a complete transformers model folder (one saved by save_pretrained)"
@@ -313,6 +316,17 @@ def test_a_local_folder_is_told_what_it_lacks_never_to_hf_download_a_path(tmp_pa
             f"generator.model {path}: no such folder; point it at a complete diffusers model folder (one saved by "
             "save_pretrained)"
         ]
+    # `~` of a user this machine does not have, and a name too long to be a path: one line, not a crash.
+    assert weights("generator", "~nosuchuser-gems/models/sd", False).problems == [
+        "generator.model ~nosuchuser-gems/models/sd: no such folder; point it at a complete diffusers model folder "
+        "(one saved by save_pretrained)"
+    ]
+    assert weights("generator", "/" + "x" * 300, False).problems[0].startswith("generator.model /xxx")
+    (vlm / "model-00002-of-00002.safetensors").write_bytes(NO_TENSORS[:-1])  # the second, cut short
+    assert weights("mllm", str(vlm), False, vlm=True).problems == [
+        f"mllm.model {vlm}: a damaged model-00002-of-00002.safetensors in the folder (cut short, or not a safetensors "
+        "file); point it at a complete transformers model folder (one saved by save_pretrained)"
+    ]
     file = tmp_path / "model.safetensors"
     file.write_bytes(b"x")
     assert "a file, not a model folder" in weights("mllm", "model.safetensors", False, vlm=True).problems[0]

@@ -208,6 +208,26 @@ def test_a_folder_without_weights_says_what_it_lacks_not_hf_download(vlm_dirs, t
     assert str(err.value).startswith(f"cannot load diffusers model {str(sd)!r}: no weight files (*.safetensors or ")
 
 
+def test_a_damaged_weight_file_is_one_line_naming_it(vlm_dirs, tiny_sd_dir, tmp_path):
+    vlm = Path(shutil.copytree(vlm_dirs["scripted"], tmp_path / "vlm"))
+    (vlm / "model.safetensors").write_bytes(bytes(range(256)) * 64)  # random bytes where the weights were
+    with pytest.raises(LocalModelError) as err:
+        load_vlm(str(vlm), "auto", "cpu")
+    assert str(err.value) == (
+        f"cannot load the in-process model {str(vlm)!r}: a damaged model.safetensors in the folder (cut short, or "
+        "not a safetensors file); point it at a folder with the whole model (one saved by save_pretrained)"
+    )
+    sd = Path(shutil.copytree(tiny_sd_dir, tmp_path / "sd"))
+    (encoder,) = (sd / "text_encoder").glob("*.safetensors")
+    encoder.write_bytes(encoder.read_bytes()[: encoder.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(GeneratorError) as err:
+        load_pipeline(str(sd), device="cpu")
+    assert str(err.value) == (
+        f"cannot load diffusers model {str(sd)!r}: a damaged {encoder.name} in text_encoder/ (cut short, or not "
+        "a safetensors file); set generator.model to a local folder with the whole model (one saved by save_pretrained)"
+    )
+
+
 def shifted(vlm_dirs: dict[str, Path], tmp_path: Path, name: str, **text_config: int) -> Path:
     """The scripted folder with `text_config` changed in config.json (the weights no longer fit it)."""
     folder = Path(shutil.copytree(vlm_dirs["scripted"], tmp_path / name))

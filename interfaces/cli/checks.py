@@ -19,7 +19,7 @@ import httpx
 from gems.configs import GemsError, GemsSettings, GeneratorSettings, MLLMSettings
 from gems.configs.errors import shown_url
 from gems.nodes.generators import editor_settings, effective_settings
-from gems.nodes.generators.diffusers_backend import folder_lacks, is_local_path
+from gems.nodes.generators.diffusers_backend import folder_lacks, is_local_path, model_folder
 
 CHECK_S = 10.0  # the most one check waits for an answer (less when the endpoint's own timeout is shorter)
 HUB_CHECK_S = 3.0  # the most the hub probe waits: without network, Hugging Face's own retries take minutes
@@ -307,7 +307,7 @@ async def check_weights(
     cannot = f"cannot load the in-process model {model!r}: it" if in_process_vlm else f"{section} model {model}"
     found = Findings()
     if is_local_path(model):  # a folder, never a hub id: say what it lacks
-        lacks = folder_lacks(Path(model).expanduser(), diffusers=not in_process_vlm)
+        lacks = folder_lacks(model_folder(model), diffusers=not in_process_vlm)
         if lacks is None:
             found.notes.append(f"check      {section} {model}: a local {kind} folder")
         else:

@@ -66,6 +66,14 @@ NO_WEIGHTS = "no weight files (*.safetensors or *.bin)"
 _WEIGHTLESS = ("Tokenizer", "TokenizerFast", "Scheduler", "Processor", "FeatureExtractor")
 
 
+def model_folder(model: str) -> Path:
+    """A model value as a folder path, `~` expanded where it can be (`~nosuchuser/x` stays as written)."""
+    try:
+        return Path(model).expanduser()
+    except RuntimeError:
+        return Path(model)
+
+
 def is_local_path(model: str) -> bool:
     """Whether a model value names a folder on this machine rather than a hub id (`org/name` has a slash too):
     it exists here, or it is written as a path (`/`, `./`, `../`, `~`, a Windows separator)."""
@@ -73,11 +81,38 @@ def is_local_path(model: str) -> bool:
         return True
     if os.sep != "/" and os.sep in model:
         return True
-    return Path(model).expanduser().exists()
+    try:
+        return model_folder(model).exists()
+    except OSError:  # a name too long to be a path here
+        return False
 
 
 def _has_weights(folder: Path) -> bool:
     return any(f.is_file() for pattern in WEIGHT_FILES for f in folder.glob(pattern))
+
+
+def damaged_safetensors(path: Path) -> bool:
+    """Whether a .safetensors file is not whole (random bytes, a copy cut short): its header does not read, or the
+    tensors it lists do not end where the file does. Reads the header only."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or length > size - 8 or length > 2**28:
+                return True
+            header = json.loads(f.read(length))
+        ends = [t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return True
+    return max(ends, default=0) != size - 8 - length
+
+
+def _damaged(folder: Path, where: str) -> list[str]:
+    bad = sorted(f.name for f in folder.glob("*.safetensors") if f.is_file() and damaged_safetensors(f))
+    if not bad:
+        return []
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return [f"a damaged {bad[0]}{more} in {where} (cut short, or not a safetensors file)"]
 
 
 def _missing_shards(folder: Path, where: str) -> list[str]:
@@ -98,13 +133,17 @@ def _missing_shards(folder: Path, where: str) -> list[str]:
 def _weights_lacking(folder: Path, where: str) -> list[str]:
     if not _has_weights(folder):
         return [f"{NO_WEIGHTS} in {where}"]
-    return _missing_shards(folder, where)
+    return _missing_shards(folder, where) + _damaged(folder, where)
 
 
 def folder_lacks(folder: Path, diffusers: bool) -> str | None:
     """What a local model folder lacks to load, in words ("no such folder", "no config.json in the folder",
-    "no weight files (*.safetensors or *.bin) in unet/", ...); None when it looks whole. Reads no weights."""
-    if not folder.exists():
+    "no weight files (*.safetensors or *.bin) in unet/", ...); None when it looks whole. Reads weight files'
+    headers only."""
+    try:
+        if not folder.exists():
+            return "no such folder"
+    except OSError:  # a name too long to be a path
         return "no such folder"
     if not folder.is_dir():
         return "a file, not a model folder"
@@ -169,6 +208,8 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_off
         started = time.perf_counter()
         if report is not None:
             report({"stage": "loading", "model": model, "device": device})
+        from safetensors import SafetensorError  # a damaged weight file (diffusers passes some through unwrapped)
+
         try:
             import torch  # noqa: F401  (import errors should surface here, not mid-call)
             from diffusers import DiffusionPipeline
@@ -177,9 +218,9 @@ def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_off
             diffusers_logging.disable_progress_bar()
             transformers_logging.disable_progress_bar()
             pipe = DiffusionPipeline.from_pretrained(model, dtype=_pick_dtype(dtype, device))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:
             if is_local_path(model):  # a folder here: what it lacks, never hub advice
-                detail = folder_lacks(Path(model).expanduser(), diffusers=True) or _clip(str(exc), 160)
+                detail = folder_lacks(model_folder(model), diffusers=True) or _clip(str(exc), 160)
                 fix = "set generator.model to a local folder with the whole model (one saved by save_pretrained)"
             else:
                 detail = _clip(str(exc), 160)
