@@ -6,6 +6,8 @@ A page is self-contained (inline CSS, no scripts, no network); where its images 
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import re
 import shutil
 from collections.abc import Callable
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+
+from gems.configs.errors import one_line
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("gems.interfaces", "templates"), autoescape=True, keep_trailing_newline=True
@@ -111,9 +115,25 @@ class RunStatus:
 
 
 ONE_LINE_CHARS = 300
-_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"),]+", re.I)
-_PATH = re.compile(r"(?<![\w.:/-])(?:~|/)[\w.-]+(?:/[\w.@+-]+)+")
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]+:(?://)?[^\s'\"),]*[/\\][^\s'\"),]*", re.I)  # http://…, file:/…, path:/…
+_HOST = re.compile(  # an address without a scheme: [fd00::5]:8000, 10.1.2.3(:8000), api.internal.corp:8000
+    r"(?:\[[0-9a-f:.]+\](?::\d+)?|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?|\b[a-z0-9-]+(?:\.[a-z0-9-]+)+:\d{2,5}\b)"
+    r"(?:/[^\s'\"),]*)?",
+    re.I,
+)
+_QUOTED = re.compile(r"(['\"])(?:~|/|[a-z]:[\\/]|\\\\)[^'\"]*\1", re.I)  # a quoted path, spaces and all
+_PATH = re.compile(r"(?:~|(?<![\w.-])/|\b[a-z]:[\\/]|\\\\)[^\s'\",;)]*(?<!:)", re.I)  # /srv/x, ~/x, C:\x, \\host\share
+_LEFT = re.compile(r"(?<!\S)[\w.-]+[/\\][\w./\\-]*")  # what a path with spaces leaves: "Models/qwen"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 _REPR = re.compile(r"^(\w+(?:\.\w+)*)\((['\"])(.*)\2,?\)$", re.S)
+
+
+def _masked(text: str) -> str:
+    """Addresses and paths in `text` replaced by <endpoint> and <path>."""
+    text = _URL.sub("<endpoint>", _HOST.sub("<endpoint>", text))
+    text = _QUOTED.sub(lambda m: f"{m.group(1)}<path>{m.group(1)}", text)
+    text = _PATH.sub("<path>", text)
+    return _LEFT.sub(lambda m: m.group(0) if re.fullmatch(r"[\d/.]+", m.group(0)) else "<path>", text)
 
 
 def error_line(error: Any) -> str:
@@ -128,8 +148,12 @@ def error_line(error: Any) -> str:
         text = str(error or "").strip()
         match = _REPR.match(text)  # a checkpoint keeps a failed task's error as its repr: GeneratorError('...')
         if match:
-            text = f"{match.group(1)}: {match.group(3)}"
-    text = _PATH.sub("<path>", _URL.sub("<endpoint>", text.strip().splitlines()[0] if text.strip() else ""))
+            quoted = match.group(2) + match.group(3) + match.group(2)
+            with contextlib.suppress(ValueError, SyntaxError):
+                quoted = ast.literal_eval(quoted)  # undo the repr's escapes (C:\\x reads C:\x)
+            text = f"{match.group(1)}: {quoted}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    text = _masked(one_line(_ANSI.sub("", first)))
     return text if len(text) <= ONE_LINE_CHARS else text[: ONE_LINE_CHARS - 1] + "…"
 
 
@@ -143,6 +167,8 @@ def _round_in_progress(values: dict[str, Any], pending: list[str]) -> str:
     from its generation (`round`) until then, and the next one is in progress while its prompt is written."""
     if {"finalize", "learn"} & set(pending):
         return "running: finishing"
+    if "generate" in pending:  # a round's image is being made (`round` counts the rounds generated before it)
+        return f"running, round {(values.get('round') or 0) + 1}"
     records = [r.get("round") or 0 for r in values.get("rounds") or [] if isinstance(r, dict)]
     fresh = {"__start__", "intake"} & set(pending) or (values.get("final") and not pending)  # a new turn starting
     generated = values.get("round") or 0

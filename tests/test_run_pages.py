@@ -120,6 +120,13 @@ def test_run_status_reads_the_checkpoint_and_what_the_server_knows():
         "running, round 1"
     )
     assert run_status(_snapshot(one_round, ("refine",)), running=True, **hints).label == "running, round 2"
+    # Round 1's image being made, on a new run or a follow-up turn (its earlier rounds cleared): round 1, not planning.
+    fresh = {"prompt": "p", "criteria": ["q"], "round": 0, "rounds": []}
+    assert run_status(_snapshot(fresh, ("generate",)), running=True, **hints).label == "running, round 1"
+    assert run_status(_snapshot(one_round, ("generate",)), running=True, **hints).label == "running, round 2"
+    assert run_status(_snapshot(fresh, ("planner", "decompose")), running=True, **hints).label == (
+        "running: planning the first round"
+    )
     assert run_status(_snapshot(one_round, ("finalize",)), running=True, **hints).label == "running: finishing"
     stopped = run_status(_snapshot(one_round, ("refine",)), running=False, **hints)
     assert (stopped.kind, stopped.refresh) == ("stopped", 0) and stopped.line.endswith("RESUME.")
@@ -130,6 +137,21 @@ def test_run_status_reads_the_checkpoint_and_what_the_server_knows():
     failed = run_status(_snapshot(one_round, ("generate",), (task,)), running=False, **hints)
     assert failed.label == "stopped with an error: GeneratorError: generator server <endpoint> answered HTTP 500: boom"
     assert error_line(OSError("no file /srv/gems/data/x.png\nmore")) == "OSError: no file <path>"
+    # Where the server's parts live never shows, however it is written.
+    hidden = {
+        "model at '/home/alice/My Models/qwen vl' failed": "model at '<path>' failed",
+        r"cannot load C:\Users\alice\models\qwen: bad": "cannot load <path>: bad",
+        r"share \\fileserver\models gone": "share <path> gone",
+        "file:/srv/secret/dir and path:/srv/x": "<endpoint> and <endpoint>",
+        "\x1b[31m/srv/secret/dir/file": "<path>",
+        "cannot reach [fd00::5]:8000/v1, 10.1.2.3:8000/v1 or api.internal.corp:8000/v1": (
+            "cannot reach <endpoint>, <endpoint> or <endpoint>"
+        ),
+        "passed 3/5 at 12:30": "passed 3/5 at 12:30",  # not an address, not a path
+    }
+    for text, shown in hidden.items():
+        assert error_line(text) == shown, text
+    assert error_line(r"GeneratorError('cannot load C:\\models\\x: bad')") == "GeneratorError: cannot load <path>: bad"
     told = run_status(_snapshot(one_round, ("x",)), running=False, error={"error": "E", "message": "m"}, **hints)
     assert told.label == "stopped with an error: E: m"  # the Agent Server's record of an error outside any task
     # A page written once (the CLI's index.html) never refreshes and never claims to be running.
