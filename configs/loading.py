@@ -68,7 +68,7 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
         elif item["type"] == "value_error" and not item["loc"]:  # a check across sections says it all itself
             parts.append(str(item["msg"]).removeprefix("Value error, "))
         else:
-            parts.append(f"{loc}: {item['msg']}")
+            parts.append(f"{loc}: {str(item['msg']).removeprefix('Value error, ')}")
     return f"invalid config {source}: " + "; ".join(parts)
 
 

@@ -24,11 +24,21 @@ class _Strict(BaseModel):
 BaseURL = Annotated[str, AfterValidator(lambda url: url.rstrip("/"))]
 
 
+def _named(name: str) -> str:
+    if not name.strip():
+        raise ValueError("is empty; name a model (a hub id, a local folder or the server's model name)")
+    return name.strip()
+
+
+# A model name is never blank: "" would send `model: ""` to a server, or read the current folder as a model.
+ModelName = Annotated[str, AfterValidator(_named)]
+
+
 class MLLMSettings(_Strict):
     """The OpenAI-compatible chat endpoint that plays every LLM/MLLM role."""
 
     base_url: BaseURL = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL, ending in /v1")
-    model: str = Field("Qwen/Qwen3-VL-30B-A3B-Instruct", description="model name the server expects")
+    model: ModelName = Field("Qwen/Qwen3-VL-30B-A3B-Instruct", description="model name the server expects")
     api_key: SecretStr | None = Field(None, description="falls back to GEMS_MLLM_API_KEY, then OPENAI_API_KEY")
     temperature: float | None = Field(None, ge=0, le=2, description="unset: the server's default (paper)")
     max_tokens: int | None = Field(8192, ge=1, description="completion budget per call (reasoning included)")
@@ -64,7 +74,7 @@ class MLLMSettings(_Strict):
 class JudgeSettings(MLLMSettings):
     """`gems bench`: the VQA model that scores images with Soft-TIFA, kept apart from the loop's `mllm`."""
 
-    model: str = Field("Qwen/Qwen3-VL-8B-Instruct", description="GenEval2's official judge")
+    model: ModelName = Field("Qwen/Qwen3-VL-8B-Instruct", description="GenEval2's official judge")
     top_logprobs: int = Field(
         20,
         ge=1,
@@ -91,7 +101,7 @@ EditorBackend = Literal["none", "diffusers", "openai", "generator"]
 class ImageModelSettings(_Strict):
     """What a generator and an editor share: the model, where it runs, and how it samples."""
 
-    model: str | None = Field(None, description="diffusers: hub id or local folder; openai: model name")
+    model: ModelName | None = Field(None, description="diffusers: hub id or local folder; openai: model name")
     url: str | None = Field(None, description="http: generator URL; openai: base URL ending in /v1")
     api_key: SecretStr | None = Field(None, description="openai backend; falls back to OPENAI_API_KEY")
     width: int | None = Field(None, ge=16, le=4096)
@@ -218,7 +228,7 @@ class EmbeddingSettings(_Strict):
     provider: Literal["local", "openai"] = Field(
         "local", description="local: sentence-transformers on this machine; openai: an OpenAI-compatible /v1/embeddings"
     )
-    model: str | None = Field(
+    model: ModelName | None = Field(
         None, description="local: a sentence-transformers folder (default: the bundled all-MiniLM-L6-v2); openai: name"
     )
     base_url: BaseURL | None = Field(None, description="openai provider: base URL ending in /v1")

@@ -87,6 +87,17 @@ def test_several_errors_stay_on_one_line(tmp_path):
     assert "unknown key 'loop.colour'" in message and "storage.checkpointer" in message
 
 
+def test_a_blank_model_name_is_refused_and_names_are_trimmed(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mllm: {model: '  '}\ngenerator: {model: ''}\njudge: {model: ' Qwen/Qwen3-VL-8B-Instruct '}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, env={})
+    empty = "is empty; name a model (a hub id, a local folder or the server's model name)"
+    assert str(info.value) == f"invalid config {cfg}: mllm.model: {empty}; generator.model: {empty}"
+    cfg.write_text("judge: {model: ' Qwen/Qwen3-VL-8B-Instruct '}\n")
+    assert load_settings(cfg, env={}).judge.model == "Qwen/Qwen3-VL-8B-Instruct"
+
+
 def test_empty_file_means_defaults(tmp_path):
     cfg = tmp_path / "empty.yaml"
     cfg.write_text("")
