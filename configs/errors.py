@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 
 class GemsError(Exception):
@@ -49,13 +49,24 @@ def short(text: str | None, width: int = 90) -> str:
     return head.rstrip(" ,;:") + "…"
 
 
+_USERINFO = re.compile(r"(?<=//)[^\s@]*@")
+
+
 def shown_url(url: str | None) -> str:
-    """`url` as messages may show it: without a user name or password written into it (`http://user:pw@host`)."""
-    text = url or ""
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return re.sub(r"//[^/@\s]*@", "//", text)
-    if "@" not in parts.netloc:
-        return text
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    """`url` as messages may show it: without a user name or password written into it (`http://user:pw@host`).
+
+    By pattern, not by URL parsing: a password holding `#`, `/` or `?` does not parse as one."""
+    return _USERINFO.sub("", url or "")
+
+
+def without_passwords(data: Any) -> Any:
+    """A settings dump (`model_dump(mode="json")`) with every `url` and `base_url` as `shown_url` writes it, for
+    files others read (run.json, reports)."""
+    if isinstance(data, dict):
+        return {
+            k: shown_url(v) if k in ("url", "base_url") and isinstance(v, str) else without_passwords(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [without_passwords(v) for v in data]
+    return data

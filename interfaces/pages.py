@@ -115,15 +115,23 @@ class RunStatus:
 
 
 ONE_LINE_CHARS = 300
-_URL = re.compile(r"\b[a-z][a-z0-9+.-]+:(?://)?[^\s'\"),]*[/\\][^\s'\"),]*", re.I)  # http://…, file:/…, path:/…
-_HOST = re.compile(  # an address without a scheme: [fd00::5]:8000, 10.1.2.3(:8000), api.internal.corp:8000
-    r"(?:\[[0-9a-f:.]+\](?::\d+)?|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?|\b[a-z0-9-]+(?:\.[a-z0-9-]+)+:\d{2,5}\b)"
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]+:/{1,2}[^\s'\"),]*", re.I)  # http://…, file:/…, path:/…
+_HOST = re.compile(  # an address without a scheme, and any path after it
+    r"(?:\[[0-9a-f:.]+\](?::\d+)?"  # [fd00::5]:8000
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"  # 10.1.2.3, 10.1.2.3:8000
+    r"|\b[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)*:\d{2,5}\b"  # localhost:8000, gpubox:8000, api.internal.corp:8000
+    r"|(?<![\w:])(?=[0-9a-f:]*::)(?=[0-9a-f:]*[0-9a-f])[0-9a-f:]{3,}(?![\w:]))"  # fd00::5
     r"(?:/[^\s'\"),]*)?",
     re.I,
 )
-_QUOTED = re.compile(r"(['\"])(?:~|/|[a-z]:[\\/]|\\\\)[^'\"]*\1", re.I)  # a quoted path, spaces and all
-_PATH = re.compile(r"(?:~|(?<![\w.-])/|\b[a-z]:[\\/]|\\\\)[^\s'\",;)]*(?<!:)", re.I)  # /srv/x, ~/x, C:\x, \\host\share
-_LEFT = re.compile(r"(?<!\S)[\w.-]+[/\\][\w./\\-]*")  # what a path with spaces leaves: "Models/qwen"
+_HOST_ARG = re.compile(r"\b(host|hostname|server)=(['\"]?)[^'\",\s)]+\2")  # host='gpubox', as urllib3 writes it
+# A quoted path (spaces and all), then unquoted ones: absolute with two or more parts (/srv/x, not /v1), home or
+# dot relative, Windows and UNC. Relative names with a slash (Qwen/Qwen3-VL-8B, 3/5, HTTP/1.1) are not paths here.
+_QUOTED = re.compile(r"(['\"])(?:~|/|\.\.?/|[a-z]:[\\/]|\\\\)[^'\"]*\1", re.I)
+_PATH = re.compile(
+    r"(?:(?<![\w.:/<-])/[^\s/'\",;)]+/|(?<![\w.:/-])(?:~[\w.-]*|\.\.?)/|\b[a-z]:[\\/]|\\\\)[^\s'\",;)]*(?<!:)",
+    re.I,
+)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
 _REPR = re.compile(r"^(\w+(?:\.\w+)*)\((['\"])(.*)\2,?\)$", re.S)
 
@@ -131,9 +139,9 @@ _REPR = re.compile(r"^(\w+(?:\.\w+)*)\((['\"])(.*)\2,?\)$", re.S)
 def _masked(text: str) -> str:
     """Addresses and paths in `text` replaced by <endpoint> and <path>."""
     text = _URL.sub("<endpoint>", _HOST.sub("<endpoint>", text))
+    text = _HOST_ARG.sub(lambda m: f"{m.group(1)}=<endpoint>", text)
     text = _QUOTED.sub(lambda m: f"{m.group(1)}<path>{m.group(1)}", text)
-    text = _PATH.sub("<path>", text)
-    return _LEFT.sub(lambda m: m.group(0) if re.fullmatch(r"[\d/.]+", m.group(0)) else "<path>", text)
+    return _PATH.sub("<path>", text)
 
 
 def error_line(error: Any) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gems.configs import GemsSettings
+from gems.configs.errors import shown_url
 from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.journal import calls_made
 
@@ -103,7 +104,7 @@ def run_result(
             report["counts"]["calls_made"] = made
     if settings is not None:
         report["settings"] = {
-            "mllm": {"base_url": settings.mllm.base_url, "model": settings.mllm.model},
+            "mllm": {"base_url": shown_url(settings.mllm.base_url), "model": settings.mllm.model},
             "generator": {
                 "backend": settings.generator.backend,
                 "preset": settings.generator.preset,

@@ -22,6 +22,7 @@ from langgraph.config import get_config
 from langgraph.runtime import get_runtime
 
 from gems.configs import GeneratorSettings, MLLMSettings, context_settings
+from gems.configs.errors import shown_url
 from gems.memory.aio import run_blocking, within
 from gems.memory.journal import record_call
 from gems.nodes.generators import GeneratorError, Rendered, get_editor, get_generator
@@ -75,7 +76,7 @@ def _deadline(g: GeneratorSettings, images: int, section: str) -> tuple[float | 
         return None, lambda: GeneratorError(f"the {section} timed out")
     seconds = (g.timeout_s * (g.max_retries + 1) + _BACKOFF_S * g.max_retries) * images
     return seconds, lambda: GeneratorError(
-        f"the {section} {g.url} gave no complete image within {seconds:g}s "
+        f"the {section} {shown_url(g.url)} gave no complete image within {seconds:g}s "
         f"({section}.timeout_s {g.timeout_s:g} x {g.max_retries + 1} tries); check the server"
     )
 

@@ -150,6 +150,27 @@ def test_a_password_in_an_endpoint_url_is_never_shown():
     found, _ = mllm_check(refuse_all, base_url="http://alice:s3cretpw@mllm.test/v1")
     assert found.problems and "s3cretpw" not in found.problems[0] and "alice" not in found.problems[0]
     assert "http://mllm.test/v1" in found.problems[0]
+    # A password httpx cannot parse ('#' in it), or a port out of range: one line, and no part of the password.
+    found, seen = mllm_check(lambda r: models("qwen-vl"), base_url="http://alice:pa#ss@mllm.test/v1")
+    assert seen == [] and found.problems == [
+        "the MLLM endpoint http://mllm.test/v1 (model qwen-vl) is not a valid URL (check its host, port and any "
+        "user:password in it); start the server or set GEMS_MLLM_BASE_URL / mllm.base_url"
+    ]
+
+    async def real() -> Findings:  # the port is refused by the socket layer, not by httpx
+        async with httpx.AsyncClient() as client:
+            return await check_mllm(MLLMSettings(base_url="http://127.0.0.1:99999/v1", model="m"), client, 5)
+
+    assert asyncio.run(real()).problems[0].startswith("the MLLM endpoint http://127.0.0.1:99999/v1 (model m) is not ")
+
+
+def test_a_compressed_answer_is_not_decompressed_by_the_check():
+    import gzip
+
+    bomb = gzip.compress(b" " * 2**26)  # 64 MiB of spaces, 64 KiB sent
+    answer = httpx.Response(200, content=bomb, headers={"content-encoding": "gzip"})
+    found, _ = mllm_check(lambda r: r.headers["accept-encoding"] == "identity" and answer)
+    assert found.problems == [] and found.notes[0].startswith("check      MLLM endpoint")  # sent anyway: not judged
 
 
 def refuse_all(request: httpx.Request) -> httpx.Response:
@@ -330,6 +351,19 @@ def test_a_local_folder_is_told_what_it_lacks_never_to_hf_download_a_path(tmp_pa
     file = tmp_path / "model.safetensors"
     file.write_bytes(b"x")
     assert "a file, not a model folder" in weights("mllm", "model.safetensors", False, vlm=True).problems[0]
+
+
+def test_an_index_of_a_format_left_out_of_the_download_is_not_a_missing_part(tmp_path):
+    vlm = tmp_path / "vlm"  # hf download --include "*.safetensors" "*.json": both indexes, one format's shards
+    vlm.mkdir()
+    (vlm / "config.json").write_text("{}")
+    shards = {"safetensors": "model-0000{}-of-00002.safetensors", "bin": "pytorch_model-0000{}-of-00002.bin"}
+    for kind, name in shards.items():
+        index = "model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json"
+        (vlm / index).write_text(json.dumps({"weight_map": {"a": name.format(1), "b": name.format(2)}}))
+    for i in (1, 2):
+        (vlm / shards["safetensors"].format(i)).write_bytes(NO_TENSORS)
+    assert weights("mllm", str(vlm), False, vlm=True).problems == []
 
 
 def test_a_hub_model_partly_in_the_cache_is_not_taken_as_there(tmp_path):

@@ -29,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from gems.configs import ConfigError, GemsSettings
-from gems.configs.errors import short
+from gems.configs.errors import short, without_passwords
 from gems.configs.loading import OUTPUT_IGNORES, settings_digest, strip_keys
 from gems.graph.builder import build_graph
 from gems.interfaces.benchmarks.datasets import BenchPrompt, load_prompts
@@ -330,7 +330,7 @@ def _identify(
     run_settings = seeded(run_settings, seed, lessons)
     identity.update(
         config_digest=config_digest(run_settings),
-        config=run_settings.model_dump(mode="json"),  # SecretStr fields dump masked
+        config=without_passwords(run_settings.model_dump(mode="json")),  # SecretStr fields dump masked
     )
     return run_settings
 

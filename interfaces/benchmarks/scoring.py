@@ -342,8 +342,8 @@ def judge_note(judge: dict[str, Any] | None) -> str | None:
             "as evaluation.py"
         )
     return (
-        f"{model} at {judge.get('base_url')}: only the top-{judge.get('top_logprobs')} logprobs of the answer token "
-        "are visible; an answer token outside them counts 0 (evaluation.py reads the whole vocabulary)"
+        f"{model} at {shown_url(judge.get('base_url'))}: only the top-{judge.get('top_logprobs')} logprobs of the "
+        "answer token are visible; an answer token outside them counts 0 (evaluation.py reads the whole vocabulary)"
     )
 
 

@@ -73,7 +73,7 @@ class HubProbe:
             else:
                 async with httpx.AsyncClient(follow_redirects=True) as client:
                     await _get(client, "HEAD", self.endpoint, self.limit, timeout=self.limit)
-        except (httpx.HTTPError, OSError):  # OSError: TimeoutError too
+        except _NO_ANSWER:  # OSError: TimeoutError too
             return False
         return True
 
@@ -109,12 +109,17 @@ async def _get(
 ) -> tuple[int, bytes | None]:
     """Status and body of one request; the body is awaited for at most `limit` more and read up to `BODY_LIMIT`
     (past it, what was read is dropped: b""). None: the body did not arrive whole in time."""
+    # Asked uncompressed, so the limit bounds memory (zstd would decode a chunk all at once); a body compressed
+    # anyway is not read, so not judged.
+    headers = {"Accept-Encoding": "identity", **kwargs.pop("headers", {})}
     async with asyncio.timeout(limit):  # the whole wait for the status line, however the server drips
-        response = await client.send(client.build_request(method, url, **kwargs), stream=True)
+        response = await client.send(client.build_request(method, url, headers=headers, **kwargs), stream=True)
     try:
+        if response.headers.get("content-encoding", "identity").lower() != "identity":
+            return response.status_code, b""  # compressed anyway: not decompressed, so not judged
         async with asyncio.timeout(limit):
             chunks, size = [], 0
-            async for chunk in response.aiter_bytes():  # decoded: a gzip bomb stops at the limit too
+            async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > BODY_LIMIT:
                     return response.status_code, b""
@@ -126,10 +131,18 @@ async def _get(
         await response.aclose()
 
 
+# What a request that got no answer raises (connecting runs in a task group: a bad port comes as an ExceptionGroup).
+_NO_ANSWER = (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError, OverflowError, ExceptionGroup)
+
+
 def _unreachable(exc: Exception, what: str, limit: float, fix: str) -> str:
     """One line for a request that got no answer; `what` names the endpoint and its URL."""
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+    while isinstance(exc, ExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, httpx.UnsupportedProtocol):
         return f"the {what} is not an http(s) URL; {fix}"
+    if isinstance(exc, httpx.InvalidURL | ValueError | OverflowError):  # its text may quote the URL's password
+        return f"the {what} is not a valid URL (check its host, port and any user:password in it); {fix}"
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return f"the {what} did not answer within {limit:g}s; check the server"
     if isinstance(exc, httpx.TooManyRedirects):
@@ -139,7 +152,7 @@ def _unreachable(exc: Exception, what: str, limit: float, fix: str) -> str:
 
 def _not_json(body: bytes, url: str, key: str = "mllm.base_url") -> str:
     """What a /models answer that is not an OpenAI model list is, and the fix."""
-    page = body.lstrip()[:1] == b"<"
+    page = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<"  # a byte-order mark may come first
     what = "a web page" if page else "something other than an OpenAI model list"
     if url.rstrip("/").endswith("/v1"):
         return f"{what}; check {key}: no OpenAI-compatible API answers there"
@@ -207,7 +220,7 @@ async def check_mllm(
                 )
                 return found
             status, body = (status, b"") if status in (401, 403) else (200, b"")
-    except (httpx.HTTPError, OSError) as exc:  # OSError: TimeoutError too
+    except _NO_ANSWER as exc:  # TimeoutError: an OSError
         found.problems.append(_unreachable(exc, what, limit, fix))
         return found
     ids = _model_ids(body) if status < 400 and body is not None else []
@@ -267,7 +280,7 @@ async def check_images(
         # HEAD for the reference protocol: a GET or POST there would render an image.
         method, target = ("HEAD", url) if s.backend == "http" else ("GET", f"{url}/models")
         status, body = await _get(client, method, target, limit, headers=headers)
-    except (httpx.HTTPError, OSError) as exc:
+    except _NO_ANSWER as exc:
         found.problems.append(_unreachable(exc, f"{what} {shown}", limit, fix))
         return found
     listing = s.backend == "openai" and status < 400

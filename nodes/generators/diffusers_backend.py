@@ -116,7 +116,8 @@ def _damaged(folder: Path, where: str) -> list[str]:
 
 
 def _missing_shards(folder: Path, where: str) -> list[str]:
-    """The weight shards an index in `folder` names that are not there (a copy that stopped half way)."""
+    """The weight shards an index in `folder` names that are not there (a copy that stopped half way). An index
+    none of whose shards is here is another format's, left out of the download (`--include "*.safetensors"`)."""
     lacks: list[str] = []
     for index in sorted(folder.glob("*.index.json")):
         try:
@@ -124,7 +125,7 @@ def _missing_shards(folder: Path, where: str) -> list[str]:
         except (OSError, ValueError, AttributeError):
             continue
         missing = sorted(n for n in names if isinstance(n, str) and not (folder / n).is_file())
-        if missing:
+        if missing and len(missing) < len(names):
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             lacks.append(f"no {missing[0]}{more} in {where} ({index.name} names it)")
     return lacks
