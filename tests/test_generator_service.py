@@ -301,7 +301,13 @@ def test_a_replica_killed_mid_request_is_retried_and_the_service_keeps_serving(s
     again = httpx.post(f"{service}/generate", params={"prompt": "after", "seed": 2}, headers=AUTH, timeout=120)
     assert again.status_code == 200
     status = health(service)
-    assert status["retried_after_replica_failure"] >= 1 and status["replicas"].get("RUNNING") == 2
+    assert status["retried_after_replica_failure"] >= 1
+    # Ray starts the replacements in its own time (minutes on a busy machine): wait for both, however long it takes.
+    deadline = time.monotonic() + 600
+    while status["replicas"].get("RUNNING") != 2 and time.monotonic() < deadline:
+        time.sleep(1)
+        status = health(service)
+    assert status["replicas"].get("RUNNING") == 2, status["replicas"]
 
 
 def test_gems_generate_and_bench_run_through_the_service(service, mllm_server, isolated_env, tmp_path):

@@ -147,8 +147,14 @@ def _completion(text: str) -> bytes:
     return head.encode() + body
 
 
+def _models() -> bytes:
+    body = json.dumps({"object": "list", "data": [{"id": "stub-vlm", "object": "model"}]}).encode()
+    return f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+
+
 class Drip:
-    """An HTTP server on 127.0.0.1 that answers 200 and then one byte every 0.2 s, for as long as it is let."""
+    """An HTTP server on 127.0.0.1 that answers 200 and then one byte every 0.2 s, for as long as it is let (its
+    model list, GET /models, comes whole: the check before a run passes)."""
 
     def __init__(self, answer: str | None = None) -> None:
         """With `answer`, every request gets that chat answer in full instead, over a kept-alive connection."""
@@ -176,9 +182,12 @@ class Drip:
             self.open += 1
         try:
             with contextlib.suppress(OSError), conn:
-                while self.answer is not None and conn.recv(65536):  # a whole answer, and the connection kept
-                    conn.sendall(self.answer)
-                conn.recv(65536)
+                request = conn.recv(65536)
+                while request and (request.startswith(b"GET ") or self.answer is not None):  # the connection kept
+                    conn.sendall(_models() if request.startswith(b"GET ") else self.answer)
+                    request = conn.recv(65536)
+                if not request:
+                    return
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
                 while not self.stop.is_set():
                     conn.sendall(b"1\r\n \r\n")  # fails once the client has closed the connection
