@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+
+# A suite started in the background by a script (`cmd &`) inherits SIGINT ignored, and so would every CLI it starts
+# (an ignored signal survives exec), which the Ctrl-C tests need at its default. A handler, unlike an ignore, is
+# reset by exec: the CLIs start with Python's own KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # No hub, no telemetry, no tracing, before anything imports the libraries that read these.
 os.environ.update(
