@@ -49,22 +49,36 @@ def short(text: str | None, width: int = 90) -> str:
     return head.rstrip(" ,;:") + "…"
 
 
-_USERINFO = re.compile(r"(?<=//)[^\s@]*@")
+_HOST_PORT = re.compile(r"(?:\[[^\]]*\]|[^:@\s]*)(?::\d*)?")
 
 
 def shown_url(url: str | None) -> str:
     """`url` as messages may show it: without a user name or password written into it (`http://user:pw@host`).
 
-    By pattern, not by URL parsing: a password holding `#`, `/` or `?` does not parse as one."""
-    return _USERINFO.sub("", url or "")
+    The host starts after the last `@` of the authority (the part before the first `/`, `?` or `#`), as URL parsers
+    read it; an authority that is no host[:port] (a password holding `/`, `?` or `#`) is cut at the last `@`."""
+    text = url or ""
+    scheme, sep, rest = text.partition("://")
+    scheme, rest = (scheme + sep, rest) if sep else ("", text)
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" in authority:
+        return scheme + rest[authority.rindex("@") + 1 :]
+    if "@" in rest and not _HOST_PORT.fullmatch(authority):
+        return scheme + rest[rest.rindex("@") + 1 :]
+    return text
 
 
 def without_passwords(data: Any) -> Any:
-    """A settings dump (`model_dump(mode="json")`) with every `url` and `base_url` as `shown_url` writes it, for
-    files others read (run.json, reports)."""
+    """A settings dump (`model_dump(mode="json")`) with every `url` and `base_url` as `shown_url` writes it and
+    every header value (`memory.chroma.headers`: an auth token) hidden, for files others read (run.json, reports)."""
     if isinstance(data, dict):
         return {
-            k: shown_url(v) if k in ("url", "base_url") and isinstance(v, str) else without_passwords(v)
+            k: shown_url(v)
+            if k in ("url", "base_url") and isinstance(v, str)
+            else {h: "***" for h in v}
+            if k == "headers" and isinstance(v, dict)
+            else without_passwords(v)
             for k, v in data.items()
         }
     if isinstance(data, list):

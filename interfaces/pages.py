@@ -120,10 +120,11 @@ _HOST = re.compile(  # an address without a scheme, and any path after it
     r"(?:\[[0-9a-f:.]+\](?::\d+)?"  # [fd00::5]:8000
     r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"  # 10.1.2.3, 10.1.2.3:8000
     r"|\b[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)*:\d{2,5}\b"  # localhost:8000, gpubox:8000, api.internal.corp:8000
-    r"|(?<![\w:])(?=[0-9a-f:]*::)(?=[0-9a-f:]*[0-9a-f])[0-9a-f:]{3,}(?![\w:]))"  # fd00::5
+    r"|\b[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)+(?=/))"  # gpu01.internal.corp/v1 (a dot before the first slash)
     r"(?:/[^\s'\"),]*)?",
     re.I,
 )
+_USERINFO = re.compile(r"(?<![\w/])[^\s/@:'\"]+:[^\s@'\"]*@[^\s'\"),]+")  # bob:hunter2@gpubox/gen, no scheme
 _HOST_ARG = re.compile(r"\b(host|hostname|server)=(['\"]?)[^'\",\s)]+\2")  # host='gpubox', as urllib3 writes it
 # A quoted path (spaces and all), then unquoted ones: absolute with two or more parts (/srv/x, not /v1), home or
 # dot relative, Windows and UNC. Relative names with a slash (Qwen/Qwen3-VL-8B, 3/5, HTTP/1.1) are not paths here.
@@ -138,7 +139,7 @@ _REPR = re.compile(r"^(\w+(?:\.\w+)*)\((['\"])(.*)\2,?\)$", re.S)
 
 def _masked(text: str) -> str:
     """Addresses and paths in `text` replaced by <endpoint> and <path>."""
-    text = _URL.sub("<endpoint>", _HOST.sub("<endpoint>", text))
+    text = _URL.sub("<endpoint>", _HOST.sub("<endpoint>", _USERINFO.sub("<endpoint>", text)))
     text = _HOST_ARG.sub(lambda m: f"{m.group(1)}=<endpoint>", text)
     text = _QUOTED.sub(lambda m: f"{m.group(1)}<path>{m.group(1)}", text)
     return _PATH.sub("<path>", text)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gems.configs import GemsSettings
-from gems.configs.errors import shown_url
+from gems.configs.errors import shown_url, without_passwords
 from gems.memory.artifacts import ArtifactError, ArtifactStore
 from gems.memory.journal import calls_made
 
@@ -111,7 +111,7 @@ def run_result(
                 "model": settings.generator.model,
             },
             "loop": settings.loop.model_dump(),
-            "memory": settings.memory.model_dump(),
+            "memory": without_passwords(settings.memory.model_dump(mode="json")),
         }
     return report
 

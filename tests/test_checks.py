@@ -146,6 +146,26 @@ def test_a_models_answer_that_never_ends_or_never_stops_is_not_taken_as_a_pass()
     assert found.problems == [] and Endless.sent <= 17 * 2**20  # read up to the limit, then not judged
 
 
+def test_shown_url_cuts_where_a_url_parser_finds_the_host():
+    from gems.configs.errors import shown_url, without_passwords
+
+    hidden = {
+        "http://alice:p@ss@h:1/v1": "http://h:1/v1",  # the host follows the authority's last @
+        "http://al@ice:pw@h/v1": "http://h/v1",
+        "http://alice:sec ret@h/v1": "http://h/v1",
+        "http://alice:pa#ss@h/v1": "http://h/v1",  # no URL parser reads it; still nothing of the password
+        "http://alice:pa/ss@h/v1": "http://h/v1",
+        "bob:hunter2@h:1/gen": "h:1/gen",
+    }
+    kept = ["http://h/v1/models?user=a@b", "https://api.example.com/v1/users/bob@example.com/m", "http://[::1]:80/v1"]
+    for url, shown in {**hidden, **{u: u for u in kept}}.items():
+        assert shown_url(url) == shown, url
+    dump = {"memory": {"chroma": {"url": "http://u:pw@h:8000", "headers": {"Authorization": "Bearer tok"}}}}
+    assert without_passwords(dump) == {
+        "memory": {"chroma": {"url": "http://h:8000", "headers": {"Authorization": "***"}}}
+    }
+
+
 def test_a_password_in_an_endpoint_url_is_never_shown():
     found, _ = mllm_check(refuse_all, base_url="http://alice:s3cretpw@mllm.test/v1")
     assert found.problems and "s3cretpw" not in found.problems[0] and "alice" not in found.problems[0]
@@ -364,6 +384,14 @@ def test_an_index_of_a_format_left_out_of_the_download_is_not_a_missing_part(tmp
     for i in (1, 2):
         (vlm / shards["safetensors"].format(i)).write_bytes(NO_TENSORS)
     assert weights("mllm", str(vlm), False, vlm=True).problems == []
+    # But a download that stopped before any shard arrived is not whole, whatever a training run left beside it.
+    for i in (1, 2):
+        (vlm / shards["safetensors"].format(i)).unlink()
+    (vlm / "training_args.bin").write_bytes(b"not weights")
+    assert weights("mllm", str(vlm), False, vlm=True).problems == [
+        f"mllm.model {vlm}: no weight files (*.safetensors or *.bin) in the folder; point it at a complete "
+        "transformers model folder (one saved by save_pretrained)"
+    ]
 
 
 def test_a_hub_model_partly_in_the_cache_is_not_taken_as_there(tmp_path):

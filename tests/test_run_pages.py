@@ -147,7 +147,10 @@ def test_run_status_reads_the_checkpoint_and_what_the_server_knows():
         "cannot reach [fd00::5]:8000/v1, 10.1.2.3:8000/v1 or api.internal.corp:8000/v1": (
             "cannot reach <endpoint>, <endpoint> or <endpoint>"
         ),
-        "cannot reach localhost:8000, gpubox:8000/v1 or fd00::5": "cannot reach <endpoint>, <endpoint> or <endpoint>",
+        "cannot reach localhost:8000, gpubox:8000/v1 or gpu01.internal.corp/v1": (
+            "cannot reach <endpoint>, <endpoint> or <endpoint>"
+        ),
+        "the generator bob:hunter2@gpubox/gen failed": "the generator <endpoint> failed",
         "HTTPConnectionPool(host='gpubox', port=8000)": "HTTPConnectionPool(host=<endpoint>, port=8000)",
         "'./models/qwen' and ~/models/x": "'<path>' and <path>",
     }
@@ -155,7 +158,7 @@ def test_run_status_reads_the_checkpoint_and_what_the_server_knows():
     kept = [
         "(model Qwen/Qwen3-VL-8B-Instruct) answered 404; hf download Qwen/Qwen3-VL-8B-Instruct",
         "passed 3/5 and/or HTTP/1.1 w/h at 12:30:45",
-        "mllm.base_url should end in /v1 (<title>503</title>), torch 2.13.0, Class::method",
+        "mllm.base_url should end in /v1 (<title>503</title>), torch 2.13.0, Class::method, at::native::add c10::",
     ]
     hidden.update({text: text for text in kept})
     for text, shown in hidden.items():

@@ -87,8 +87,17 @@ def is_local_path(model: str) -> bool:
         return False
 
 
+# .bin files a training run leaves beside a model that hold no weights of it
+_NOT_WEIGHTS = {"training_args.bin", "optimizer.bin", "scheduler.bin", "rng_state.bin", "scaler.bin"}
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    found = (f for pattern in WEIGHT_FILES for f in folder.glob(pattern))
+    return [f for f in found if f.is_file() and f.name not in _NOT_WEIGHTS]
+
+
 def _has_weights(folder: Path) -> bool:
-    return any(f.is_file() for pattern in WEIGHT_FILES for f in folder.glob(pattern))
+    return bool(_weight_files(folder))
 
 
 def damaged_safetensors(path: Path) -> bool:
@@ -117,15 +126,18 @@ def _damaged(folder: Path, where: str) -> list[str]:
 
 def _missing_shards(folder: Path, where: str) -> list[str]:
     """The weight shards an index in `folder` names that are not there (a copy that stopped half way). An index
-    none of whose shards is here is another format's, left out of the download (`--include "*.safetensors"`)."""
+    none of whose shards is here, beside weights of another format, is that format's, left out of the download
+    (`--include "*.safetensors"`)."""
     lacks: list[str] = []
+    suffixes = {f.suffix for f in _weight_files(folder)}
     for index in sorted(folder.glob("*.index.json")):
         try:
             names = set((json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}).values())
         except (OSError, ValueError, AttributeError):
             continue
         missing = sorted(n for n in names if isinstance(n, str) and not (folder / n).is_file())
-        if missing and len(missing) < len(names):
+        other_format = suffixes - {Path(n).suffix for n in missing}
+        if missing and (len(missing) < len(names) or not other_format):
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             lacks.append(f"no {missing[0]}{more} in {where} ({index.name} names it)")
     return lacks
