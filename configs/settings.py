@@ -116,6 +116,11 @@ class ImageModelSettings(_Strict):
     timeout_s: float = Field(600.0, gt=0, description="wall-clock limit of one remote image request (each retry anew)")
     max_retries: int = Field(2, ge=0, le=10, description="retries on 5xx/timeouts for remote backends")
 
+    def resolved_api_key(self) -> str:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        return os.environ.get("GEMS_GENERATOR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+
 
 class GeneratorSettings(ImageModelSettings):
     """Which text-to-image backend renders, and with what parameters."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import time
 from typing import Any
 
@@ -27,12 +26,7 @@ class OpenAIImagesGenerator:
         if not settings.model:
             raise GeneratorError("generator.backend is openai but generator.model is not set")
         self.settings = settings
-        key = (
-            settings.api_key.get_secret_value()
-            if settings.api_key
-            else os.environ.get("GEMS_GENERATOR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        )
-        self.clients = async_clients(settings.timeout_s, {"Authorization": f"Bearer {key}"})
+        self.clients = async_clients(settings.timeout_s, {"Authorization": f"Bearer {settings.resolved_api_key()}"})
         # Image URLs in an answer may point anywhere (a CDN, or a hostile server): fetched without the key.
         self.plain = async_clients(settings.timeout_s)
         self.url = settings.url.rstrip("/") + "/images/generations"
