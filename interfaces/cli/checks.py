@@ -159,6 +159,19 @@ def _not_json(body: bytes, url: str, key: str = "mllm.base_url") -> str:
     return f"{what}; {key} should end in /v1, e.g. http://127.0.0.1:8000/v1"
 
 
+def _listing(
+    body: bytes | None, who: str, shown: str, url: str, key: str, limit: float
+) -> tuple[list[str], str | None]:
+    """A 2xx answer to GET /models: the model ids it lists, or the problem line when it never finished (`body` None)
+    or is no model list; `who` names the endpoint, `key` the setting to fix."""
+    if body is None:
+        return [], f"the {who} sent no complete answer to GET /models within {limit:g}s; check the server"
+    ids = _model_ids(body)
+    if ids is None:
+        return [], f"the {who} answered GET {shown}/models with {_not_json(body, url, key)}"
+    return ids, None
+
+
 def _model_ids(body: bytes) -> list[str] | None:
     """The model ids a /models answer lists; None when the body is not an OpenAI-style JSON object (a web page)."""
     try:
@@ -189,8 +202,8 @@ async def check_mllm(
     if s.backend == "transformers":
         offline = hf_offline() if offline is None else offline
         return await check_weights("mllm", s.model, offline, in_process_vlm=True, hub=hub or HubProbe(client))
-    base = shown_url(s.base_url.rstrip("/"))
     url = s.base_url.rstrip("/")
+    base = shown_url(url)
     key = s.resolved_api_key()
     headers = {"Authorization": f"Bearer {key}"}
     what = f"MLLM endpoint {base} (model {s.model})"
@@ -223,7 +236,7 @@ async def check_mllm(
     except _NO_ANSWER as exc:  # TimeoutError: an OSError
         found.problems.append(_unreachable(exc, what, limit, fix))
         return found
-    ids = _model_ids(body) if status < 400 and body is not None else []
+    ids, problem = _listing(body, what, base, url, "mllm.base_url", limit) if status < 400 else ([], None)
     if status in (401, 403):
         said = "needs an API key" if key == "EMPTY" else f"rejected the API key (HTTP {status})"
         found.problems.append(f"the {what} {said}; {key_fix}")
@@ -231,10 +244,8 @@ async def check_mllm(
         found.problems.append(_gateway(what, status))
     elif status >= 400:
         found.notes.append(f"warning    the {what} answered HTTP {status} to GET /models; the run goes on")
-    elif body is None:
-        found.problems.append(f"the {what} sent no complete answer to GET /models within {limit:g}s; check the server")
-    elif ids is None:
-        found.problems.append(f"the {what} answered GET {base}/models with {_not_json(body, base)}")
+    elif problem:
+        found.problems.append(problem)
     else:
         if ids and s.model not in ids and f"{s.model}:latest" not in ids:
             shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
@@ -271,11 +282,7 @@ async def check_images(
     what = f"{section} server" if s.backend == "http" else f"{section} endpoint"
     env = "GEMS_GENERATOR_URL / " if section == "generator" else ""
     fix = f"start it or set {env}{section}.url"
-    headers: dict[str, str] = {}
-    if s.backend == "openai":
-        key = s.api_key.get_secret_value() if s.api_key else None
-        key = key or os.environ.get("GEMS_GENERATOR_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        headers["Authorization"] = f"Bearer {key}"
+    headers = {"Authorization": f"Bearer {s.resolved_api_key()}"} if s.backend == "openai" else {}
     try:
         # HEAD for the reference protocol: a GET or POST there would render an image.
         method, target = ("HEAD", url) if s.backend == "http" else ("GET", f"{url}/models")
@@ -283,21 +290,19 @@ async def check_images(
     except _NO_ANSWER as exc:
         found.problems.append(_unreachable(exc, f"{what} {shown}", limit, fix))
         return found
-    listing = s.backend == "openai" and status < 400
+    _, problem = (
+        _listing(body, f"{what} {shown}", shown, url, f"{section}.url", limit)
+        if s.backend == "openai" and status < 400
+        else ([], None)
+    )
     if s.backend == "openai" and status in (401, 403):
         found.problems.append(
             f"the {what} {shown} rejected the API key (HTTP {status}); set {section}.api_key or OPENAI_API_KEY"
         )
     elif status in GATEWAY:
         found.problems.append(_gateway(f"{what} {shown}", status))
-    elif listing and body is None:
-        found.problems.append(
-            f"the {what} {shown} sent no complete answer to GET /models within {limit:g}s; check the server"
-        )
-    elif listing and body is not None and _model_ids(body) is None:
-        found.problems.append(
-            f"the {what} {shown} answered GET {shown}/models with {_not_json(body, url, f'{section}.url')}"
-        )
+    elif problem:
+        found.problems.append(problem)
     else:
         found.notes.append(f"check      {what} {shown} answers")
     return found
