@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from gems.nodes.mllm import split_thinking
@@ -43,6 +43,15 @@ def _json_candidates(text: str) -> list[str]:
     return candidates
 
 
+def _json_values(text: str) -> Iterator[Any]:
+    """Each candidate of `text` that reads as JSON, read, in order (fenced blocks, the outermost brackets, all)."""
+    for candidate in _json_candidates(text):
+        try:
+            yield json.loads(candidate)
+        except (json.JSONDecodeError, ValueError):
+            continue
+
+
 def parse_criteria(answer: str) -> list[str]:
     """Parse a JSON array of yes/no questions; strings or objects with a `question` field are accepted.
 
@@ -50,11 +59,7 @@ def parse_criteria(answer: str) -> list[str]:
         CriteriaParseError: when no JSON array of questions can be read from the answer.
     """
     text, _ = split_thinking(answer)
-    for candidate in _json_candidates(text):
-        try:
-            data = json.loads(candidate)
-        except (json.JSONDecodeError, ValueError):
-            continue
+    for data in _json_values(text):
         if isinstance(data, dict):
             data = data.get("criteria", data.get("questions"))
         if not isinstance(data, list):
@@ -153,11 +158,7 @@ def parse_verdicts(answer: str, count: int) -> dict[int, tuple[bool, str]]:
     - a question answered twice, differently, is left out; an item with no usable number or answer is left out.
     """
     text, _ = split_thinking(answer)
-    for candidate in _json_candidates(text):
-        try:
-            data = json.loads(candidate)
-        except (json.JSONDecodeError, ValueError):
-            continue
+    for data in _json_values(text):
         if isinstance(data, dict):
             data = data.get("answers") or data.get("results")
         if isinstance(data, list) and data:
