@@ -256,12 +256,9 @@ def test_a_round_review_can_take_that_rounds_image(server):
 def test_cancelling_a_run_closes_the_call_in_flight_and_the_thread_resumes(server):
     alice = client(server)
     thread = alice.threads.create()["thread_id"]
-    script = server["script"]  # the decomposer's call is held open until released
-    script.block_at = ("decompose", script.calls["decompose"] + 1)
-    script.blocked.clear()
-    script.release.clear()
-    run = alice.runs.create(thread, "gems", input={"messages": [{"type": "human", "content": REQUEST}]})
-    try:
+    script = server["script"]
+    with script.holding("decompose"):  # the decomposer's call is held open
+        run = alice.runs.create(thread, "gems", input={"messages": [{"type": "human", "content": REQUEST}]})
         assert script.blocked.wait(60), "the decomposer's call never arrived"
         before = len(server["mllm"].disconnects)
         asked = time.monotonic()
@@ -271,9 +268,6 @@ def test_cancelling_a_run_closes_the_call_in_flight_and_the_thread_resumes(serve
             time.sleep(0.02)
         assert len(server["mllm"].disconnects) > before, "the call in flight was not closed"
         print(f"the call in flight closed {server['mllm'].disconnects[-1] - asked:.2f}s after the cancel")
-    finally:
-        script.block_at = None
-        script.release.set()
     state = alice.threads.get_state(thread)
     assert state["next"]  # resumable from its last checkpoint
     page = httpx.get(f"{server['url']}/runs/{thread}/", headers={"X-API-Key": KEYS["alice"]}).text
@@ -301,17 +295,11 @@ def test_run_pages_and_the_runs_list_say_where_each_run_stands(server):
     finally:
         gen.fail_first = 0
     chat(alice, paused, REQUEST, context={"loop": {"human_review": True}})  # stops at the plan's review
-    script.block_at = ("refine", script.calls["refine"] + 1)  # round 1 is done, round 2's prompt is being written
-    script.blocked.clear()
-    script.release.clear()
-    try:
+    with script.holding("refine"):  # round 1 is done, round 2's prompt is being written
         run = alice.runs.create(live, "gems", input={"prompt": REQUEST})
         assert script.blocked.wait(60), "the refiner's call never arrived"
         pages = {thread: httpx.get(f"{url}/runs/{thread}/", headers=key).text for thread in (failed, paused, live)}
         listed = _rows(httpx.get(f"{url}/runs/", headers=key).text)
-    finally:
-        script.block_at = None
-        script.release.set()
     alice.runs.join(live, run["run_id"])
 
     assert "<p>running, round 2 (this page refreshes itself)</p>" in pages[live] and REFRESH in pages[live]
@@ -399,18 +387,12 @@ def test_one_run_per_thread_at_a_time(server):
     alice = client(server)
     thread = alice.threads.create()["thread_id"]
     script = server["script"]
-    script.block_at = ("decompose", script.calls["decompose"] + 1)
-    script.blocked.clear()
-    script.release.clear()
-    try:
+    with script.holding("decompose"):
         alice.runs.create(thread, "gems", input={"prompt": REQUEST})
         assert script.blocked.wait(60)
         with pytest.raises(Exception) as info:
             alice.runs.create(thread, "gems", input={"prompt": REQUEST})
         assert status_of(info.value) == 409
-    finally:
-        script.block_at = None
-        script.release.set()
     alice.runs.join(thread, alice.runs.list(thread)[0]["run_id"])
 
 
@@ -418,19 +400,13 @@ def test_a_run_page_shows_a_run_in_progress_and_bodies_are_bounded(server):
     alice = client(server)
     thread = alice.threads.create()["thread_id"]
     script = server["script"]
-    script.block_at = ("decompose", script.calls["decompose"] + 1)
-    script.blocked.clear()
-    script.release.clear()
     key = {"X-API-Key": KEYS["alice"]}
-    try:
+    with script.holding("decompose"):
         run = alice.runs.create(thread, "gems", input={"prompt": REQUEST})
         assert script.blocked.wait(60)
         page = httpx.get(f"{server['url']}/runs/{thread}/", headers=key)
         assert page.status_code == 200 and REFRESH in page.text
         assert "<p>running: planning the first round (this page refreshes itself)</p>" in page.text
-    finally:
-        script.block_at = None
-        script.release.set()
     alice.runs.join(thread, run["run_id"])
     done = httpx.get(f"{server['url']}/runs/{thread}/", headers=key).text
     assert "all criteria passed" in done and 'http-equiv="refresh"' not in done

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ import socket
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -430,6 +431,19 @@ class ScriptedMLLM:
         self.asked: defaultdict[str, int] = defaultdict(int)
         self.bodies: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
         self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def holding(self, role: str) -> Iterator[None]:
+        """Hold the next call of `role` while the block runs (`blocked` is set once it has arrived); it is answered
+        when the block ends, however it ends."""
+        self.block_at = (role, self.calls[role] + 1)
+        self.blocked.clear()
+        self.release.clear()
+        try:
+            yield
+        finally:
+            self.block_at = None
+            self.release.set()
 
     def _verdict(self, criterion: str, body: dict[str, Any]) -> str:
         if self.verdict_by_image is not None:  # order-free: decided by what the image was made from
