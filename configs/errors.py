@@ -72,15 +72,16 @@ def shown_url(url: str | None) -> str:
 def without_passwords(data: Any) -> Any:
     """A settings dump (`model_dump(mode="json")`) with every `url` and `base_url` as `shown_url` writes it and
     every header value (`memory.chroma.headers`: an auth token) hidden, for files others read (run.json, reports)."""
-    if isinstance(data, dict):
-        return {
-            k: shown_url(v)
-            if k in ("url", "base_url") and isinstance(v, str)
-            else {h: "***" for h in v}
-            if k == "headers" and isinstance(v, dict)
-            else without_passwords(v)
-            for k, v in data.items()
-        }
     if isinstance(data, list):
         return [without_passwords(v) for v in data]
-    return data
+    if not isinstance(data, dict):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("url", "base_url") and isinstance(value, str):
+            out[key] = shown_url(value)
+        elif key == "headers" and isinstance(value, dict):
+            out[key] = {name: "***" for name in value}
+        else:
+            out[key] = without_passwords(value)
+    return out
