@@ -51,6 +51,7 @@ from gems.nodes.generators.diffusers_backend import (
     _pick_dtype,
     folder_lacks,
     is_local_path,
+    loaded_once_key,
     model_folder,
 )
 
@@ -252,16 +253,14 @@ def load_vlm(model: str, dtype: str = "auto", device: str = "auto", device_map: 
     """
     with _vlms_lock:
         try:
-            import torch  # (a missing torch surfaces here, not mid-call)
+            import torch  # noqa: F401  (a missing torch surfaces here, not mid-call)
             from safetensors import SafetensorError
 
             place = _pick_device(device if device_map is None else "auto")
             torch_dtype = _pick_dtype(dtype, place)
         except (ImportError, KeyError) as exc:
             raise LocalModelError(f"cannot load the in-process model {model!r}: {_one_line(exc)}") from exc
-        same = str(model_folder(model).resolve()) if is_local_path(model) else model
-        where = f"cuda:{torch.cuda.current_device()}" if place == "cuda" else place  # 'cuda' is cuda:0 by default
-        key = (same, str(torch_dtype), where, device_map)
+        key = (*loaded_once_key(model, place), str(torch_dtype), device_map)
         if key in _vlms:
             return _vlms[key]
         with _held_logs() as held:

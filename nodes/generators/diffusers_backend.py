@@ -193,6 +193,15 @@ def _pick_device(requested: str) -> str:
     return "cpu"
 
 
+def loaded_once_key(model: str, place: str) -> tuple[str, str]:
+    """What names one copy of a model in a process's cache: a local folder by its resolved path (`./m`, `m/` and a
+    symlink are one folder), a device as CUDA counts it ('cuda' is the current device, cuda:0 by default)."""
+    import torch
+
+    same = str(model_folder(model).resolve()) if is_local_path(model) else model
+    return same, f"cuda:{torch.cuda.current_device()}" if place == "cuda" else place
+
+
 def _pick_dtype(requested: str, device: str):
     import torch
 
@@ -207,7 +216,7 @@ def _pick_dtype(requested: str, device: str):
 def load_pipeline(model: str, dtype: str = "auto", device: str = "auto", cpu_offload: bool = False) -> Any:
     """Load (once per process) and return a diffusers pipeline for a hub id or a local folder."""
     device = _pick_device(device)
-    key = (model, dtype, device, cpu_offload)
+    key = (*loaded_once_key(model, device), dtype, cpu_offload)
     with _pipelines_lock:
         if key in _pipelines:
             return _pipelines[key]
